@@ -1,0 +1,49 @@
+"""The contract every attention module of the GPT follows (full attention, NSA, ...).
+
+The GPT only ever calls these methods, so a new attention type plugs in through the registry
+(`model/attention/__init__.py`) without touching `model/gpt.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.config import AttentionConfig, ModelConfig
+from model.rope import Rotary
+
+
+class Attention(nn.Module):
+    """Maps x [B, T, C] -> [B, T, C]; causal; may read and extend a per-layer decoding cache."""
+
+    def __init__(self, model_cfg: ModelConfig, attn_cfg: AttentionConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.model_cfg, self.attn_cfg, self.layer_idx = model_cfg, attn_cfg, layer_idx
+
+    @classmethod
+    def check_config(cls, model_cfg: ModelConfig, attn_cfg: AttentionConfig) -> None:
+        """Raise ValueError with a one-line fix when the configs are inconsistent (called at start-up)."""
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None) -> torch.Tensor:
+        """x [B, T, C]. Without a cache the T tokens sit at positions 0..T-1; with one they follow the
+        cache's tokens, and the cache is extended by them (prefill when empty, decoding when T == 1)."""
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """An empty decoding cache for up to `max_len` tokens (must expose an int `length`)."""
+        raise NotImplementedError
+
+    def attended_keys(self, seq_len: int) -> dict[str, float]:
+        """Mean number of keys a query attends to over positions 0..seq_len-1, per branch plus 'total'.
+        Used for FLOPs (MFU) and for reporting how sparse the attention is."""
+        raise NotImplementedError
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of this module at training length `seq_len` (projections + attention)."""
+        raise NotImplementedError
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Initialise: input projections N(0, std), output projection N(0, out_std) (depth-scaled)."""
+        raise NotImplementedError

@@ -1,0 +1,89 @@
+"""Full causal attention with GQA through `F.scaled_dot_product_attention` (flash / cuDNN kernels on GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import register_attention
+from model.attention.base import Attention
+from model.config import AttentionConfig, ModelConfig
+from model.rope import Rotary
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values [B, max_len, Hkv, D] of one layer; `length` tokens are filled."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, T, Hkv, D] after the cached tokens; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[1]
+        if end > self.k.shape[1]:
+            raise ValueError(f"KV cache is full ({self.k.shape[1]} tokens): create it with a larger max_len")
+        self.k[:, start:end] = k
+        self.v[:, start:end] = v
+        self.length = end
+        return self.k[:, :end], self.v[:, :end]
+
+
+def sdpa_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int = 0) -> torch.Tensor:
+    """Causal GQA attention on BTHD tensors: q [B, Tq, Hq, D] at positions q_start.., k/v [B, Tk, Hkv, D] at 0..
+    Returns [B, Tq, Hq, D]."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    Tq, Tk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if q_start == 0 and Tq == Tk:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    else:  # queries after a cached prefix: query i sees keys 0 .. q_start + i
+        mask = (
+            torch.arange(Tk, device=q.device)[None, :] <= torch.arange(q_start, q_start + Tq, device=q.device)[:, None]
+        )
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return o.transpose(1, 2)
+
+
+@register_attention("full")
+class FullAttention(Attention):
+    def __init__(self, model_cfg: ModelConfig, attn_cfg: AttentionConfig, layer_idx: int) -> None:
+        super().__init__(model_cfg, attn_cfg, layer_idx)
+        C, D = model_cfg.n_embd, model_cfg.head_size
+        self.n_head, self.n_kv_head, self.head_dim = model_cfg.n_head, model_cfg.n_kv_head, D
+        self.wq = nn.Linear(C, self.n_head * D, bias=False)
+        self.wkv = nn.Linear(C, 2 * self.n_kv_head * D, bias=False)
+        self.wo = nn.Linear(self.n_head * D, C, bias=False)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
+        k, v = self.wkv(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
+        q, k = rotary(q, start), rotary(k, start)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        o = sdpa_bthd(q, k, v, q_start=start)
+        return self.wo(o.reshape(B, T, -1))
+
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        shape = (batch_size, max_len, self.n_kv_head, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def attended_keys(self, seq_len: int) -> dict[str, float]:
+        mean = (seq_len + 1) / 2  # query t sees t + 1 keys
+        return {"full": mean, "total": mean}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        proj = 2 * sum(m.weight.numel() for m in (self.wq, self.wkv, self.wo))
+        # QK^T and PV: 2 FLOPs per multiply-add, head_dim each, for every attended key and query head.
+        return proj + 2 * 2 * self.n_head * self.head_dim * self.attended_keys(seq_len)["total"]
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        nn.init.normal_(self.wq.weight, std=std)
+        nn.init.normal_(self.wkv.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=out_std)

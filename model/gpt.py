@@ -1,0 +1,144 @@
+"""The GPT: token embedding -> n_layer x (RMSNorm, attention, RMSNorm, SwiGLU MLP) -> RMSNorm -> logits.
+
+Attention is whatever `attention.name` registers (model/attention/): this file never names a type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import Attention, attention_class, build_attention
+from model.config import AttentionConfig, ModelConfig
+from model.rope import Rotary
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w_gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w_down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, attn_cfg: AttentionConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn: Attention = build_attention(cfg, attn_cfg, layer_idx)
+        self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.n_embd, cfg.hidden_dim)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rotary, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, attn_cfg: AttentionConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        attention_class(attn_cfg).check_config(cfg, attn_cfg)
+        self.cfg, self.attn_cfg = cfg, attn_cfg
+        self.vocab_size = cfg.padded_vocab()
+        self.embed = nn.Embedding(self.vocab_size, cfg.n_embd)
+        self.rotary = Rotary(cfg.head_size, cfg.rope_base, cfg.max_seq_len)
+        self.blocks = nn.ModuleList(Block(cfg, attn_cfg, i) for i in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, self.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, init_std) everywhere; residual-branch outputs scaled by 1/sqrt(2 * n_layer) (GPT-2 style) so
+        the residual stream's variance does not grow with depth."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layer)
+        nn.init.normal_(self.embed.weight, std=std)
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+        for block in self.blocks:
+            block.attn.init_weights(std, out_std)
+            nn.init.normal_(block.mlp.w_gate_up.weight, std=std)
+            nn.init.normal_(block.mlp.w_down.weight, std=out_std)
+            block.attn_norm.reset_parameters()
+            block.mlp_norm.reset_parameters()
+        self.norm.reset_parameters()
+        self.rotary.reset_parameters()
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx [B, T] token ids (following the caches' tokens if given) -> (logits [B, T, V] float32, loss).
+
+        With `targets` [B, T] the mean cross-entropy is returned (targets == -1 ignored).
+        """
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rotary, caches[i] if caches is not None else None)
+        logits = self.lm_head(self.norm(x)).float()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_caches(self, batch_size: int, max_len: int) -> list[Any]:
+        """One empty decoding cache per layer, on the model's device and dtype."""
+        p = self.embed.weight
+        self.rotary.ensure_length(max_len)
+        return [b.attn.new_cache(batch_size, max_len, p.device, p.dtype) for b in self.blocks]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue prompts idx [B, T0] by up to max_new_tokens tokens with a KV cache -> [B, T0 + new].
+
+        temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to the top_k
+        most likely tokens when top_k is set. Rows that produced `eos_id` keep emitting it; generation stops
+        early once every row has.
+        """
+        B, T0 = idx.shape
+        caches = self.new_caches(B, T0 + max_new_tokens)
+        logits, _ = self(idx, caches=caches)
+        out = [idx]
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1], temperature, top_k, generator)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out.append(nxt[:, None])
+            if step + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
+                break
+            logits, _ = self(nxt[:, None], caches=caches)
+        return torch.cat(out, dim=1)
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B] (greedy when temperature == 0)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -1,0 +1,44 @@
+"""Test-wide settings: never touch the network, skip GPU tests without a GPU, shared config helpers."""
+
+import os
+
+# Before anything imports datasets / huggingface_hub / wandb.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def compose_config(overrides: list[str]):
+    """The root Hydra config with overrides, as train.py would see it."""
+    from hydra import compose, initialize_config_dir
+
+    from training.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def data_overrides(tmp_path_factory) -> list[str]:
+    """Overrides that point the default offline dataset at a session-wide folder with a small token budget,
+    so it is prepared once for all tests."""
+    root = tmp_path_factory.mktemp("data_cache")
+    return [f"data.root={root}", "data.max_tokens=300000", "data.num_proc=1"]

@@ -1,0 +1,152 @@
+"""GPT: shapes, parameter counts, causality, KV-cache generation, FLOPs."""
+
+import pytest
+import torch
+
+from model import GPT, AttentionConfig, ModelConfig, flops_per_token, num_params
+from model.gpt import sample_next
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
+    return ModelConfig(**(base | kw))
+
+
+def make(cfg: ModelConfig | None = None, attn: AttentionConfig | None = None, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg or tiny(), attn or AttentionConfig()).eval()
+
+
+def expected_params(c: ModelConfig) -> int:
+    D, V = c.head_size, c.padded_vocab()
+    attn = c.n_embd * c.n_head * D + c.n_embd * 2 * c.n_kv_head * D + c.n_head * D * c.n_embd
+    mlp = 3 * c.n_embd * c.hidden_dim
+    per_layer = attn + mlp + 2 * c.n_embd  # two RMSNorm weights
+    emb = V * c.n_embd * (1 if c.tie_embeddings else 2)
+    return c.n_layer * per_layer + emb + c.n_embd
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_shapes_and_param_count(tie):
+    cfg = tiny(tie_embeddings=tie)
+    model = make(cfg)
+    assert model.vocab_size == 128  # padded to a multiple of 64
+    idx = torch.randint(0, 100, (3, 10))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 10, 128) and logits.dtype == torch.float32
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert num_params(model) == expected_params(cfg)
+    assert num_params(model, include_embedding=False) == expected_params(cfg) - (0 if tie else 128 * 64)
+
+
+def test_configured_sizes_are_in_range():
+    from tests.conftest import compose_config
+    from training.config import to_dataclass
+
+    for name, lo, hi in (("tiny", 0.5e6, 5e6), ("small", 100e6, 150e6), ("medium", 300e6, 420e6)):
+        cfg = to_dataclass(compose_config([f"model={name}"]))
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = 2048
+        with torch.device("meta"):
+            n = num_params(GPT(cfg.model, cfg.attention))
+        assert lo <= n <= hi, (name, n)
+
+
+def test_initial_loss_is_near_uniform():
+    model = make()
+    idx = torch.randint(0, 100, (4, 32))
+    _, loss = model(idx, idx)
+    assert abs(loss.item() - torch.log(torch.tensor(128.0)).item()) < 0.5
+
+
+def test_depth_scaled_init():
+    model = make(tiny(n_layer=8))
+    out_std = model.blocks[0].mlp.w_down.weight.std().item()
+    in_std = model.blocks[0].mlp.w_gate_up.weight.std().item()
+    assert in_std == pytest.approx(0.02, rel=0.1)
+    assert out_std == pytest.approx(0.02 / 4, rel=0.1)  # 1 / sqrt(2 * 8)
+
+
+def test_causality():
+    """Logits at position t do not change when tokens after t change."""
+    model = make()
+    a = torch.randint(0, 100, (2, 40))
+    b = a.clone()
+    b[:, 25:] = torch.randint(0, 100, (2, 15))
+    la, _ = model(a)
+    lb, _ = model(b)
+    torch.testing.assert_close(la[:, :25], lb[:, :25], rtol=0, atol=1e-5)
+    assert not torch.allclose(la[:, 25:], lb[:, 25:])
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])
+def test_kv_cache_matches_full_forward(n_kv_head):
+    """Prefill + token-by-token decoding with the cache gives the logits of recomputing everything."""
+    model = make(tiny(n_kv_head=n_kv_head))
+    idx = torch.randint(0, 100, (2, 30))
+    full, _ = model(idx)
+    caches = model.new_caches(2, 30)
+    pre, _ = model(idx[:, :11], caches=caches)
+    steps = [model(idx[:, t : t + 1], caches=caches)[0] for t in range(11, 30)]
+    cached = torch.cat([pre, *steps], dim=1)
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+    # a multi-token chunk after a prefix (chunked prefill) takes the masked path
+    caches = model.new_caches(2, 30)
+    model(idx[:, :7], caches=caches)
+    chunk, _ = model(idx[:, 7:20], caches=caches)
+    torch.testing.assert_close(chunk, full[:, 7:20], rtol=1e-4, atol=1e-4)
+
+
+def test_generate_greedy_equals_recompute():
+    model = make()
+    prompt = torch.randint(0, 100, (3, 8))
+    out = model.generate(prompt, max_new_tokens=12)
+    assert out.shape == (3, 20) and torch.equal(out[:, :8], prompt)
+    seq = prompt
+    for _ in range(12):  # greedy decoding without a cache
+        logits, _ = model(seq)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_generate_sampling_and_eos():
+    model = make()
+    prompt = torch.randint(0, 100, (2, 4))
+    g1 = torch.Generator().manual_seed(1)
+    g2 = torch.Generator().manual_seed(1)
+    a = model.generate(prompt, 10, temperature=1.0, top_k=5, generator=g1)
+    b = model.generate(prompt, 10, temperature=1.0, top_k=5, generator=g2)
+    assert torch.equal(a, b)
+    # eos: once emitted, a row keeps emitting it; generation stops when all rows are done
+    greedy = model.generate(prompt, 10)
+    eos = int(greedy[0, 4])
+    out = model.generate(prompt, 10, eos_id=eos)
+    first = (out[0, 4:] == eos).nonzero()[0].item()
+    assert (out[0, 4 + first :] == eos).all()
+
+
+def test_top_k_restricts_support():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(500, 1)
+    tokens = sample_next(logits, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {3, 4}
+    assert sample_next(logits[:1], 0.0, None).item() == 4
+
+
+def test_flops_per_token_counts_attention():
+    model = make()
+    short, long = flops_per_token(model, 64), flops_per_token(model, 1024)
+    c = model.cfg
+    # attention term grows by 3 (fwd+bwd) * 2 * 2 * H * D * (mean keys difference) per layer
+    expected_gap = 3 * c.n_layer * 4 * c.n_head * c.head_size * ((1024 + 1) / 2 - (64 + 1) / 2)
+    assert long - short == pytest.approx(expected_gap)
+    dense = 6 * (num_params(model) - model.embed.weight.numel() - 2 * c.n_layer * c.n_embd - c.n_embd)
+    assert short == pytest.approx(dense + 3 * c.n_layer * 4 * c.n_head * c.head_size * 32.5)
+
+
+def test_bad_model_configs_fail_clearly():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        make(tiny(n_head=4, n_kv_head=3))
+    with pytest.raises(ValueError, match="n_embd"):
+        make(tiny(n_embd=66, n_head=4))
+    with pytest.raises(ValueError, match="attention.name"):
+        make(attn=AttentionConfig(name="nope"))

@@ -1,0 +1,250 @@
+"""`train(cfg)`: the training loop. train.py is only a Hydra wrapper around it.
+
+Order of events: join the process group -> prepare data (rank 0, others wait) -> build the model -> resume
+(model, optimizer, step, data cursor, RNG) -> wrap (DDP / FSDP2) and compile -> loop over optimizer steps
+(gradient accumulation, clipping, non-finite guard) -> validate / log / checkpoint on schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import TokenLoader, dataset_vocab_size, prepare
+from model import GPT, flops_per_token, num_params
+from training import checkpoint as ckpt_io
+from training.config import Config, grad_accum_steps, to_dataclass, validate
+from training.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    destroy_distributed,
+    gradient_sync,
+    init_distributed,
+    wrap_model,
+)
+from training.metrics import MetricsLogger, console_line, memory_gb, peak_bf16_flops, truncate_metrics
+from training.optim import build_optimizer
+from training.schedule import lr_at
+
+log = logging.getLogger("train")
+
+
+def autocast_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (unless train.dtype=fp32); plain fp32 on CPU unless train.dtype=bf16."""
+    use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def prepare_dataset(cfg: Config, info: DistInfo) -> Path:
+    """Rank 0 prepares (or reuses) the token shards; the others wait and receive the folder."""
+    path = str(prepare(cfg.data)) if info.is_main else None
+    barrier()
+    return Path(all_gather_object(path)[0])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistInfo) -> float:
+    """Mean validation loss over a fixed budget of `train.val_tokens` tokens (same tokens every time)."""
+    per_batch = cfg.train.micro_batch_size * cfg.model.max_seq_len * info.world_size
+    loader = TokenLoader(
+        dataset_dir,
+        "val",
+        seq_len=cfg.model.max_seq_len,
+        batch_size=cfg.train.micro_batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.train.seed,
+        device=info.device,
+        shuffle=False,
+    )
+    model.eval()
+    total = torch.zeros((), device=info.device)
+    n = max(1, cfg.train.val_tokens // per_batch)
+    for _ in range(n):
+        x, y = loader.next_batch()
+        with autocast_context(cfg, info.device):
+            _, loss = model(x, y)
+        total += loss.float()
+    model.train()
+    return all_reduce_mean(total / n).item()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
+    """Train per the config; returns a summary (final loss, val loss, step, tokens)."""
+    cfg = cfg_node if isinstance(cfg_node, Config) else to_dataclass(cfg_node)
+    validate(cfg)
+    info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        destroy_distributed()
+
+
+def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    accum = grad_accum_steps(cfg, info.world_size)
+    seq_len = cfg.model.max_seq_len
+
+    dataset_dir = prepare_dataset(cfg, info)
+    vocab = dataset_vocab_size(dataset_dir)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({dataset_dir}): set model.vocab_size=0 to take it from the tokenizer"
+        )
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+    # Identical initial weights on every rank (FSDP2 does not broadcast them), then per-rank RNG streams.
+    torch.manual_seed(cfg.train.seed)
+    raw_model = GPT(cfg.model, cfg.attention).to(info.device)
+    torch.manual_seed(cfg.train.seed + info.rank)
+    model = wrap_model(raw_model, info, cfg.train.parallel)
+    optimizer = build_optimizer(model, cfg.optim, info.device.type)
+    loader = TokenLoader(
+        dataset_dir,
+        "train",
+        seq_len=seq_len,
+        batch_size=cfg.train.micro_batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.train.seed,
+        device=info.device,
+        mix=cfg.data.mix,
+    )
+
+    step, skipped, wandb_id = 0, 0, None
+    resume_path = ckpt_io.find_resume_checkpoint(run_dir, cfg.train.resume)
+    if resume_path is not None:
+        ckpt = ckpt_io.load_checkpoint(resume_path)
+        ckpt_io.check_compatible(ckpt["config"], config_dict, resume_path)
+        ckpt_io.load_model_and_optimizer_state(model, optimizer, ckpt)
+        step, skipped, wandb_id = ckpt["step"], ckpt["skipped_steps"], ckpt["wandb_id"]
+        same_world = len(ckpt["rng"]) == info.world_size
+        loader.load_state_dict(ckpt["loader"][info.rank if same_world else 0])
+        if same_world:
+            set_rng_state(ckpt["rng"][info.rank])
+        del ckpt
+    if cfg.train.compile:
+        model.compile()  # in place: parameter names and checkpoint keys stay clean
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config_dict))
+        truncate_metrics(run_dir / "metrics.jsonl", step)
+    logger = MetricsLogger(run_dir if info.is_main else None, cfg.logger, config_dict, wandb_id)
+
+    flops_tok = flops_per_token(raw_model, seq_len)
+    peak = peak_bf16_flops(info.device)
+    sparsity = raw_model.blocks[0].attn.attended_keys(seq_len)
+    if info.is_main:
+        log.info(
+            f"run_dir {run_dir} | params {num_params(raw_model) / 1e6:.2f}M | world {info.world_size} | "
+            f"grad accum {accum} | {cfg.train.batch_tokens} tokens/step | device {info.device}"
+            + (f" | resumed from {resume_path.name} at step {step}" if resume_path else "")
+        )
+
+    def save(at_step: int) -> None:
+        model_sd, optim_sd = ckpt_io.model_and_optimizer_state(model, optimizer)
+        rngs, loader_states = all_gather_object(rng_state()), all_gather_object(loader.state_dict())
+        if info.is_main:
+            payload = {
+                "model": model_sd,
+                "optimizer": optim_sd,
+                "step": at_step,
+                "tokens": at_step * cfg.train.batch_tokens,
+                "skipped_steps": skipped,
+                "loader": loader_states,
+                "rng": rngs,
+                "wandb_id": logger.wandb_id,
+                "config": config_dict,
+            }
+            ckpt_io.save_checkpoint(run_dir, at_step, payload, cfg.train.keep_last)
+        barrier()
+
+    model.train()
+    bad_in_row, last = 0, {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    while step < cfg.train.steps:
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=info.device)
+        for micro in range(accum):
+            x, y = loader.next_batch()
+            with gradient_sync(model, enabled=micro == accum - 1), autocast_context(cfg, info.device):
+                _, loss = model(x, y)
+            (loss / accum).backward()
+            loss_sum += loss.detach().float()
+        max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+            grad_norm = grad_norm.full_tensor()
+        stats = all_reduce_mean(torch.stack([loss_sum / accum, grad_norm.float()]))
+        loss_val, norm_val = stats.tolist()
+        lr = lr_at(step, cfg.train.steps, cfg.optim)
+        if math.isfinite(loss_val) and math.isfinite(norm_val):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            bad_in_row = 0
+        else:  # skip the update, keep the weights; give up after max_bad_steps in a row
+            skipped += 1
+            bad_in_row += 1
+            if bad_in_row >= cfg.train.max_bad_steps:
+                raise RuntimeError(
+                    f"{bad_in_row} optimizer steps in a row had a non-finite loss or gradient (last at step "
+                    f"{step + 1}): lower optim.lr, check the data, or resume from an earlier checkpoint"
+                )
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        tok_per_s = cfg.train.batch_tokens / dt
+        last = {
+            "step": step,
+            "tokens": step * cfg.train.batch_tokens,
+            "loss": loss_val,
+            "lr": lr,
+            "grad_norm": norm_val,
+            "tok_per_s": tok_per_s,
+            "mfu": flops_tok * tok_per_s / (peak * info.world_size) if peak else None,
+            "mem_gb": memory_gb(info.device),
+            "step_time": dt,
+            "skipped_steps": skipped,
+        }
+        if step == 1:
+            last.update({f"attn_keys_{k}": v for k, v in sparsity.items()})
+        if (cfg.train.val_interval and step % cfg.train.val_interval == 0) or step == cfg.train.steps:
+            last["val_loss"] = evaluate(model, dataset_dir, cfg, info)
+        logger.log(last)
+        if info.is_main and (step % cfg.train.log_interval == 0 or step in (1, cfg.train.steps)):
+            log.info(console_line(last, cfg.train.steps))
+        if (cfg.train.ckpt_interval and step % cfg.train.ckpt_interval == 0) or step == cfg.train.steps:
+            save(step)
+
+    logger.close()
+    return {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "run_dir": str(run_dir)}
