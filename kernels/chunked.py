@@ -1,0 +1,166 @@
+"""Vectorised, query-chunked PyTorch path of NSA's four ops (what CPU tensors run without Triton).
+
+Same math as kernels/reference.py (it reuses its `attend`, `masked_softmax`, `overlap_weights` and
+`choose_blocks`), but the queries are processed in tiles of `chunk_size` rows, and each tile only
+touches the keys it can see:
+- compressed_attention / select_blocks: the compressed tokens visible to the tile's last query;
+- window_attention: keys [tile_start - w + 1, tile_end);
+- selected_attention: the n * l' keys of each query's selected blocks, gathered per query.
+So no [T, T] (or [T, T/d]) score matrix ever exists: the largest intermediate is one tile's.
+
+When a gradient is needed, each tile runs under activation checkpointing: the forward keeps only
+the tile's inputs (views of q, k, v) and the backward recomputes the tile's scores. Without that,
+autograd would keep every tile's probabilities alive until the backward, i.e. all of [T, S] again.
+
+Inputs are assumed valid: the public ops in kernels/__init__.py run the checks first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from kernels.reference import (
+    attend,
+    choose_blocks,
+    compute_dtype,
+    masked_softmax,
+    num_compressed_tokens,
+    overlap_weights,
+    resolve_scale,
+)
+
+QUERY_TILE = 256  # query rows per tile for the compression, selection-scoring and window ops
+GATHER_BUDGET = 1 << 24  # max elements of one gathered [B, rows, Hkv, n*l', D] tile in selected_attention
+
+
+def _run_tile(fn: Callable[..., object], *args: torch.Tensor):
+    """fn(*args), checkpointed when autograd will need it (recompute in backward instead of storing)."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+    return fn(*args)
+
+
+def _tiles(T: int, chunk_size: int):
+    for t0 in range(0, T, chunk_size):
+        yield t0, min(T, t0 + chunk_size)
+
+
+def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
+                         stride: int, scale: float | None = None,
+                         chunk_size: int = QUERY_TILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked kernels.reference.compressed_attention; returns (o [B,T,Hq,Dv], lse [B,T,Hq] float32)."""
+    T = q.shape[1]
+    scale = resolve_scale(scale, q.shape[-1])
+
+    def tile(t0: int, qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor):
+        t = t0 + torch.arange(qt.shape[1], device=qt.device)
+        i = torch.arange(kt.shape[1], device=qt.device)
+        visible = i[None, :] * stride + block_size - 1 <= t[:, None]
+        return attend(qt, kt, vt, visible[None, :, None, None, :], scale)
+
+    outs, lses = [], []
+    for t0, t1 in _tiles(T, chunk_size):
+        n_vis = num_compressed_tokens(t1, block_size, stride)  # compressed tokens the tile's last row sees
+        o, lse = _run_tile(lambda qt, kt, vt, t0=t0: tile(t0, qt, kt, vt),
+                           q[:, t0:t1], k_cmp[:, :n_vis], v_cmp[:, :n_vis])
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
+
+
+@torch.no_grad()
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
+                  select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
+                  scale: float | None = None, chunk_size: int = QUERY_TILE) -> torch.Tensor:
+    """Chunked kernels.reference.select_blocks: int32 [B, T, Hkv, num_select], ascending ids then -1."""
+    B, T, Hq, Dk = q.shape
+    Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
+    G = Hq // Hkv
+    ct = compute_dtype(q.dtype)
+    scale = resolve_scale(scale, Dk)
+    W = overlap_weights(Tc, math.ceil(T / select_size), block_size=block_size, stride=stride,
+                        select_size=select_size, dtype=ct, device=q.device)
+    kc = k_cmp.to(ct)
+    out = []
+    for t0, t1 in _tiles(T, chunk_size):
+        n_vis = num_compressed_tokens(t1, block_size, stride)
+        n_blocks = (t1 - 1) // select_size + 1  # blocks visible to the tile's last row
+        t = torch.arange(t0, t1, device=q.device)
+        visible = torch.arange(n_vis, device=q.device)[None, :] * stride + block_size - 1 <= t[:, None]
+        qg = q[:, t0:t1].to(ct).reshape(B, t1 - t0, Hkv, G, Dk)
+        lse_g = lse[:, t0:t1].to(ct).reshape(B, t1 - t0, Hkv, G, 1)
+        p = torch.exp(torch.einsum("bthgd,bihd->bthgi", qg, kc[:, :n_vis]) * scale - lse_g)
+        p = torch.where(visible[None, :, None, None, :] & torch.isfinite(lse_g), p, torch.zeros_like(p))
+        block_score = p.sum(dim=3) @ W[:n_vis, :n_blocks]
+        out.append(choose_blocks(block_score, t, select_size=select_size, num_select=num_select,
+                                 num_init=num_init, num_local=num_local))
+    return torch.cat(out, dim=1)
+
+
+def _selected_tile(t0: int, select_size: int, scale: float, qt: torch.Tensor, k: torch.Tensor,
+                   v: torch.Tensor, idx_t: torch.Tensor) -> torch.Tensor:
+    """Rows t0 .. t0+R-1 of selected attention, attending to the gathered keys of their blocks."""
+    B, R, Hq, Dk = qt.shape
+    T, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    n, dev = idx_t.shape[-1], qt.device
+    ct = compute_dtype(qt.dtype)
+    ids = idx_t.long()  # [B, R, Hkv, n]
+    # a repeated id must count once (the definition is a set of blocks): drop every repeat after the first
+    repeat = ((ids[..., :, None] == ids[..., None, :]) & torch.ones(n, n, dtype=torch.bool, device=dev).tril(-1))
+    slot_ok = (ids >= 0) & ~repeat.any(dim=-1)
+    pos = ids[..., None] * select_size + torch.arange(select_size, device=dev)  # [B, R, Hkv, n, l']
+    t = t0 + torch.arange(R, device=dev)
+    key_ok = slot_ok[..., None] & (pos <= t[None, :, None, None, None])  # causal; also excludes pos >= T
+    pos = pos.clamp(0, T - 1).flatten(-2)  # [B, R, Hkv, n*l'], in range for the gather
+    b_ar = torch.arange(B, device=dev)[:, None, None, None]
+    h_ar = torch.arange(Hkv, device=dev)[None, None, :, None]
+    kg = k[b_ar, pos, h_ar].to(ct)  # [B, R, Hkv, n*l', Dk]
+    vg = v[b_ar, pos, h_ar].to(ct)  # [B, R, Hkv, n*l', Dv]
+    qg = qt.to(ct).reshape(B, R, Hkv, Hq // Hkv, Dk)
+    scores = torch.einsum("brhgd,brhmd->brhgm", qg, kg) * scale
+    p, _ = masked_softmax(scores, key_ok.flatten(-2)[:, :, :, None, :])
+    o = torch.einsum("brhgm,brhmd->brhgd", p, vg)
+    return o.reshape(B, R, Hq, Dv).to(qt.dtype)
+
+
+def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
+                       select_size: int, scale: float | None = None,
+                       chunk_size: int = QUERY_TILE) -> torch.Tensor:
+    """Chunked kernels.reference.selected_attention -> o [B, T, Hq, Dv].
+
+    Rows per tile shrink below chunk_size when one gathered tile would exceed GATHER_BUDGET elements.
+    """
+    B, T, _, _ = q.shape
+    Hkv, n = k.shape[2], idx.shape[-1]
+    per_row = B * Hkv * max(n, 1) * select_size * max(k.shape[3], v.shape[3])
+    rows = max(1, min(chunk_size, GATHER_BUDGET // per_row))
+    scale = resolve_scale(scale, q.shape[-1])
+    outs = []
+    for t0, t1 in _tiles(T, rows):
+        outs.append(_run_tile(lambda qt, k, v, it, t0=t0: _selected_tile(t0, select_size, scale, qt, k, v, it),
+                              q[:, t0:t1], k, v, idx[:, t0:t1]))
+    return torch.cat(outs, dim=1)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
+                     scale: float | None = None, chunk_size: int = QUERY_TILE) -> torch.Tensor:
+    """Chunked kernels.reference.window_attention -> o [B, T, Hq, Dv]; a tile reads keys [t0-w+1, t1)."""
+    T = q.shape[1]
+    scale = resolve_scale(scale, q.shape[-1])
+
+    def tile(t0: int, lo: int, qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
+        t = t0 + torch.arange(qt.shape[1], device=qt.device)
+        s = lo + torch.arange(kt.shape[1], device=qt.device)
+        mask = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - window)
+        return attend(qt, kt, vt, mask[None, :, None, None, :], scale)[0]
+
+    outs = []
+    for t0, t1 in _tiles(T, chunk_size):
+        lo = max(0, t0 - window + 1)
+        outs.append(_run_tile(lambda qt, kt, vt, t0=t0, lo=lo: tile(t0, lo, qt, kt, vt),
+                              q[:, t0:t1], k[:, lo:t1], v[:, lo:t1]))
+    return torch.cat(outs, dim=1)
