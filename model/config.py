@@ -23,6 +23,7 @@ class AttentionConfig:
     num_local: int = 2  # forced most-recent blocks (the one holding the query included)
     window: int = 512  # w: sliding-window size
     shared_kv: bool = False  # one key/value projection for all three branches instead of one per branch
+    compress_hidden: int = 0  # hidden width of NSA's compression MLP phi (l*D -> hidden -> D); 0 -> 2 * head size
 
 
 @dataclass

@@ -31,6 +31,6 @@ def build_attention(model_cfg: ModelConfig, attn_cfg: AttentionConfig, layer_idx
 
 
 # Importing the implementations registers them.
-from model.attention import full  # noqa: E402,F401
+from model.attention import full, nsa  # noqa: E402,F401
 
 __all__ = ["ATTENTION_REGISTRY", "Attention", "attention_class", "build_attention", "register_attention"]
