@@ -44,7 +44,9 @@ class DataConfig:
     streaming: bool = False  # iterate the source instead of downloading/caching it whole (large hub datasets)
     sample_by: str = "document"  # "text" builder only: one document per "document" | "paragraph" | "line"
     encoding_errors: str | None = "replace"  # "text" builder only: how to decode invalid UTF-8
-    cache_dir: str | None = None  # datasets cache; None = HF_DATASETS_CACHE / ~/.cache/huggingface/datasets
+    # datasets cache. None: hub data uses HF_DATASETS_CACHE (~/.cache/huggingface/datasets); local files use a
+    # scratch cache inside the build directory, deleted afterwards (nothing is written outside <root>).
+    cache_dir: str | None = None
     # --- split and budget --------------------------------------------------------------------------------
     val_split: str | None = None  # a source split to use as validation; None = carve val_fraction out
     val_fraction: float = 0.02  # fraction of documents (every 1/f-th, deterministic) held out for val

@@ -73,6 +73,7 @@ def prepare(cfg: DataConfig) -> Path:
     try:
         t0 = time.time()
         meta = _build(cfg, files, fingerprint, settings, given_tok, tmp)
+        shutil.rmtree(tmp / "_hf_cache", ignore_errors=True)
         meta["seconds"] = round(time.time() - t0, 2)
         atomic_write_bytes(tmp / META_FILE, json.dumps(meta, indent=1).encode())  # meta.json last
         _swap_into_place(tmp, out)
@@ -171,7 +172,8 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def _build(cfg: DataConfig, files, fingerprint: str, settings: dict, given_tok: Tokenizer | None,
            tmp: Path) -> dict:
-    ds = load_source(cfg, cfg.split, files)
+    scratch_cache = str(tmp / "_hf_cache") if files is not None else None  # local files: nothing kept
+    ds = load_source(cfg, cfg.split, files, scratch_cache)
     if given_tok is not None:
         tok = given_tok
     else:
@@ -185,7 +187,7 @@ def _build(cfg: DataConfig, files, fingerprint: str, settings: dict, given_tok: 
     split_fraction = cfg.val_fraction if cfg.val_split is None else 0.0
     source_docs, hit_budget = _tokenize_source(ds, tok, cfg, writers, split_fraction, cfg.max_tokens, tmp)
     if cfg.val_split is not None:
-        vds = load_source(cfg, cfg.val_split, files)
+        vds = load_source(cfg, cfg.val_split, files, scratch_cache)
         only_val = {"train": writers["val"], "val": writers["val"]}
         _tokenize_source(vds, tok, cfg, only_val, 0.0, cfg.val_max_tokens, tmp)
     for w in writers.values():

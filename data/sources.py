@@ -46,6 +46,9 @@ def resolve_files(cfg: DataConfig) -> list[str]:
     if not kept:
         raise DataError(f"all {len(files)} files matching data.data_files={cfg.data_files} are removed by "
                         f"data.exclude={cfg.exclude}; loosen data.exclude")
+    if all(os.path.getsize(f) == 0 for f in kept):
+        raise DataError(f"the source is empty: all {len(kept)} files matching data.data_files={cfg.data_files} "
+                        f"are 0 bytes (e.g. {kept[0]}); point data.data_files at files with text")
     return kept
 
 
@@ -62,11 +65,14 @@ def source_fingerprint(cfg: DataConfig, files: list[str] | None) -> str:
     return h.hexdigest()
 
 
-def load_source(cfg: DataConfig, split: str, files: list[str] | None):
-    """`datasets.Dataset` (or `IterableDataset` when cfg.streaming) of one split, with cfg.text_field checked."""
+def load_source(cfg: DataConfig, split: str, files: list[str] | None, cache_dir: str | None = None):
+    """`datasets.Dataset` (or `IterableDataset` when cfg.streaming) of one split, with cfg.text_field checked.
+
+    `cache_dir` is the datasets cache when cfg.cache_dir is None.
+    """
     import datasets
 
-    kwargs: dict = {"split": split, "streaming": cfg.streaming, "cache_dir": cfg.cache_dir}
+    kwargs: dict = {"split": split, "streaming": cfg.streaming, "cache_dir": cfg.cache_dir or cache_dir}
     if files is not None:
         name = f"{cfg.path} files {files[0]}" + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
         kwargs["data_files"] = {split: files}
