@@ -106,7 +106,7 @@ class TokenLoader:
         self.mix = as_mix_config(mix)
         self.tokenizer = None
         if self.mix is not None:
-            from data.synthetic import GENERATORS
+            from data.synthetic import GENERATORS, generate
 
             bad = [k for k in self.mix.kinds if k not in GENERATORS]
             if bad or not self.mix.kinds:
@@ -115,11 +115,19 @@ class TokenLoader:
             if self.mix.length is not None and not 2 <= self.mix.length <= seq_len + 1:
                 raise DataError(f"data.mix.length={self.mix.length} must be in [2, seq_len+1={seq_len + 1}]")
             self.tokenizer = load_tokenizer(self.dir)
+            for kind in self.mix.kinds:  # fail now, not mid-training, if a kind does not fit
+                try:
+                    generate(kind, self.tokenizer, (self.mix.length or seq_len + 1) - 1, seed=0)
+                except ValueError as e:
+                    raise DataError(f"seq_len={seq_len} / data.mix.length={self.mix.length} is too short for "
+                                    f"synthetic {kind!r} ({e}); raise them or drop {kind!r} from data.mix.kinds"
+                                    ) from None
             self._mix_key = _key(seed, 0x5EED)
 
         self.cursor = 0  # global sample index of the next global batch
         self._perms: dict[int, np.ndarray] = {}
-        self._prefetch = prefetch if self.device.type == "cuda" else 0
+        self._pin = self.device.type == "cuda"
+        self._prefetch = prefetch if self._pin else 0  # batches built ahead by a thread (CUDA only)
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
@@ -182,7 +190,7 @@ class TokenLoader:
             self._global_sample(cursor + self.rank + k * self.world_size, rows[k])
         t = torch.from_numpy(rows)
         x, y = t[:, :-1].contiguous(), t[:, 1:].contiguous()
-        if self._prefetch:
+        if self._pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
 
