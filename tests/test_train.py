@@ -63,10 +63,11 @@ def test_bad_overrides_fail_clearly():
 
 
 def test_exact_resume_and_mismatch(tmp_path, data_overrides):
-    """20 steps straight == 10 steps + resume + 10 steps, bit for bit; a different model is refused."""
+    """20 steps straight == 10 steps + resume + 10 steps, bit for bit; a different model is refused.
+    The first half runs the first 10 steps of the 20-step schedule (optim.schedule_steps), as a stopped run would."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     run(straight, ["train.steps=20", "train.ckpt_interval=10"], data_overrides)
-    run(split, ["train.steps=10"], data_overrides)
+    run(split, ["train.steps=10", "optim.schedule_steps=20"], data_overrides)
     assert [p.name for p in ckpt_io.list_checkpoints(split)] == ["step_0000010.pt"]
     run(split, ["train.steps=20"], data_overrides)  # train.resume=auto picks up step 10
     a, b = metrics(straight), metrics(split)
@@ -132,7 +133,7 @@ def _train_cmd(nproc: int) -> list[str]:
             str(REPO / "train.py")]  # fmt: skip
 
 
-@pytest.mark.parametrize("parallel", ["ddp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_gloo_matches_one_process(tmp_path, data_overrides, parallel):
     """torchrun with 2 CPU processes gives the losses of 1 process with the same global batch; both ranks
     share one run dir computed from the config (no run_dir given)."""

@@ -27,6 +27,9 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (warmup + cosine) | "wsd" (warmup, stable, decay) | "constant"
     warmup_steps: int = 10
     decay_frac: float = 0.2  # wsd: fraction of the run spent decaying at the end
+    # Length of the schedule in steps; 0 = train.steps. Set it to stop a run early (train.steps smaller) and
+    # later resume it with a larger train.steps on exactly the same learning-rate curve.
+    schedule_steps: int = 0
 
 
 @dataclass
@@ -122,6 +125,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if not 0 <= cfg.optim.decay_frac <= 1:
         raise ValueError(f"optim.decay_frac={cfg.optim.decay_frac} must be in [0, 1]")
+    if cfg.optim.schedule_steps < 0:
+        raise ValueError(f"optim.schedule_steps={cfg.optim.schedule_steps} must be >= 0 (0 = train.steps)")
     if cfg.optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0")
     cfg.model.validate()

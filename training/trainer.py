@@ -206,7 +206,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
             grad_norm = grad_norm.full_tensor()
         stats = all_reduce_mean(torch.stack([loss_sum / accum, grad_norm.float()]))
         loss_val, norm_val = stats.tolist()
-        lr = lr_at(step, cfg.train.steps, cfg.optim)
+        lr = lr_at(step, cfg.optim.schedule_steps or cfg.train.steps, cfg.optim)
         if math.isfinite(loss_val) and math.isfinite(norm_val):
             for group in optimizer.param_groups:
                 group["lr"] = lr
