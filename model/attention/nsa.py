@@ -251,7 +251,7 @@ class NativeSparseAttention(Attention):
         """
         a = self.attn_cfg
         ls = a.select_block
-        cmp = ((t - self.l) // self.d + 1).clamp(min=0)
+        cmp = ((t + 1 - self.l) // self.d + 1).clamp(min=0)  # num_compressed_tokens(t + 1)
         win = (t + 1).clamp(max=a.window)
         visible = t // ls + 1
         m = visible.clamp(max=a.num_select)
