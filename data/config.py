@@ -37,9 +37,10 @@ class DataConfig:
     # Globs. For local builders they are resolved here ("{stdlib}" = the directory of the `os` module's
     # file); for a hub dataset they are passed to load_dataset as patterns inside the repository.
     data_files: list[str] = field(default_factory=lambda: ["{stdlib}/**/*.py"])
-    exclude: list[str] = field(
-        default_factory=lambda: ["*/site-packages/*", "*/dist-packages/*", "*/test/*", "*/tests/*", "*/idle_test/*"]
-    )  # fnmatch patterns on the resolved local paths
+    exclude: list[str] = field(default_factory=lambda: [
+        "{stdlib}/site-packages/*", "{stdlib}/dist-packages/*", "{stdlib}/test/*", "{stdlib}/*/tests/*",
+        "{stdlib}/*/test/*", "{stdlib}/idlelib/idle_test/*",
+    ])  # fnmatch patterns ("*" spans folders) on the resolved local paths; "{stdlib}" as above
     text_field: str = "text"
     streaming: bool = False  # iterate the source instead of downloading/caching it whole (large hub datasets)
     sample_by: str = "document"  # "text" builder only: one document per "document" | "paragraph" | "line"

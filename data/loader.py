@@ -244,6 +244,8 @@ class TokenLoader:
     # --- prefetch thread (CUDA only) ------------------------------------------------------------------------
 
     def _start_thread(self) -> None:
+        # The thread pins memory: bind it to this rank's GPU, or CUDA would open a context on GPU 0 for it.
+        self._cuda_index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self._prefetch)
         self._thread = threading.Thread(target=self._produce, args=(self.cursor, self._stop, self._queue),
@@ -252,6 +254,8 @@ class TokenLoader:
 
     def _produce(self, cursor: int, stop: threading.Event, q: queue.Queue) -> None:
         try:
+            if self._pin:
+                torch.cuda.set_device(self._cuda_index)
             while not stop.is_set():
                 item = (cursor, *self._build(cursor))
                 while not stop.is_set():

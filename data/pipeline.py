@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -303,7 +304,7 @@ def _tokenize_streaming(ds, tok: Tokenizer, cfg: DataConfig, router: _Router) ->
     for texts in _text_batches(ds, cfg):
         docs = _with_eos(tok, texts)
         lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-        flat = np.fromiter((t for d in docs for t in d), dtype=dtype, count=int(lengths.sum()))
+        flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=int(lengths.sum()))
         router.add(flat, lengths)
         if router.done:
             return

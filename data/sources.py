@@ -42,7 +42,8 @@ def resolve_files(cfg: DataConfig) -> list[str]:
             raise DataError(f"no files match data.data_files pattern {expanded!r} (cwd {os.getcwd()}); "
                             "fix the glob or the path")
         files.update(os.path.abspath(p) for p in matched)
-    kept = sorted(f for f in files if not any(fnmatch.fnmatch(f, x) for x in cfg.exclude))
+    exclude = [os.path.expanduser(x.replace("{stdlib}", stdlib_dir())) for x in cfg.exclude]
+    kept = sorted(f for f in files if not any(fnmatch.fnmatch(f, x) for x in exclude))
     if not kept:
         raise DataError(f"all {len(files)} files matching data.data_files={cfg.data_files} are removed by "
                         f"data.exclude={cfg.exclude}; loosen data.exclude")

@@ -264,3 +264,19 @@ def test_cli(tmp_path):
                        text=True, timeout=120)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("error: no files match")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "data").glob("*.yaml")))
+def test_data_group_configs_compose(name):
+    """Every configs/data/*.yaml composes under the root config into a valid DataConfig (hub ones not run)."""
+    from data import as_data_config
+    from data.sources import is_local, resolve_files
+    from tests.conftest import compose_config
+
+    cfg = as_data_config(compose_config([f"data={name}", "run_dir=unused"]).data)
+    assert cfg.name == name
+    if is_local(cfg):
+        assert len(resolve_files(cfg)) > 50
+    else:
+        assert "/" in cfg.path and not cfg.data_files and not cfg.exclude and cfg.tokenizer == "gpt2"
+        assert cfg.val_split is not None or 0 < cfg.val_fraction < 0.01
