@@ -59,8 +59,8 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
     def tile(t0: int, qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor):
         t = t0 + torch.arange(qt.shape[1], device=qt.device)
         i = torch.arange(kt.shape[1], device=qt.device)
-        visible = i[None, :] * stride + block_size - 1 <= t[:, None]
-        return attend(qt, kt, vt, visible[None, :, None, None, :], scale)
+        visible = i[None, :] * stride + block_size - 1 <= t[:, None]  # [R, S]
+        return attend(qt, kt, vt, visible, scale)
 
     outs, lses = [], []
     for t0, t1 in _tiles(T, chunk_size):
@@ -101,30 +101,43 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     return torch.cat(out, dim=1)
 
 
-def _selected_tile(t0: int, select_size: int, scale: float, qt: torch.Tensor, k: torch.Tensor,
-                   v: torch.Tensor, idx_t: torch.Tensor) -> torch.Tensor:
-    """Rows t0 .. t0+R-1 of selected attention, attending to the gathered keys of their blocks."""
+def _selected_tile(t0: int, select_size: int, scale: float, qt: torch.Tensor, k_blocks: torch.Tensor,
+                   v_blocks: torch.Tensor, idx_t: torch.Tensor) -> torch.Tensor:
+    """Rows t0 .. t0+R-1 of selected attention, attending to the gathered keys of their blocks.
+
+    qt [B, R, Hq, Dk], k_blocks [B, Hkv, Nb, l', Dk] / v_blocks [B, Hkv, Nb, l', Dv] (the keys split
+    into selection blocks, compute dtype), idx_t [B, R, Hkv, n].
+    """
     B, R, Hq, Dk = qt.shape
-    T, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    Hkv, Nb, Dv = k_blocks.shape[1], k_blocks.shape[2], v_blocks.shape[4]
     n, dev = idx_t.shape[-1], qt.device
-    ct = compute_dtype(qt.dtype)
     ids = idx_t.long()  # [B, R, Hkv, n]
     # a repeated id must count once (the definition is a set of blocks): drop every repeat after the first
-    repeat = ((ids[..., :, None] == ids[..., None, :]) & torch.ones(n, n, dtype=torch.bool, device=dev).tril(-1))
-    slot_ok = (ids >= 0) & ~repeat.any(dim=-1)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=dev).tril(-1)
+    repeat = ((ids[..., :, None] == ids[..., None, :]) & earlier).any(dim=-1)
+    slot_ok = (ids >= 0) & (ids < Nb) & ~repeat
     pos = ids[..., None] * select_size + torch.arange(select_size, device=dev)  # [B, R, Hkv, n, l']
     t = t0 + torch.arange(R, device=dev)
-    key_ok = slot_ok[..., None] & (pos <= t[None, :, None, None, None])  # causal; also excludes pos >= T
-    pos = pos.clamp(0, T - 1).flatten(-2)  # [B, R, Hkv, n*l'], in range for the gather
+    key_ok = (slot_ok[..., None] & (pos <= t[None, :, None, None, None])).flatten(-2)  # causal
+    # gather whole blocks (contiguous l' x D slabs), one copy shared by the G heads of the group;
+    # index_select's backward is a row-wise index_add, much faster on CPU than advanced indexing's
     b_ar = torch.arange(B, device=dev)[:, None, None, None]
     h_ar = torch.arange(Hkv, device=dev)[None, None, :, None]
-    kg = k[b_ar, pos, h_ar].to(ct)  # [B, R, Hkv, n*l', Dk]
-    vg = v[b_ar, pos, h_ar].to(ct)  # [B, R, Hkv, n*l', Dv]
-    qg = qt.to(ct).reshape(B, R, Hkv, Hq // Hkv, Dk)
-    scores = torch.einsum("brhgd,brhmd->brhgm", qg, kg) * scale
-    p, _ = masked_softmax(scores, key_ok.flatten(-2)[:, :, :, None, :])
-    o = torch.einsum("brhgm,brhmd->brhgd", p, vg)
-    return o.reshape(B, R, Hq, Dv).to(qt.dtype)
+    rows = ((b_ar * Hkv + h_ar) * Nb + ids.clamp(0, Nb - 1)).flatten()  # rows of [B*Hkv*Nb, l'*D]
+    kg = k_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, R, Hkv, n * select_size, Dk)
+    vg = v_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, R, Hkv, n * select_size, Dv)
+    qg = (qt.to(kg.dtype) * scale).reshape(B, R, Hkv, Hq // Hkv, Dk)
+    scores = torch.matmul(qg, kg.transpose(-1, -2))  # [B, R, Hkv, G, n*l']
+    p, _ = masked_softmax(scores, key_ok[:, :, :, None, :], need_lse=False)
+    return torch.matmul(p, vg).reshape(B, R, Hq, Dv).to(qt.dtype)
+
+
+def _split_blocks(x: torch.Tensor, select_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T, H, D] -> [B, H, Nb, l', D] (zero-padded to whole blocks), contiguous, in `dtype`."""
+    B, T, H, D = x.shape
+    Nb = math.ceil(T / select_size)
+    x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, 0, 0, Nb * select_size - T))
+    return x.reshape(B, Nb, select_size, H, D).permute(0, 3, 1, 2, 4).contiguous()
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
@@ -139,10 +152,12 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: t
     per_row = B * Hkv * max(n, 1) * select_size * max(k.shape[3], v.shape[3])
     rows = max(1, min(chunk_size, GATHER_BUDGET // per_row))
     scale = resolve_scale(scale, q.shape[-1])
+    ct = compute_dtype(q.dtype)
+    k_blocks, v_blocks = _split_blocks(k, select_size, ct), _split_blocks(v, select_size, ct)
     outs = []
     for t0, t1 in _tiles(T, rows):
-        outs.append(_run_tile(lambda qt, k, v, it, t0=t0: _selected_tile(t0, select_size, scale, qt, k, v, it),
-                              q[:, t0:t1], k, v, idx[:, t0:t1]))
+        outs.append(_run_tile(lambda qt, kb, vb, it, t0=t0: _selected_tile(t0, select_size, scale, qt, kb, vb, it),
+                              q[:, t0:t1], k_blocks, v_blocks, idx[:, t0:t1]))
     return torch.cat(outs, dim=1)
 
 
@@ -155,8 +170,8 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     def tile(t0: int, lo: int, qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
         t = t0 + torch.arange(qt.shape[1], device=qt.device)
         s = lo + torch.arange(kt.shape[1], device=qt.device)
-        mask = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - window)
-        return attend(qt, kt, vt, mask[None, :, None, None, :], scale)[0]
+        mask = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - window)  # [R, S]
+        return attend(qt, kt, vt, mask, scale, need_lse=False)[0]
 
     outs = []
     for t0, t1 in _tiles(T, chunk_size):

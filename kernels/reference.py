@@ -160,44 +160,44 @@ def resolve_scale(scale: float | None, head_dim: int) -> float:
     return head_dim ** -0.5 if scale is None else float(scale)
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor,
+                   need_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax of `scores` over the last dim restricted to `mask` (broadcastable, True = visible).
 
-    Returns (p, lse) with lse shaped like scores minus the last dim. A row with no visible entry
-    gets p = 0 and lse = -inf, and every gradient through it is exactly zero: the row's max and
-    normaliser are replaced by harmless constants before any exp/log/division touches them.
+    Returns (p, lse) with lse shaped like scores minus the last dim (None unless need_lse). A row
+    with no visible entry gets p = 0 and lse = -inf, and every gradient through it is exactly zero:
+    such a row is softmaxed unmasked (finite numbers, so no NaN in forward or backward) and then
+    zeroed, so nothing flows back into it.
     """
-    scores = scores.masked_fill(~mask, float("-inf"))
-    if scores.shape[-1] == 0:
-        row_max = scores.new_zeros(scores.shape[:-1] + (1,))
-    else:
-        row_max = scores.amax(dim=-1, keepdim=True).detach()  # a constant shift: softmax is invariant
-        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    expo = torch.exp(scores - row_max)  # exactly 0 where masked (exp(-inf)), and d exp = 0 there
-    denom = expo.sum(dim=-1, keepdim=True)
-    nonempty = denom > 0
-    safe_denom = torch.where(nonempty, denom, torch.ones_like(denom))
-    p = expo / safe_denom
-    lse = torch.where(nonempty, row_max + torch.log(safe_denom), torch.full_like(denom, float("-inf")))
-    return p, lse.squeeze(-1)
+    nonempty = mask.any(dim=-1, keepdim=True)  # as small as the mask: cheap
+    scores = scores.masked_fill(~(mask | ~nonempty), float("-inf"))
+    p = torch.softmax(scores, dim=-1).masked_fill(~nonempty, 0.0)
+    if not need_lse:
+        return p, None
+    return p, torch.logsumexp(scores, dim=-1).masked_fill(~nonempty.squeeze(-1), float("-inf"))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+           need_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Masked dense GQA attention.
 
     q [B, T, Hq, Dk], k [B, S, Hkv, Dk], v [B, S, Hkv, Dv], mask broadcastable to
-    [B, T, Hkv, G, S] (True = key visible). Returns o [B, T, Hq, Dv] in q's dtype and
-    lse [B, T, Hq] float32.
+    [B, Hkv, G, T, S] (True = key visible; a [T, S] mask applies to every batch and head).
+    Returns o [B, T, Hq, Dv] in q's dtype and lse [B, T, Hq] float32 (None unless need_lse).
     """
     B, T, Hq, Dk = q.shape
-    Hkv, Dv = k.shape[2], v.shape[3]
+    S, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    G = Hq // Hkv
     ct = compute_dtype(q.dtype)
-    qg = q.to(ct).reshape(B, T, Hkv, Hq // Hkv, Dk)  # head h = kv_head * G + j reads kv_head = h // G
-    scores = torch.einsum("bthgd,bshd->bthgs", qg, k.to(ct)) * scale
-    p, lse = masked_softmax(scores, mask)
-    o = torch.einsum("bthgs,bshd->bthgd", p, v.to(ct))
-    return o.reshape(B, T, Hq, Dv).to(q.dtype), lse.reshape(B, T, Hq).float()
+    # head-major layout, one matmul per (batch, KV head); query head h = kv * G + g reads KV head h // G
+    qh = (q.to(ct) * scale).reshape(B, T, Hkv, G, Dk).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * T, Dk)
+    scores = torch.matmul(qh, k.to(ct).permute(0, 2, 3, 1)).reshape(B, Hkv, G, T, S)
+    p, lse = masked_softmax(scores, mask, need_lse)
+    o = torch.matmul(p.reshape(B, Hkv, G * T, S), v.to(ct).permute(0, 2, 1, 3))  # [B, Hkv, G*T, Dv]
+    o = o.reshape(B, Hkv, G, T, Dv).permute(0, 3, 1, 2, 4).reshape(B, T, Hq, Dv).to(q.dtype)
+    if lse is not None:
+        lse = lse.permute(0, 3, 1, 2).reshape(B, T, Hq).float()
+    return o, lse
 
 
 def overlap_weights(num_cmp: int, num_blocks: int, *, block_size: int, stride: int, select_size: int,
@@ -257,7 +257,7 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
     t = torch.arange(T, device=q.device)
     i = torch.arange(k_cmp.shape[1], device=q.device)
     visible = i[None, :] * stride + block_size - 1 <= t[:, None]  # [T, Tc]
-    return attend(q, k_cmp, v_cmp, visible[None, :, None, None, :], resolve_scale(scale, q.shape[-1]))
+    return attend(q, k_cmp, v_cmp, visible, resolve_scale(scale, q.shape[-1]))
 
 
 @torch.no_grad()
@@ -310,8 +310,8 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: t
     s = torch.arange(T, device=q.device)
     in_chosen = (idx.long()[..., None, :] == (s // select_size)[:, None]).any(dim=-1)  # [B, T, Hkv, S]
     causal = s[None, :] <= s[:, None]  # [T, S]
-    mask = in_chosen & causal[None, :, None, :]
-    return attend(q, k, v, mask[:, :, :, None, :], resolve_scale(scale, q.shape[-1]))[0]
+    mask = (in_chosen & causal[None, :, None, :]).permute(0, 2, 1, 3)  # [B, Hkv, T, S]
+    return attend(q, k, v, mask[:, :, None], resolve_scale(scale, q.shape[-1]), need_lse=False)[0]
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
@@ -325,4 +325,4 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     T = q.shape[1]
     t = torch.arange(T, device=q.device)
     mask = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - window)  # [T, S]
-    return attend(q, k, v, mask[None, :, None, None, :], resolve_scale(scale, q.shape[-1]))[0]
+    return attend(q, k, v, mask, resolve_scale(scale, q.shape[-1]), need_lse=False)[0]

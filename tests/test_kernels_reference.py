@@ -410,8 +410,9 @@ def test_chunked_path_never_builds_a_T_by_T_matrix(gen):
         kernels.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
         o.sum().backward()
     assert chunked_run.largest < T * T // 8, chunked_run.largest
-    # tiles are recomputed in the backward: autograd holds on to the inputs only, not per-tile scores
-    assert sum(saved.values()) <= sum(x.numel() for x in (q, k, v, kc, idx)), sum(saved.values())
+    # tiles are recomputed in the backward: autograd keeps the inputs (and one blocked copy of k, v),
+    # not per-tile scores (without checkpointing this would be ~30x larger)
+    assert sum(saved.values()) <= 2 * sum(x.numel() for x in (q, k, v, kc, idx)), sum(saved.values())
     with _LargestStorage() as dense_run:  # the check can fail: the dense reference does build [T, T]
         ref.window_attention(q, k, v, window=w)
     assert dense_run.largest >= T * T
