@@ -116,8 +116,9 @@ class TokenLoader:
                 raise DataError(f"data.mix.length={self.mix.length} must be in [2, seq_len+1={seq_len + 1}]")
             self.tokenizer = load_tokenizer(self.dir)
             for kind in self.mix.kinds:  # fail now, not mid-training, if a kind does not fit
-                try:
-                    generate(kind, self.tokenizer, (self.mix.length or seq_len + 1) - 1, seed=0)
+                try:  # (a rare draw that still does not fit later keeps its real sample)
+                    for s in range(4):
+                        generate(kind, self.tokenizer, (self.mix.length or seq_len + 1) - 1, seed=s)
                 except ValueError as e:
                     raise DataError(f"seq_len={seq_len} / data.mix.length={self.mix.length} is too short for "
                                     f"synthetic {kind!r} ({e}); raise them or drop {kind!r} from data.mix.kinds"
@@ -179,8 +180,11 @@ class TokenLoader:
         kind = self.mix.kinds[(h & 0xFFFF) % len(self.mix.kinds)]
         eos = self.tokenizer.eos_id
         haystack = out[out != eos]  # the real text this sample replaces, for needles in real text
-        doc = generate(kind, self.tokenizer, length - 1, seed=_key(self.seed, g) & 0x7FFFFFFF,
-                       haystack=haystack.tolist() if len(haystack) else None)
+        try:
+            doc = generate(kind, self.tokenizer, length - 1, seed=_key(self.seed, g) & 0x7FFFFFFF,
+                           haystack=haystack.tolist() if len(haystack) else None)
+        except ValueError:  # this draw's pieces encode longer than the length allows: keep the real sample
+            return
         out[len(out) - length] = eos  # a document boundary, as prepare puts before every document
         out[len(out) - length + 1:] = doc.tokens
 
@@ -245,7 +249,8 @@ class TokenLoader:
 
     def _start_thread(self) -> None:
         # The thread pins memory: bind it to this rank's GPU, or CUDA would open a context on GPU 0 for it.
-        self._cuda_index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        if self._pin:
+            self._cuda_index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self._prefetch)
         self._thread = threading.Thread(target=self._produce, args=(self.cursor, self._stop, self._queue),

@@ -244,8 +244,8 @@ def _train_texts(ds, cfg: DataConfig) -> Iterator[str]:
 class _Router:
     """Sends tokenized documents, in order, to the train/val writers until the token budget is used up."""
 
-    def __init__(self, writers: dict[str, ShardWriter], val_fraction: float, budget: int | None, eos_id: int):
-        self.writers, self.val_fraction, self.budget, self.eos_id = writers, val_fraction, budget, eos_id
+    def __init__(self, writers: dict[str, ShardWriter], val_fraction: float, budget: int | None):
+        self.writers, self.val_fraction, self.budget = writers, val_fraction, budget
         self.docs = 0  # documents seen (index of the next one)
         self.tokens = 0
         self.done = False
@@ -280,7 +280,7 @@ class _Router:
 def _tokenize_source(ds, tok: Tokenizer, cfg: DataConfig, writers: dict[str, ShardWriter], val_fraction: float,
                      budget: int | None, tmp: Path) -> tuple[int, bool]:
     """Tokenizes `ds` into the writers; returns (documents read, whether the budget stopped it)."""
-    router = _Router(writers, val_fraction, budget, tok.eos_id)
+    router = _Router(writers, val_fraction, budget)
     try:
         if cfg.streaming:
             _tokenize_streaming(ds, tok, cfg, router)

@@ -176,3 +176,16 @@ def test_mix_config_errors(real_ds):
     with pytest.raises(DataError, match="too short for synthetic 'passkey'"):
         TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.1))
     assert TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.0)).mix is None
+
+
+def test_mix_draw_that_does_not_fit_keeps_the_real_sample(real_ds, monkeypatch):
+    import data.synthetic
+
+    plain = TokenLoader(real_ds, "train", seq_len=256, batch_size=4, seed=3)
+    mixed = TokenLoader(real_ds, "train", seq_len=256, batch_size=4, seed=3, mix=MixConfig(rate=1.0))
+
+    def too_long(*args, **kwargs):
+        raise ValueError("passkey: n_tokens=256 is too short")
+
+    monkeypatch.setattr(data.synthetic, "generate", too_long)
+    assert torch.equal(plain.next_batch()[0], mixed.next_batch()[0])
