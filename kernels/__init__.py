@@ -8,7 +8,8 @@
 
 Each op checks its sizes (one-line ValueError), then dispatches:
 - CUDA tensors, or CPU tensors with TRITON_INTERPRET=1: the Triton kernel registered for the op in
-  `TRITON_OPS` (kernels/triton_*.py, a later issue); until one is registered, the PyTorch path below.
+  `TRITON_OPS` (kernels/ops.py over kernels/triton_*.py; registered only where it can run, see
+  `_register_triton_ops`); an op not registered takes the PyTorch path below.
 - otherwise: kernels/chunked.py, vectorised PyTorch over query tiles (never a [T, T] matrix).
 kernels/reference.py is the dense executable specification both are tested against.
 """
@@ -41,9 +42,22 @@ __all__ = [
 ]
 
 # The single place where the Triton kernels plug in: op name -> function with the op's exact
-# signature. kernels/triton_*.py will fill it (e.g. TRITON_OPS["window_attention"] = fn); an op
-# missing here falls back to the PyTorch path on every device.
+# signature. `_register_triton_ops` below fills it from kernels/ops.py (the torch.library ops over
+# kernels/triton_*.py); an op missing here falls back to the PyTorch path on every device.
 TRITON_OPS: dict[str, Callable] = {}
+
+
+def _register_triton_ops() -> None:
+    """Fill TRITON_OPS when the Triton kernels can run in this process: on a machine with CUDA, or on CPU
+    with TRITON_INTERPRET=1 set before triton is first imported (Triton fixes the mode at import).
+    Elsewhere (or without triton installed) triton is not imported at all."""
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return
+    try:
+        from kernels import ops
+    except ImportError:  # no triton on this platform
+        return
+    TRITON_OPS.update(ops.TRITON_OPS)
 
 
 def _impl(name: str, x: torch.Tensor) -> Callable:
@@ -104,3 +118,6 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     check_nsa_sizes(window=window)
     check_attention_inputs("window_attention", q, k, v, num_keys=q.shape[1])
     return _impl("window_attention", q)(q, k, v, window=window, scale=scale)
+
+
+_register_triton_ops()

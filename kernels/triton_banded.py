@@ -1,0 +1,362 @@
+"""Triton kernels for NSA's two "banded" branches: compressed attention and sliding-window attention.
+
+Both are causal attention in which key j becomes visible at position first(j) = j*KS + KOFF and stays
+visible for WIN positions:
+
+    key j visible to query t  iff  j*KS + KOFF <= t < j*KS + KOFF + WIN
+
+- compressed attention: KS = stride d, KOFF = block_size l - 1 (the whole block [j*d, j*d + l) seen), WIN = T;
+- window attention:     KS = 1, KOFF = 0, WIN = window w (keys t - w < j <= t).
+
+So one FlashAttention-style kernel family serves both: forward (online softmax in the log2 domain, lse
+saved), dK/dV (one program per key tile walking the queries that see it) and dQ (one program per query
+tile walking its keys). Tiles outside the band are never visited.
+
+Group-centric rows: a program's query tile holds NPOS consecutive positions x all G heads of one KV
+group (row r = position t0 + r // G_PAD, head kvh*G + r % G_PAD), so every K/V tile loaded serves all
+G heads, and small G still fills a tile of >= 16 rows with several positions.
+Offsets are int64 (b, t, h are widened before multiplying by strides), so T*H*D may pass 2^31.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_common import (
+    INTERPRETED,
+    LOG2E,
+    acc_dtype,
+    bthd,
+    dot_precision,
+    head_block,
+    next_pow2,
+    tl_acc,
+)
+
+
+@triton.jit
+def _band_fwd_kernel(
+    Q, K, V, OUT, LSE,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
+    T, S, Hkv, G, qk_scale, KS, KOFF, WIN,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    BM: tl.constexpr = NPOS * G_PAD
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_rows = Q + b * sq_b + pos.to(tl.int64) * sq_t + head * sq_h
+    q = tl.load(q_rows[:, None] + offs_dk[None, :], mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+
+    # keys that any row of the tile can see: first(j) <= last position, first(j) + WIN > first position
+    t_last = tl.minimum(t0 + NPOS, T) - 1
+    hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
+    lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
+    lo = (lo // BLOCK_N) * BLOCK_N
+
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    m_i = tl.full([BM], float("-inf"), ACC)
+    l_i = tl.zeros([BM], ACC)
+    acc = tl.zeros([BM, BLOCK_DV], ACC)
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        j_ok = j < S
+        k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                    mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        first = j * KS + KOFF
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
+                    mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+        m_i = m_new
+
+    nonempty = l_i > 0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
+    tl.store(o_rows[:, None] + offs_dv[None, :], o.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    # lse is a contiguous [B, T, Hq] buffer
+    Hq = Hkv * G
+    tl.store(LSE + (b * T + pos) * Hq + head, lse, mask=row_ok)
+
+
+@triton.jit
+def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_DV: tl.constexpr, HAS_DLSE: tl.constexpr):
+    """delta[r] = sum_d o[r, d] * do[r, d] - dlse[r] over contiguous [rows, DV] views (softmax backward)."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_DV)
+    m = (r < n_rows)[:, None] & (d[None, :] < DV)
+    o = tl.load(OUT + r[:, None] * DV + d[None, :], mask=m, other=0.0).to(DELTA.dtype.element_ty)
+    do = tl.load(DO + r[:, None] * DV + d[None, :], mask=m, other=0.0).to(DELTA.dtype.element_ty)
+    delta = tl.sum(o * do, 1)
+    if HAS_DLSE:
+        dlse = tl.load(DLSE + r, mask=r < n_rows, other=0.0).to(DELTA.dtype.element_ty)
+        delta = delta - dlse
+    tl.store(DELTA + r, delta, mask=r < n_rows)
+
+
+@triton.jit
+def _band_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
+    T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN, SPLIT_LEN,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dK, dV of one key tile, summed over the G heads and the queries of split pid_s.
+
+    Writes ACC-dtype partial sums to DK_OUT/DV_OUT [NSPLIT, B, S, Hkv, D] (contiguous); the launcher
+    sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle).
+    """
+    BM: tl.constexpr = NPOS * G_PAD
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    j0 = pid_n * BLOCK_N
+    j = j0 + tl.arange(0, BLOCK_N)
+    j_ok = j < S
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(K + b * sk_b + kvh.to(tl.int64) * sk_h + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    v = tl.load(V + b * sv_b + kvh.to(tl.int64) * sv_h + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
+                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    first = j * KS + KOFF
+
+    # queries that see some key of the tile, restricted to this split's share of [0, T)
+    j_last = tl.minimum(j0 + BLOCK_N, S) - 1
+    t_lo = tl.maximum(j0 * KS + KOFF, pid_s * SPLIT_LEN)
+    t_hi = tl.minimum(tl.minimum(T, j_last * KS + KOFF + WIN), (pid_s + 1) * SPLIT_LEN)
+    start = (t_lo // NPOS) * NPOS
+
+    rows = tl.arange(0, BM)
+    g = rows % G_PAD
+    head = (kvh * G + g).to(tl.int64)
+    Hq = Hkv * G
+    dk = tl.zeros([BLOCK_N, BLOCK_DK], ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
+    for t0 in range(start, t_hi, NPOS):
+        pos = t0 + rows // G_PAD
+        row_ok = (g < G) & (pos < t_hi) & (pos >= t_lo)
+        pos64 = pos.to(tl.int64)
+        q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                    mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
+        delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        vis = vis & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+    dk = dk * sm_scale
+
+    B = tl.num_programs(1) // Hkv
+    out_row = ((pid_s * B + b) * S + j.to(tl.int64)) * Hkv + kvh
+    tl.store(DK_OUT + out_row[:, None] * DK + offs_dk[None, :], dk, mask=j_ok[:, None] & (offs_dk[None, :] < DK))
+    tl.store(DV_OUT + out_row[:, None] * DV + offs_dv[None, :], dv, mask=j_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _band_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+    T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    BM: tl.constexpr = NPOS * G_PAD
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
+    pos64 = pos.to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    Hq = Hkv * G
+    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
+
+    t_last = tl.minimum(t0 + NPOS, T) - 1
+    hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
+    lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
+    lo = (lo // BLOCK_N) * BLOCK_N
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    dq = tl.zeros([BM, BLOCK_DK], ACC)
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        j_ok = j < S
+        k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                    mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
+                    mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        first = j * KS + KOFF
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + b * sdq_b + pos64[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def _tiles(G: int, block_d: int, rows_gpu: int, rows_interp: int = 32) -> tuple[int, int]:
+    """(G_PAD, NPOS): query tiles of NPOS positions x G_PAD head rows (>= 16 rows, a power of two)."""
+    g_pad = next_pow2(G)
+    rows = max(rows_interp if INTERPRETED else rows_gpu, 16, g_pad)
+    return g_pad, rows // g_pad
+
+
+def _window_bound(win: int, T: int) -> int:
+    """WIN of the band: -1 means unbounded (compressed attention), i.e. every later position."""
+    return T if win < 0 else win
+
+
+def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, koff: int, win: int,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Banded attention forward. q [B,T,Hq,Dk], k [B,S,Hkv,Dk], v [B,S,Hkv,Dv] ->
+    o [B,T,Hq,Dv] (q's dtype), lse [B,T,Hq] (float32; float64 for float64 inputs), -inf where nothing is visible."""
+    q, k, v = bthd(q), bthd(k), bthd(v)
+    B, T, Hq, Dk = q.shape
+    S, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    G = Hq // Hkv
+    o = torch.empty(B, T, Hq, Dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
+    if S == 0:  # no key exists (compressed branch with T < block_size)
+        return o.zero_(), lse.fill_(float("-inf"))
+    bdk, bdv = head_block(Dk), head_block(Dv)
+    big = max(bdk, bdv) > 128
+    g_pad, npos = _tiles(G, bdk, 64 if big else 128)
+    block_n = 16 if INTERPRETED else 64
+    grid = (triton.cdiv(T, npos), B * Hkv)
+    _band_fwd_kernel[grid](
+        q, k, v, o, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        T, S, Hkv, G, scale * LOG2E, ks, koff, _window_bound(win, T),
+        DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n,
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        num_warps=4 if (big or g_pad * npos <= 64) else 8, num_stages=2 if big else 3,
+    )
+    return o, lse
+
+
+def row_delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """delta [B, T, Hq] = sum(o * do, -1) - dlse: the softmax-backward row term (dlse: gradient of lse)."""
+    o, do = o.contiguous(), do.contiguous()
+    B, T, Hq, Dv = o.shape
+    n_rows = B * T * Hq
+    delta = torch.empty(B, T, Hq, dtype=dtype, device=o.device)
+    block_r = 16 if INTERPRETED else 64
+    dlse_arg = dlse.contiguous() if dlse is not None else delta
+    _row_delta_kernel[(triton.cdiv(n_rows, block_r),)](
+        o, do, dlse_arg, delta, n_rows, DV=Dv, BLOCK_R=block_r, BLOCK_DV=head_block(Dv),
+        HAS_DLSE=dlse is not None)
+    return delta
+
+
+def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  o: torch.Tensor, lse: torch.Tensor, ks: int, koff: int, win: int,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of banded attention given do [B,T,Hq,Dv] and dlse [B,T,Hq] (None = zero)."""
+    q, k, v, do = bthd(q), bthd(k), bthd(v), bthd(do)
+    B, T, Hq, Dk = q.shape
+    S, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+    G = Hq // Hkv
+    if S == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    acc = acc_dtype(q.dtype)
+    lse = lse.contiguous()
+    delta = row_delta(o, do, dlse, acc)
+    bdk, bdv = head_block(Dk), head_block(Dv)
+    big = max(bdk, bdv) > 128
+    WIN = _window_bound(win, T)
+    common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
+
+    # dK, dV: one program per key tile (x query split); split the queries when key tiles are few
+    g_pad, npos = _tiles(G, bdk, 64, rows_interp=16)
+    block_n = 16 if INTERPRETED else (32 if big else 64)
+    n_tiles = triton.cdiv(S, block_n)
+    if INTERPRETED:
+        nsplit = 2 if T > 32 else 1  # exercise the split path in CI
+    else:
+        nsplit = max(1, min(16, triton.cdiv(2 * 132, n_tiles * B * Hkv)))
+        if win >= 0:
+            nsplit = 1  # window: each key tile sees only ~w queries
+    split_len = triton.cdiv(triton.cdiv(T, nsplit), npos) * npos
+    nsplit = triton.cdiv(T, split_len)
+    dk_part = torch.empty(nsplit, B, S, Hkv, Dk, dtype=acc, device=q.device)
+    dv_part = torch.empty(nsplit, B, S, Hkv, Dv, dtype=acc, device=q.device)
+    _band_bwd_dkdv_kernel[(n_tiles, B * Hkv, nsplit)](
+        q, k, v, do, lse, delta, dk_part, dv_part,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        num_warps=4 if big else 8, num_stages=2,
+    )
+    dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)
+    dv = (dv_part[0] if nsplit == 1 else dv_part.sum(0)).to(v.dtype)
+
+    # dQ: one program per query tile
+    g_pad, npos = _tiles(G, bdk, 64, rows_interp=16)
+    block_n = 16 if INTERPRETED else (32 if big else 64)
+    dq = torch.empty_like(q)
+    _band_bwd_dq_kernel[(triton.cdiv(T, npos), B * Hkv)](
+        q, k, v, do, lse, delta, dq,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        num_warps=4 if big else 8, num_stages=2,
+    )
+    return dq, dk, dv

@@ -1,0 +1,61 @@
+"""Helpers shared by the Triton NSA kernels (kernels/triton_*.py): dtypes, tile sizes, launch plumbing.
+
+The kernels run compiled on CUDA tensors, and on CPU tensors under Triton's interpreter when the
+environment variable TRITON_INTERPRET=1 was set before triton was first imported (that is how CI
+tests them). `INTERPRETED` records which of the two this process got.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton decides at decoration time (when kernels/triton_*.py is imported) whether @triton.jit
+# functions are interpreted; the same variable, read at the same time, tells the launchers.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+LOG2E = 1.4426950408889634
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else triton.next_power_of_2(int(x))
+
+
+def runs_triton(x: torch.Tensor) -> bool:
+    """True when the Triton kernels can run on x's device in this process."""
+    return x.is_cuda or (x.device.type == "cpu" and INTERPRETED)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation/softmax dtype, as in kernels.reference.compute_dtype: float64 stays, the rest float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: full precision for float32/float64 operands (tf32 would cost ~3e-4
+    relative error), irrelevant (the native MMA) for 16-bit operands."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def head_block(d: int) -> int:
+    """Feature-dim tile: the next power of two, at least 16 (tl.dot's minimum K/N)."""
+    return max(16, next_pow2(d))
+
+
+def bthd(x: torch.Tensor) -> torch.Tensor:
+    """x with a unit stride on its last (feature) dim, which the kernels assume."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def check_launchable(*tensors: torch.Tensor) -> None:
+    for x in tensors:
+        if not runs_triton(x):
+            raise RuntimeError(f"NSA Triton kernels: got a tensor on {x.device}; they run on CUDA tensors, or on "
+                               f"CPU tensors when TRITON_INTERPRET=1 is set before triton is imported")

@@ -1,0 +1,149 @@
+"""Triton kernel for NSA's block selection: importance scores -> block scores -> top-n, fused.
+
+One program owns NPOS consecutive query positions x the G heads of one KV group. It walks the
+selection blocks visible to its positions in tiles of NBT blocks (NBT = num_select rounded up to a
+power of two), and for each tile:
+1. recomputes the compression branch's probabilities p = exp(q . k_cmp * scale - lse) for the
+   compressed tokens whose own block lies in the tile (never storing the [T, T/d] matrix);
+2. sums p over the G heads of the group (a reshape [NPOS, G, C] -> sum over G);
+3. spreads each token over the blocks it overlaps with the weights |token ∩ block| / d (NSA.md,
+   selection step 3; a token overlaps its own block and at most the next one because l <= l': the
+   part falling in the next tile's first block is carried over in `carry`);
+4. merges the tile's candidates into a running top-NBT list kept in registers.
+
+Top-n in registers: each candidate becomes one int64 sort key, (priority bits << 31) | (MAXID - id).
+Priorities are non-negative float32 scores (whose bit patterns order like the floats), +inf for forced
+blocks, and key -1 for invisible blocks; MAXID - id makes the lower id win a tie, exactly like the
+reference's stable descending sort. Merging two descending-sorted lists A, B of NBT keys: the NBT
+largest of A ∪ B are max(A[i], B[NBT-1-i]) (a bitonic half-cleaner), so a tile costs two small sorts.
+Finally the chosen ids are written in ascending order with -1 padding, as the reference returns them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_common import LOG2E, bthd, dot_precision, head_block, next_pow2, tl_acc
+
+
+@triton.jit
+def _select_kernel(
+    Q, KC, LSE, IDX,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sl_b, sl_t, sl_h, si_b, si_t, si_h,
+    T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
+    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
+    NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    BM: tl.constexpr = NPOS * G_PAD
+    MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+
+    # query rows: NPOS positions x G_PAD heads
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
+    pos64 = pos.to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    lse = tl.load(LSE + b * sl_b + pos64 * sl_t + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
+
+    # per-position view (one row per query position)
+    prow = tl.arange(0, NPOS)
+    ppos = t0 + prow
+    cur = ppos // SEL  # the block holding the position
+    jj = tl.arange(0, NBT)
+    c = tl.arange(0, C_PAD)
+
+    t_last = tl.minimum(t0 + NPOS, T) - 1
+    n_blocks = t_last // SEL + 1  # blocks visible to the tile's last position
+    k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
+    top = tl.full([NPOS, NBT], -1, tl.int64)
+    carry = tl.zeros([NPOS], ACC)
+    for jb0 in range(0, n_blocks, NBT):
+        # compressed tokens whose own block (the one holding their first token) is in this tile
+        i = jb0 * TPB + c
+        i_ok = (c < NBT * TPB) & (i < TC)
+        kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                     mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC) * qk_scale
+        vis = (i[None, :] * STRIDE + BS - 1 <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+        pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
+
+        # overlap weights of token i with the tile's blocks, and with the next tile's first block
+        tok_lo = i * STRIDE
+        tok_hi = tok_lo + BS
+        blk_lo = (jb0 + jj) * SEL
+        ov = tl.minimum(tok_hi[:, None], blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
+        w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT]
+        nxt_lo = (jb0 + NBT) * SEL
+        ov_next = tl.minimum(tok_hi, nxt_lo + SEL) - tl.maximum(tok_lo, nxt_lo)
+        w_next = tl.where(i_ok & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE  # [C_PAD]
+        score = tl.sum(pg[:, :, None] * w[None, :, :], axis=1)  # [NPOS, NBT]
+        score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+        carry = tl.sum(pg * w_next[None, :], axis=1)
+
+        # candidate keys of this tile, merged into the running top-NBT
+        blk = jb0 + jj
+        visible = blk[None, :] <= cur[:, None]
+        forced = visible & ((blk[None, :] < NUM_INIT) | (blk[None, :] > cur[:, None] - NUM_LOCAL))
+        bits = score.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
+        key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), -1)
+        cand = tl.sort(key, dim=1)  # ascending
+        top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
+
+    chosen = (jj[None, :] < NSEL) & (top >= 0)
+    ids = tl.where(chosen, MAX_ID - (top & MAX_ID), MAX_ID).to(tl.int32)
+    ids = tl.sort(ids, dim=1)  # ascending ids, unused slots (MAX_ID) last
+    ids = tl.where(ids == MAX_ID, -1, ids)
+    out = IDX + b * si_b + ppos.to(tl.int64)[:, None] * si_t + kvh.to(tl.int64) * si_h + jj[None, :]
+    tl.store(out, ids, mask=(ppos[:, None] < T) & (jj[None, :] < NSEL))
+
+
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
+                  select_size: int, num_select: int, num_init: int, num_local: int, scale: float) -> torch.Tensor:
+    """q [B,T,Hq,Dk], k_cmp [B,Tc,Hkv,Dk], lse [B,T,Hq] -> int32 idx [B,T,Hkv,num_select] (kernels.reference
+    select_blocks: ascending ids, -1 for unused slots). Inputs are assumed valid (the public op checks them)."""
+    q, k_cmp = bthd(q), bthd(k_cmp)
+    B, T, Hq, Dk = q.shape
+    Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
+    G = Hq // Hkv
+    idx = torch.empty(B, T, Hkv, num_select, dtype=torch.int32, device=q.device)
+    if Tc == 0:  # no compressed token: every load is masked, but pass a real buffer
+        k_cmp = q.new_zeros(B, 1, Hkv, Dk)
+    nbt = max(2, next_pow2(num_select))
+    tpb = select_size // stride  # compressed tokens per selection block (stride | select_size)
+    c_pad = max(16, next_pow2(nbt * tpb))
+    g_pad = next_pow2(G)
+    bdk = head_block(Dk)
+    # positions per program: enough rows for a 16-row dot, few enough to keep [NPOS, C, NBT] small
+    npos = max(1, 64 // g_pad)
+    while npos * c_pad * nbt > 16384 and npos * g_pad > 16:
+        npos //= 2
+    npos = max(npos, math.ceil(16 / g_pad))
+    npos = next_pow2(npos)
+    grid = (triton.cdiv(T, npos), B * Hkv)
+    _select_kernel[grid](
+        q, k_cmp, lse, idx,
+        q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+        T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
+        DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad,
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return idx
+

@@ -1,0 +1,344 @@
+"""Triton kernels for NSA's selected-block attention, forward and backward.
+
+Forward and dQ follow the paper's group-centric design: one program owns one query position and all G
+heads of one KV group (G rows, padded to >= 16 for the tensor cores), and walks that group's selected
+blocks in tiles of BLOCK_N keys, so each selected KV block is loaded once for the G heads. Block ids
+that are negative, past the position, or repeated in the same row select nothing (the reference's rule).
+
+dK/dV use an inverted index instead of atomics on every (query, block) pair: the launcher sorts the
+(query, block) pairs by (batch, KV head, block) with torch ops, giving each block the list of query
+positions that selected it. One program then owns one selection block and a segment of at most
+SEG_LEN of those queries (NPOS positions x G heads per step), accumulates dK/dV of the block in
+registers, and adds them into float32 buffers with one atomic add per element and segment. Splitting
+long lists into segments balances the load: block 0 is chosen by every query (it is forced), while a
+typical block is chosen by a few hundred. The grid is sized by an upper bound on the number of
+segments, so building the index needs no device-to-host synchronisation; spare programs exit at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_banded import row_delta
+from kernels.triton_common import (
+    INTERPRETED,
+    LOG2E,
+    acc_dtype,
+    bthd,
+    dot_precision,
+    head_block,
+    next_pow2,
+    tl_acc,
+)
+
+
+@triton.jit
+def _selected_fwd_kernel(
+    Q, K, V, IDX, OUT, LSE,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
+    T, Hkv, G, NSEL, qk_scale, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    row_ok = g < G
+    head = (kvh * G + g).to(tl.int64)
+    t64 = t.to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sq_b + t64 * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
+    slots = tl.arange(0, NSEL_PAD)
+    ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    offs_n = tl.arange(0, BLOCK_N)
+
+    m_i = tl.full([G_PAD], float("-inf"), ACC)
+    l_i = tl.zeros([G_PAD], ACC)
+    acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
+    for s in range(NSEL):
+        j = tl.load(idx_row + s)
+        repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
+        if (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0):
+            for kt in range(N_KT):
+                koff = kt * BLOCK_N + offs_n
+                kpos = j.to(tl.int64) * SEL + koff
+                k_ok = (koff < SEL) & (kpos <= t)
+                k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
+                            mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+                v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
+                            mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+                sc = tl.where(k_ok[None, :], sc, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(sc, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(sc - m_use[:, None])
+                alpha = tl.exp2(m_i - m_use)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+                m_i = m_new
+
+    nonempty = l_i > 0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(OUT + b * so_b + t64 * so_t + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    Hq = Hkv * G
+    tl.store(LSE + (b * T + t64) * Hq + head, lse, mask=row_ok)
+
+
+@triton.jit
+def _selected_bwd_dq_kernel(
+    Q, K, V, IDX, DO, LSE, DELTA, DQ,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+    si_b, si_t, si_h,
+    T, Hkv, G, NSEL, qk_scale, sm_scale, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    row_ok = g < G
+    head = (kvh * G + g).to(tl.int64)
+    t64 = t.to(tl.int64)
+    Hq = Hkv * G
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sq_b + t64 * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    do = tl.load(DO + b * sdo_b + t64 * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + (b * T + t64) * Hq + head, mask=row_ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + (b * T + t64) * Hq + head, mask=row_ok, other=0.0)
+    idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
+    slots = tl.arange(0, NSEL_PAD)
+    ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    offs_n = tl.arange(0, BLOCK_N)
+
+    dq = tl.zeros([G_PAD, BLOCK_DK], ACC)
+    for s in range(NSEL):
+        j = tl.load(idx_row + s)
+        repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
+        if (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0):
+            for kt in range(N_KT):
+                koff = kt * BLOCK_N + offs_n
+                kpos = j.to(tl.int64) * SEL + koff
+                k_ok = (koff < SEL) & (kpos <= t)
+                k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
+                            mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+                v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
+                            mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+                p = tl.where(k_ok[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
+                dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + b * sdq_b + t64 * sdq_t + head[:, None] * sdq_h + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dk[None, :] < DK))
+
+
+@triton.jit
+def _selected_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, POS, BUCKET_OFF, ITEM_BUCKET, ITEM_SEG, DK_ACC, DV_ACC,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
+    T, Hkv, G, NB, qk_scale, sm_scale, SEL, SEG_LEN,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dK/dV of one selection block from one segment of the queries that selected it (atomically added
+    into the float32 buffers DK_ACC [B, T, Hkv, DK], DV_ACC [B, T, Hkv, DV], contiguous)."""
+    BM: tl.constexpr = NPOS * G_PAD
+    item = tl.program_id(0)
+    bucket = tl.load(ITEM_BUCKET + item)
+    if bucket >= 0:
+        seg = tl.load(ITEM_SEG + item)
+        beg = tl.load(BUCKET_OFF + bucket) + seg * SEG_LEN
+        end = tl.minimum(beg + SEG_LEN, tl.load(BUCKET_OFF + bucket + 1))
+        bh = bucket // NB
+        j = (bucket % NB).to(tl.int64)
+        b = (bh // Hkv).to(tl.int64)
+        kvh = (bh % Hkv).to(tl.int64)
+        Hq = Hkv * G
+        rows = tl.arange(0, BM)
+        g = rows % G_PAD
+        head = kvh * G + g
+        offs_dk = tl.arange(0, BLOCK_DK)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        offs_n = tl.arange(0, BLOCK_N)
+        for kt in range(N_KT):
+            koff = kt * BLOCK_N + offs_n
+            kpos = j * SEL + koff
+            k_ok = (koff < SEL) & (kpos < T)
+            k = tl.load(K + b * sk_b + kvh * sk_h + kpos[:, None] * sk_t + offs_dk[None, :],
+                        mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+            v = tl.load(V + b * sv_b + kvh * sv_h + kpos[:, None] * sv_t + offs_dv[None, :],
+                        mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+            dk = tl.zeros([BLOCK_N, BLOCK_DK], ACC)
+            dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
+            for p0 in range(beg, end, NPOS):
+                slot = p0 + rows // G_PAD
+                row_ok = (slot < end) & (g < G)
+                pos = tl.load(POS + slot, mask=row_ok, other=0).to(tl.int64)
+                q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                            mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+                do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                             mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
+                lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+                delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
+                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+                vis = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
+                p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
+                dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+            out_row = (b * T + kpos) * Hkv + kvh
+            tl.atomic_add(DK_ACC + out_row[:, None] * DK + offs_dk[None, :], dk * sm_scale,
+                          mask=k_ok[:, None] & (offs_dk[None, :] < DK))
+            tl.atomic_add(DV_ACC + out_row[:, None] * DV + offs_dv[None, :], dv,
+                          mask=k_ok[:, None] & (offs_dv[None, :] < DV))
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def _block_tile(select_size: int) -> tuple[int, int]:
+    """(BLOCK_N, N_KT): key tiles of a selection block (BLOCK_N | l' when l' is a power of two)."""
+    block_n = max(16, min(64, next_pow2(select_size)))
+    return block_n, triton.cdiv(select_size, block_n)
+
+
+def _clean_idx(idx: torch.Tensor) -> torch.Tensor:
+    """idx as contiguous int32 (ids outside int32 select nothing anyway: clamp them to -1)."""
+    if idx.dtype != torch.int32:
+        big = (idx > torch.iinfo(torch.int32).max) | (idx < -1)
+        idx = torch.where(big, -1, idx).to(torch.int32)
+    return idx.contiguous()
+
+
+def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, select_size: int,
+                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B,T,Hq,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv], idx [B,T,Hkv,n] -> o [B,T,Hq,Dv], lse [B,T,Hq]."""
+    q, k, v = bthd(q), bthd(k), bthd(v)
+    idx = _clean_idx(idx)
+    B, T, Hq, Dk = q.shape
+    Hkv, Dv, n = k.shape[2], v.shape[3], idx.shape[3]
+    G = Hq // Hkv
+    o = torch.empty(B, T, Hq, Dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
+    bdk, bdv = head_block(Dk), head_block(Dv)
+    block_n, n_kt = _block_tile(select_size)
+    _selected_fwd_kernel[(T, B * Hkv)](
+        q, k, v, idx, o, lse,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        idx.stride(0), idx.stride(1), idx.stride(2),
+        T, Hkv, G, n, scale * LOG2E, select_size,
+        DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)),
+        BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return o, lse
+
+
+def inverted_index(idx: torch.Tensor, select_size: int, seg_len: int):
+    """Group the (query, block) pairs of idx [B,T,Hkv,n] by (batch, KV head, block), with torch ops only.
+
+    Returns (pos, bucket_off, item_bucket, item_seg, n_blocks): bucket u = (b*Hkv + h)*n_blocks + j holds
+    the positions pos[bucket_off[u]:bucket_off[u+1]] (ascending) whose row selected block j (valid ids
+    only: >= 0, j*l' <= t, first occurrence in the row); work item i is segment item_seg[i] (seg_len
+    positions) of bucket item_bucket[i], or nothing when item_bucket[i] = -1.
+    """
+    B, T, Hkv, n = idx.shape
+    dev = idx.device
+    n_blocks = triton.cdiv(T, select_size)
+    n_buckets = B * Hkv * n_blocks
+    ids = idx.long().sort(dim=-1).values  # sorted per row, so repeats are neighbours
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[..., 1:] = ids[..., 1:] == ids[..., :-1]
+    t = torch.arange(T, device=dev).view(1, T, 1, 1)
+    valid = (ids >= 0) & (ids * select_size <= t) & ~repeat
+    bh = (torch.arange(B, device=dev).view(B, 1, 1, 1) * Hkv + torch.arange(Hkv, device=dev).view(1, 1, Hkv, 1))
+    key = torch.where(valid, bh * n_blocks + ids, n_buckets).flatten()
+    order = torch.argsort(key, stable=True)
+    pos = ((order // (Hkv * n)) % T).to(torch.int32)  # flat index (b, t, h, slot) -> t
+    counts = torch.bincount(key, minlength=n_buckets + 1)[:n_buckets]
+    bucket_off = torch.zeros(n_buckets + 1, dtype=torch.int64, device=dev)
+    bucket_off[1:] = torch.cumsum(counts, 0)
+    segs = (counts + seg_len - 1) // seg_len
+    seg_end = torch.cumsum(segs, 0)
+    n_items = triton.cdiv(key.numel(), seg_len) + n_buckets  # >= sum(segs), known without a sync
+    item = torch.arange(n_items, device=dev)
+    item_bucket = torch.searchsorted(seg_end, item, right=True)
+    has = item_bucket < n_buckets
+    first_item = (seg_end - segs)[item_bucket.clamp(max=n_buckets - 1)]
+    item_seg = torch.where(has, item - first_item, 0).to(torch.int32)
+    item_bucket = torch.where(has, item_bucket, -1).to(torch.int32)
+    return pos, bucket_off, item_bucket, item_seg, n_blocks
+
+
+def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                      o: torch.Tensor, lse: torch.Tensor, select_size: int,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of selected attention given do [B,T,Hq,Dv]."""
+    q, k, v, do = bthd(q), bthd(k), bthd(v), bthd(do)
+    idx = _clean_idx(idx)
+    B, T, Hq, Dk = q.shape
+    Hkv, Dv, n = k.shape[2], v.shape[3], idx.shape[3]
+    G = Hq // Hkv
+    acc = acc_dtype(q.dtype)
+    lse = lse.contiguous()
+    delta = row_delta(o, do, None, acc)
+    bdk, bdv = head_block(Dk), head_block(Dv)
+    block_n, n_kt = _block_tile(select_size)
+    common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, BLOCK_N=block_n, N_KT=n_kt,
+                  ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
+
+    dq = torch.empty_like(q)
+    _selected_bwd_dq_kernel[(T, B * Hkv)](
+        q, k, v, idx, do, lse, delta, dq,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+        T, Hkv, G, n, scale * LOG2E, scale, select_size,
+        G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common,
+        num_warps=4, num_stages=2,
+    )
+
+    g_pad = next_pow2(G)
+    npos = max(1, (16 if INTERPRETED else 64) // g_pad)
+    seg_len = 8 if INTERPRETED else 256  # small in CI so that long lists really get split
+    seg_len = triton.cdiv(seg_len, npos) * npos
+    pos, bucket_off, item_bucket, item_seg, n_blocks = inverted_index(idx, select_size, seg_len)
+    dk_acc = torch.zeros(B, T, Hkv, Dk, dtype=acc, device=q.device)
+    dv_acc = torch.zeros(B, T, Hkv, Dv, dtype=acc, device=q.device)
+    _selected_bwd_dkdv_kernel[(item_bucket.numel(),)](
+        q, k, v, do, lse, delta, pos, bucket_off, item_bucket, item_seg, dk_acc, dv_acc,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        T, Hkv, G, n_blocks, scale * LOG2E, scale, select_size, seg_len,
+        G_PAD=g_pad, NPOS=npos, **common,
+        num_warps=4, num_stages=2,
+    )
+    return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)

@@ -1,0 +1,242 @@
+"""The Triton NSA kernels under Triton's CPU interpreter, against kernels/reference.py.
+
+Not collected by a plain `pytest` run (the name does not start with test_): Triton reads
+TRITON_INTERPRET when it is imported, so these cases must run in a process that set it first.
+tests/test_kernels_triton.py launches them that way:
+
+    TRITON_INTERPRET=1 python -m pytest tests/_triton_interpret_cases.py
+
+Every case goes through the public ops in kernels/ (checking that they dispatch to the Triton kernels),
+draws fresh random float64 inputs (the seed is in the failure message), and compares outputs and the
+gradients dq, dk, dv (dk_cmp, dv_cmp for the compressed branch) with the reference. Shapes are small
+(the interpreter is slow) but cover G = 1, 2, 4, 16, T not a multiple of any block, Dv != Dk, T < l.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("run this module with TRITON_INTERPRET=1 set (tests/test_kernels_triton.py does that)")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import ops  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(random.SystemRandom().randrange(2**31))  # fresh every run
+
+
+def randn(gen, *shape, dtype=F64, grad=True):
+    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype).requires_grad_(grad)
+
+
+def grads(out, inputs, weight):
+    return torch.autograd.grad((out * weight).sum(), inputs, retain_graph=True, allow_unused=True,
+                               materialize_grads=True)
+
+
+def close(actual, expected, what, gen, atol=1e-9, rtol=1e-9):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        assert a.shape == e.shape, f"{what}[{i}]: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        assert torch.isfinite(a).all(), f"{what}[{i}]: non-finite values (seed {gen.initial_seed()})"
+        torch.testing.assert_close(a.to(e.dtype), e, atol=atol, rtol=rtol,
+                                   msg=lambda m, i=i: f"{what}[{i}] (seed {gen.initial_seed()}): {m}")
+
+
+def finite(lse):
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def test_dispatch_reaches_the_triton_kernels():
+    x = torch.zeros(1, 4, 1, 16)
+    for name in ("compressed_attention", "select_blocks", "selected_attention", "window_attention"):
+        assert kernels._impl(name, x) is ops.TRITON_OPS[name], name
+    assert ops.runs_triton(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# compressed attention
+
+CMP_CASES = [  # B, T, Hkv, G, Dk, Dv, block_size, stride
+    pytest.param((1, 77, 2, 2, 16, 16, 8, 4), id="G2"),
+    pytest.param((1, 50, 1, 16, 16, 8, 16, 8), id="G16-Dv<Dk"),
+    pytest.param((2, 45, 2, 1, 16, 32, 8, 8), id="G1-Dv>Dk-l=d"),
+    pytest.param((1, 41, 1, 4, 32, 16, 4, 2), id="G4"),
+    pytest.param((1, 6, 2, 2, 16, 16, 8, 4), id="T<l"),
+]
+
+
+@pytest.mark.parametrize("case", CMP_CASES)
+def test_compressed_attention(gen, case):
+    B, T, Hkv, G, Dk, Dv, bs, d = case
+    Tc = ref.num_compressed_tokens(T, bs, d)
+    q, kc, vc = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
+    o, lse = kernels.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    assert o.dtype == F64 and lse.dtype == torch.float32
+    close([o], [o_r], "o", gen)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r))
+    close([finite(lse)], [finite(lse_r)], "lse", gen, atol=1e-6, rtol=1e-6)  # lse is float32 by contract
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, kc, vc), wo), grads(o_r, (q, kc, vc), wo), "d(q, k_cmp, v_cmp) via o", gen)
+    # through lse too (the reference's lse path is float32, hence the looser tolerance)
+    wl = torch.randn(lse.shape, generator=gen, dtype=F64)
+    loss, loss_r = (o * wo).sum() + (finite(lse) * wl).sum(), (o_r * wo).sum() + (finite(lse_r) * wl).sum()
+    close(torch.autograd.grad(loss, (q, kc, vc), materialize_grads=True, allow_unused=True),
+          torch.autograd.grad(loss_r, (q, kc, vc), materialize_grads=True, allow_unused=True),
+          "d(q, k_cmp, v_cmp) via o and lse", gen, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# block selection
+
+SELECT_CASES = [  # T, Hkv, G, D, block_size, stride, select_size, num_select, num_init, num_local
+    pytest.param((150, 2, 2, 16, 8, 4, 16, 5, 1, 2), id="default-forcing-G2"),
+    pytest.param((300, 1, 4, 16, 32, 16, 64, 4, 1, 2), id="paper-ratios-G4"),
+    pytest.param((90, 2, 1, 16, 4, 2, 8, 6, 2, 1), id="init2-local1-G1"),
+    pytest.param((70, 1, 2, 16, 8, 8, 8, 3, 0, 0), id="pure-top-k"),
+    pytest.param((130, 1, 16, 16, 8, 4, 16, 5, 1, 2), id="G16"),
+    pytest.param((100, 1, 3, 32, 16, 8, 48, 7, 1, 2), id="G3-l'=48"),
+    pytest.param((5, 2, 2, 16, 8, 4, 16, 3, 1, 2), id="T<l"),
+]
+
+
+@pytest.mark.parametrize("case", SELECT_CASES)
+def test_select_blocks_matches_reference_exactly(gen, case):
+    T, Hkv, G, D, bs, d, ss, n, ni, nl = case
+    q = randn(gen, 1, T, Hkv * G, D, grad=False)
+    kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
+    _, lse = ref.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, num_init=ni, num_local=nl)
+    idx = kernels.select_blocks(q, kc, lse, **sizes)
+    expected = ref.select_blocks(q, kc, lse, **sizes)
+    assert idx.dtype == torch.int32 and idx.shape == expected.shape
+    bad = (idx != expected).any(-1).nonzero()
+    assert bad.numel() == 0, (f"seed {gen.initial_seed()}: {len(bad)} rows differ, first (b, t, h) = "
+                              f"{bad[0].tolist()}: {idx[tuple(bad[0])].tolist()} vs {expected[tuple(bad[0])].tolist()}")
+
+
+def test_select_blocks_ties_go_to_lower_block_id(gen):
+    # zero queries: every visible compressed token equally important, every block the same score
+    T, ss = 40, 4
+    q = torch.zeros(1, T, 2, 16, dtype=F64)
+    kc = randn(gen, 1, T // ss, 1, 16, grad=False)
+    _, lse = ref.compressed_attention(q, kc, kc, block_size=ss, stride=ss)
+    idx = kernels.select_blocks(q, kc, lse, block_size=ss, stride=ss, select_size=ss, num_select=4)
+    assert torch.equal(idx, ref.select_blocks(q, kc, lse, block_size=ss, stride=ss, select_size=ss, num_select=4))
+    assert idx[0, T - 1, 0].tolist() == [0, 1, 8, 9]
+
+
+# ----------------------------------------------------------------------------------------------
+# selected attention
+
+SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
+    pytest.param((1, 53, 2, 2, 16, 16, 8, 4), id="G2"),
+    pytest.param((1, 37, 1, 16, 16, 8, 8, 4), id="G16-Dv<Dk"),
+    pytest.param((2, 29, 1, 1, 16, 32, 16, 3), id="G1-Dv>Dk"),
+    pytest.param((1, 70, 1, 4, 32, 16, 32, 3), id="G4-l'=32"),
+]
+
+
+@pytest.mark.parametrize("case", SELECTED_CASES)
+def test_selected_attention(gen, case):
+    B, T, Hkv, G, Dk, Dv, ss, n = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    # arbitrary ids: -1, repeats, ids past the query and past the sequence (all must select nothing extra)
+    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    idx[..., 1] = idx[..., 0]
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    close([o], [o_r], "o", gen)
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
+
+
+def test_selected_attention_with_selected_blocks_and_no_valid_block(gen):
+    # the real pipeline's idx (from select_blocks), plus rows whose every slot is -1 (zero output, zero grad)
+    B, T, Hkv, G, D, bs, d, ss, n = 1, 60, 1, 4, 16, 8, 4, 16, 3
+    q, k, v = randn(gen, B, T, Hkv * G, D), randn(gen, B, T, Hkv, D), randn(gen, B, T, Hkv, D)
+    kc = randn(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
+    _, lse = ref.compressed_attention(q.detach(), kc, kc, block_size=bs, stride=d)
+    idx = kernels.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
+    idx[:, 10:20] = -1
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss)
+    assert (o[:, 10:20] == 0).all()
+    close([o], [o_r], "o", gen)
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    g, g_r = grads(o, (q, k, v), w), grads(o_r, (q, k, v), w)
+    assert (g[0][:, 10:20] == 0).all()
+    close(g, g_r, "d(q, k, v)", gen)
+
+
+# ----------------------------------------------------------------------------------------------
+# window attention
+
+WINDOW_CASES = [  # B, T, Hkv, G, Dk, Dv, window
+    pytest.param((1, 53, 2, 2, 16, 16, 7), id="G2-w7"),
+    pytest.param((1, 37, 1, 16, 16, 8, 1), id="G16-w1"),
+    pytest.param((2, 45, 1, 1, 16, 32, 16), id="G1-w16"),
+    pytest.param((1, 40, 1, 4, 32, 16, 100), id="G4-w>T"),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES)
+def test_window_attention(gen, case):
+    B, T, Hkv, G, Dk, Dv, w = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    o = kernels.window_attention(q, k, v, window=w)
+    o_r = ref.window_attention(q, k, v, window=w)
+    close([o], [o_r], "o", gen)
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v)", gen)
+
+
+# ----------------------------------------------------------------------------------------------
+# float32, and torch.compile through the registered ops
+
+
+def test_float32_inputs(gen):
+    B, T, Hkv, G, D, bs, d, w = 1, 48, 1, 2, 16, 8, 4, 9
+    q64, k64, v64 = randn(gen, B, T, Hkv * G, D), randn(gen, B, T, Hkv, D), randn(gen, B, T, Hkv, D)
+    kc64 = randn(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    q, k, v, kc = (x.detach().float().requires_grad_() for x in (q64, k64, v64, kc64))
+    tol = dict(atol=1e-5, rtol=1e-5)
+    o, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    o_r, _ = ref.compressed_attention(q64, kc64, kc64, block_size=bs, stride=d)
+    assert o.dtype == torch.float32
+    close([o], [o_r], "compressed o", gen, **tol)
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, kc), wo.float()), grads(o_r, (q64, kc64), wo), "compressed grads", gen, **tol)
+    o, o_r = kernels.window_attention(q, k, v, window=w), ref.window_attention(q64, k64, v64, window=w)
+    close([o], [o_r], "window o", gen, **tol)
+    close(grads(o, (q, k, v), wo.float()), grads(o_r, (q64, k64, v64), wo), "window grads", gen, **tol)
+
+
+def test_torch_compile_fullgraph_through_all_ops(gen):
+    B, T, Hkv, G, D, bs, d, ss, n, w = 1, 64, 1, 2, 16, 8, 4, 16, 3, 12
+    q, k, v = randn(gen, B, T, Hkv * G, D), randn(gen, B, T, Hkv, D), randn(gen, B, T, Hkv, D)
+    kc = randn(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+
+    def nsa(m, q, k, v, kc):
+        o_cmp, lse = m.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+        idx = m.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
+        o = o_cmp + m.selected_attention(q, k, v, idx, select_size=ss) + m.window_attention(q, k, v, window=w)
+        return o, idx
+
+    compiled = torch.compile(lambda *a: nsa(kernels, *a), fullgraph=True, backend="aot_eager")
+    o, idx = compiled(q, k, v, kc)
+    o_r, idx_r = nsa(ref, q, k, v, kc)
+    assert torch.equal(idx, idx_r), f"seed {gen.initial_seed()}"
+    close([o], [o_r], "o", gen)
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v, kc), wo), grads(o_r, (q, k, v, kc), wo), "d(q, k, v, k_cmp)", gen)
