@@ -5,8 +5,10 @@ Same math as kernels/reference.py (it reuses its `attend`, `masked_softmax`, `ov
 touches the keys it can see:
 - compressed_attention / select_blocks: the compressed tokens visible to the tile's last query;
 - window_attention: keys [tile_start - w + 1, tile_end);
-- selected_attention: the n * l' keys of each query's selected blocks, gathered per query.
-So no [T, T] (or [T, T/d]) score matrix ever exists: the largest intermediate is one tile's.
+- selected_attention: the blocks selected by any row of the tile (gathered once per tile and KV
+  head, masked per row); blocks wholly in the tile's future are skipped.
+So no [T, T] (or [T, T/d]) score matrix ever exists: the largest intermediate is one tile's
+([B, Hq, tile, <= T] for the selection branch when the tile's rows pick very different blocks).
 
 When a gradient is needed, each tile runs under activation checkpointing: the forward keeps only
 the tile's inputs (views of q, k, v) and the backward recomputes the tile's scores. Without that,
@@ -27,14 +29,13 @@ from kernels.reference import (
     attend,
     choose_blocks,
     compute_dtype,
-    masked_softmax,
     num_compressed_tokens,
     overlap_weights,
     resolve_scale,
 )
 
 QUERY_TILE = 256  # query rows per tile for the compression, selection-scoring and window ops
-GATHER_BUDGET = 1 << 24  # max elements of one gathered [B, rows, Hkv, n*l', D] tile in selected_attention
+SCORE_BUDGET = 1 << 24  # max elements of one tile's [B, Hq, rows, keys] scores in selected_attention
 
 
 def _run_tile(fn: Callable[..., object], *args: torch.Tensor):
@@ -101,37 +102,6 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     return torch.cat(out, dim=1)
 
 
-def _selected_tile(t0: int, select_size: int, scale: float, qt: torch.Tensor, k_blocks: torch.Tensor,
-                   v_blocks: torch.Tensor, idx_t: torch.Tensor) -> torch.Tensor:
-    """Rows t0 .. t0+R-1 of selected attention, attending to the gathered keys of their blocks.
-
-    qt [B, R, Hq, Dk], k_blocks [B, Hkv, Nb, l', Dk] / v_blocks [B, Hkv, Nb, l', Dv] (the keys split
-    into selection blocks, compute dtype), idx_t [B, R, Hkv, n].
-    """
-    B, R, Hq, Dk = qt.shape
-    Hkv, Nb, Dv = k_blocks.shape[1], k_blocks.shape[2], v_blocks.shape[4]
-    n, dev = idx_t.shape[-1], qt.device
-    ids = idx_t.long()  # [B, R, Hkv, n]
-    # a repeated id must count once (the definition is a set of blocks): drop every repeat after the first
-    earlier = torch.ones(n, n, dtype=torch.bool, device=dev).tril(-1)
-    repeat = ((ids[..., :, None] == ids[..., None, :]) & earlier).any(dim=-1)
-    slot_ok = (ids >= 0) & (ids < Nb) & ~repeat
-    pos = ids[..., None] * select_size + torch.arange(select_size, device=dev)  # [B, R, Hkv, n, l']
-    t = t0 + torch.arange(R, device=dev)
-    key_ok = (slot_ok[..., None] & (pos <= t[None, :, None, None, None])).flatten(-2)  # causal
-    # gather whole blocks (contiguous l' x D slabs), one copy shared by the G heads of the group;
-    # index_select's backward is a row-wise index_add, much faster on CPU than advanced indexing's
-    b_ar = torch.arange(B, device=dev)[:, None, None, None]
-    h_ar = torch.arange(Hkv, device=dev)[None, None, :, None]
-    rows = ((b_ar * Hkv + h_ar) * Nb + ids.clamp(0, Nb - 1)).flatten()  # rows of [B*Hkv*Nb, l'*D]
-    kg = k_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, R, Hkv, n * select_size, Dk)
-    vg = v_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, R, Hkv, n * select_size, Dv)
-    qg = (qt.to(kg.dtype) * scale).reshape(B, R, Hkv, Hq // Hkv, Dk)
-    scores = torch.matmul(qg, kg.transpose(-1, -2))  # [B, R, Hkv, G, n*l']
-    p, _ = masked_softmax(scores, key_ok[:, :, :, None, :], need_lse=False)
-    return torch.matmul(p, vg).reshape(B, R, Hq, Dv).to(qt.dtype)
-
-
 def _split_blocks(x: torch.Tensor, select_size: int, dtype: torch.dtype) -> torch.Tensor:
     """[B, T, H, D] -> [B, H, Nb, l', D] (zero-padded to whole blocks), contiguous, in `dtype`."""
     B, T, H, D = x.shape
@@ -140,23 +110,53 @@ def _split_blocks(x: torch.Tensor, select_size: int, dtype: torch.dtype) -> torc
     return x.reshape(B, Nb, select_size, H, D).permute(0, 3, 1, 2, 4).contiguous()
 
 
+def _selected_tile(t0: int, scale: float, qt: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor,
+                   idx_t: torch.Tensor) -> torch.Tensor:
+    """Rows t0 .. t0+R-1 of selected attention via the union of the tile's selected blocks.
+
+    qt [B, R, Hq, Dk], k_blocks [B, Hkv, Nb, l', Dk] / v_blocks [B, Hkv, Nb, l', Dv], idx_t [B, R, Hkv, n].
+    Neighbouring queries mostly pick the same blocks, so the tile gathers each block it uses once
+    (shared by its rows and the G heads of a group) and masks, per row, the blocks that row did not pick.
+    """
+    B, R, _, _ = qt.shape
+    Hkv, Nb, ss, Dk = k_blocks.shape[1:]
+    Dv, dev = v_blocks.shape[4], qt.device
+    ids = idx_t.long().permute(0, 2, 1, 3)  # [B, Hkv, R, n]
+    last_block = (t0 + R - 1) // ss  # blocks past it are in the future of every row of the tile
+    valid = (ids >= 0) & (ids <= min(last_block, Nb - 1))
+    used = torch.zeros(B, Hkv, Nb + 1, dtype=torch.bool, device=dev)
+    used.scatter_(-1, torch.where(valid, ids, Nb).flatten(2), True)  # slot Nb collects the invalid ids
+    used = used[..., :Nb]
+    U = max(1, int(used.sum(dim=-1).max()))  # >= 1 so an all-empty tile still yields (zero) outputs
+    blocks = torch.sort(used.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :U]  # [B,Hkv,U]
+    picked = (ids[..., :, None] == blocks[:, :, None, None, :]).any(dim=-2)  # [B, Hkv, R, U]
+    pos = blocks[..., None] * ss + torch.arange(ss, device=dev)  # [B, Hkv, U, l']
+    t = t0 + torch.arange(R, device=dev)
+    mask = picked[..., None] & (pos[:, :, None] <= t[:, None, None])  # [B, Hkv, R, U, l'], causal
+    rows = ((torch.arange(B, device=dev)[:, None, None] * Hkv + torch.arange(Hkv, device=dev)[:, None]) * Nb
+            + blocks).flatten()  # rows of the flat [B*Hkv*Nb, l'*D] block tables
+    k_u = k_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, Hkv, U * ss, Dk)
+    v_u = v_blocks.flatten(0, 2).flatten(1).index_select(0, rows).reshape(B, Hkv, U * ss, Dv)
+    return attend(qt, k_u.transpose(1, 2), v_u.transpose(1, 2), mask.flatten(-2)[:, :, None], scale,
+                  need_lse=False)[0]
+
+
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
                        select_size: int, scale: float | None = None,
                        chunk_size: int = QUERY_TILE) -> torch.Tensor:
     """Chunked kernels.reference.selected_attention -> o [B, T, Hq, Dv].
 
-    Rows per tile shrink below chunk_size when one gathered tile would exceed GATHER_BUDGET elements.
+    Rows per tile shrink below chunk_size when a tile's scores, at worst [B, Hq, rows, T] (every
+    block in the union), would exceed SCORE_BUDGET elements.
     """
-    B, T, _, _ = q.shape
-    Hkv, n = k.shape[2], idx.shape[-1]
-    per_row = B * Hkv * max(n, 1) * select_size * max(k.shape[3], v.shape[3])
-    rows = max(1, min(chunk_size, GATHER_BUDGET // per_row))
+    B, T, Hq, _ = q.shape
     scale = resolve_scale(scale, q.shape[-1])
     ct = compute_dtype(q.dtype)
     k_blocks, v_blocks = _split_blocks(k, select_size, ct), _split_blocks(v, select_size, ct)
+    rows = max(1, min(chunk_size, SCORE_BUDGET // (B * Hq * k_blocks.shape[2] * select_size)))
     outs = []
     for t0, t1 in _tiles(T, rows):
-        outs.append(_run_tile(lambda qt, kb, vb, it, t0=t0: _selected_tile(t0, select_size, scale, qt, kb, vb, it),
+        outs.append(_run_tile(lambda qt, kb, vb, it, t0=t0: _selected_tile(t0, scale, qt, kb, vb, it),
                               q[:, t0:t1], k_blocks, v_blocks, idx[:, t0:t1]))
     return torch.cat(outs, dim=1)
 

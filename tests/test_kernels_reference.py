@@ -409,7 +409,7 @@ def test_chunked_path_never_builds_a_T_by_T_matrix(gen):
             o = o + kernels.window_attention(q, k, v, window=w)
         kernels.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
         o.sum().backward()
-    assert chunked_run.largest < T * T // 8, chunked_run.largest
+    assert chunked_run.largest < T * T // 4, chunked_run.largest
     # tiles are recomputed in the backward: autograd keeps the inputs (and one blocked copy of k, v),
     # not per-tile scores (without checkpointing this would be ~30x larger)
     assert sum(saved.values()) <= 2 * sum(x.numel() for x in (q, k, v, kc, idx)), sum(saved.values())
