@@ -203,7 +203,10 @@ def make_local_task(task: str, tok: Tokenizer, n_samples: int, budget: int, seed
             unique = rng.randint(1, max(1, n - 1))
             paras = pool[:unique] + [rng.choice(pool[:unique]) for _ in range(n - unique)]
             rng.shuffle(paras)
-            rows.append(_row(task, i, _numbered(paras), "", str(unique)))
+            # repeats of long paragraphs can overshoot the budget: drop entries from the end while they do
+            while len(paras) > 2 and len(tok.encode(build_prompt(task, {"context": _numbered(paras)}))) > budget:
+                paras.pop()
+            rows.append(_row(task, i, _numbered(paras), "", str(len(set(paras)))))
         else:
             raise EvalError(f"unknown local task {task!r}: choose from {list(LOCAL_TASKS)}")
     return rows

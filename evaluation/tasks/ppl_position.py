@@ -62,7 +62,7 @@ def run_ppl_position(ctx: EvalContext) -> dict[str, Any]:
         metrics[f"loss@{a}-{b}"] = v
     out = ctx.task_dir("ppl_position")
     write_json_atomic(out / "loss_by_position.json", {"length": L, "train_length": ctx.loaded.train_length,
-                                                      "loss": per_pos, "bucket_edges": edges,
+                                                      "loss_by_position": per_pos, "bucket_edges": edges,
                                                       "bucket_loss": buckets, **metrics})
     plots.plot_loss_by_position(per_pos, edges, buckets, ctx.loaded.train_length,
                                 f"held-out loss by position: {ctx.loaded.describe()['name']}",
