@@ -150,3 +150,15 @@ def test_two_process_gloo_matches_one_process(tmp_path, data_overrides, parallel
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
         assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-5)
+
+
+def test_wandb_offline_run_id_kept_across_resume(tmp_path, data_overrides, monkeypatch):
+    """logger=wandb in offline mode (no network): the run id is stored in checkpoints and reused on resume."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    common = ["logger=wandb", "logger.mode=offline", "train.val_interval=0", "train.batch_tokens=256"]
+    run(tmp_path, ["train.steps=1", *common], data_overrides)
+    run(tmp_path, ["train.steps=2", *common], data_overrides)
+    ids = [ckpt_io.load_checkpoint(p)["wandb_id"] for p in ckpt_io.list_checkpoints(tmp_path)]
+    assert len(ids) == 2 and ids[0] and ids[0] == ids[1]
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2

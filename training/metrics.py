@@ -75,7 +75,6 @@ class MetricsLogger:
         if cfg.mode != "disabled":
             import wandb  # lazy: importing wandb is slow and unnecessary for most runs
 
-            self.wandb_id = wandb_id or wandb.util.generate_id()
             self.wandb = wandb.init(
                 project=cfg.project,
                 entity=cfg.entity,
@@ -83,11 +82,12 @@ class MetricsLogger:
                 tags=list(cfg.tags),
                 name=run_dir.name,
                 dir=str(run_dir),
-                id=self.wandb_id,
+                id=wandb_id,  # None on a fresh run: wandb makes one, which the checkpoints then keep
                 resume="allow",
                 mode=cfg.mode,
                 config=config,
             )
+            self.wandb_id = self.wandb.id
             self.wandb.define_metric("tokens")
             self.wandb.define_metric("*", step_metric="tokens")
 
