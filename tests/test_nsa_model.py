@@ -233,6 +233,7 @@ def test_train_nsa_tiny(tmp_path, data_overrides):
         "train.micro_batch_size=8",
         "train.batch_tokens=512",
         "train.val_interval=0",
+        "train.val_tokens=512",
         "optim.warmup_steps=2",
         "optim.lr=3e-3",
         *data_overrides,
