@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from training.checkpoint import list_checkpoints
+
 
 @dataclass
 class EvalSettings:
@@ -90,7 +92,7 @@ class LongBenchConfig:
 @dataclass
 class WandbConfig:
     enabled: bool = False  # log tables and plots to the checkpoint's training run (its wandb id)
-    mode: str = "online"  # "online" | "offline"
+    mode: str | None = None  # "online" | "offline" | "disabled"; None = the WANDB_MODE variable, else online
     project: str | None = None  # None = the training run's logger.project
 
 
@@ -111,13 +113,15 @@ class EvalConfig:
 
 
 def default_out_dir(checkpoint: str | None) -> str:
-    """RUN_DIR/eval/<step_N> for a checkpoint file, RUN_DIR/eval/latest for a run directory, eval_out without."""
+    """RUN_DIR/eval/step_N for checkpoint=RUN_DIR/checkpoints/step_N.pt or checkpoint=RUN_DIR (its newest
+    checkpoint); eval_out without a checkpoint."""
     if not checkpoint:
         return "eval_out"
     path = Path(checkpoint)
     if path.suffix == ".pt":
         return str(path.parent.parent / "eval" / path.stem)
-    return str(path / "eval" / "latest")
+    found = list_checkpoints(path)
+    return str(path / "eval" / (found[-1].stem if found else "latest"))
 
 
 def register_configs() -> None:
@@ -142,7 +146,7 @@ def validate(cfg: EvalConfig, known_tasks: list[str]) -> None:
     choices = {
         "eval.dtype": (cfg.eval.dtype, ("auto", "bf16", "fp32")),
         "longbench.overflow": (cfg.longbench.overflow, ("truncate", "skip")),
-        "wandb.mode": (cfg.wandb.mode, ("online", "offline")),
+        "wandb.mode": (cfg.wandb.mode, ("online", "offline", "disabled", None)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -229,10 +229,10 @@ def _local_lcc(tok: Tokenizer, n_samples: int, budget: int, rng: random.Random) 
         lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
         used, candidates = overhead, []
         for k, line in enumerate(lines):
-            if k >= 20 and _scorable(line):
-                candidates.append(k)
+            if k >= 1 and _scorable(line) and (used <= budget or not candidates):
+                candidates.append(k)  # past the budget only if nothing fits (the prompt is then truncated)
             used += len(tok.encode(line + "\n"))
-            if used > budget:
+            if used > budget and candidates:
                 break
         if not candidates:
             continue

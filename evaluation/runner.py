@@ -72,7 +72,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.wandb.enabled:
         from evaluation.wandb_log import log_to_wandb
 
-        log_to_wandb(cfg, loaded, results.data, out_dir)
+        try:
+            log_to_wandb(cfg, loaded, results.data, out_dir)
+        except Exception as e:  # e.g. not logged in: the results are on disk anyway
+            raise EvalError(f"wandb logging failed ({type(e).__name__}: {e}); the results are saved in {out_dir}: "
+                            "run `wandb login` or set wandb.mode=offline") from None
     if failed:
         raise EvalError(f"task(s) {failed} failed (see {out_dir / 'results.json'}); the others' results are saved")
     return results.data

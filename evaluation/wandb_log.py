@@ -27,7 +27,7 @@ def log_to_wandb(cfg: EvalConfig, loaded: Loaded, results: dict[str, Any], out_d
     for task, metrics in results.items():
         if task in META_KEYS or not isinstance(metrics, dict):
             continue
-        rows = [[k, v if isinstance(v, int | float) else str(v)] for k, v in metrics.items()]
+        rows = [[k, f"{v:.6g}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]  # one type
         scalars[f"eval/{task}/table"] = wandb.Table(columns=["metric", "value"], data=rows)
         scalars.update({f"eval/{task}/{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
     for png in sorted(out_dir.rglob("*.png")):
