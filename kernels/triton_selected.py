@@ -223,9 +223,9 @@ def _selected_bwd_dkdv_kernel(
 # launchers
 
 
-def _block_tile(select_size: int) -> tuple[int, int]:
+def _block_tile(select_size: int, cap: int = 64) -> tuple[int, int]:
     """(BLOCK_N, N_KT): key tiles of a selection block (BLOCK_N | l' when l' is a power of two)."""
-    block_n = max(16, min(64, next_pow2(select_size)))
+    block_n = max(16, min(cap, next_pow2(select_size)))
     return block_n, triton.cdiv(select_size, block_n)
 
 
@@ -326,8 +326,12 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         num_warps=4, num_stages=2,
     )
 
+    # dK/dV: query rows = NPOS positions x G_PAD heads (32 rows keep the accumulators in registers)
     g_pad = next_pow2(G)
-    npos = max(1, (16 if INTERPRETED else 64) // g_pad)
+    npos = max(1, (16 if INTERPRETED else 32) // g_pad)
+    big = max(bdk, bdv) > 128
+    block_n, n_kt = _block_tile(select_size, 32 if big else 64)
+    common.update(BLOCK_N=block_n, N_KT=n_kt)
     seg_len = 8 if INTERPRETED else 256  # small in CI so that long lists really get split
     seg_len = triton.cdiv(seg_len, npos) * npos
     pos, bucket_off, item_bucket, item_seg, n_blocks = inverted_index(idx, select_size, seg_len)
@@ -339,6 +343,6 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, Hkv, G, n_blocks, scale * LOG2E, scale, select_size, seg_len,
         G_PAD=g_pad, NPOS=npos, **common,
-        num_warps=4, num_stages=2,
+        num_warps=4 if big else 8, num_stages=2,
     )
     return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)

@@ -1,0 +1,256 @@
+"""Benchmark NSA's Triton kernels against full attention (PyTorch SDPA, flash and cuDNN backends).
+
+    python scripts/bench_attention.py --out bench.json            # everything below (one H100: ~3 min)
+    python scripts/bench_attention.py --T 8192 32768 --sections main
+
+Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512):
+- main:  Hq=64, Hkv=4, D=128 at each T: SDPA flash and cuDNN, NSA per branch (compressed attention,
+         block selection, selected attention, window attention) and in total; forward and
+         forward+backward time (median of CUDA-event timings), speed-ups, peak memory.
+- gsweep: NSA at T=32k, Hq=64, Hkv=Hq/G for G in 1, 2, 4, 8, 16 (small G under-fills the tensor cores).
+- paper: the paper's kernel shape Dk=192, Dv=128, Hq=64 in 4 groups (G=16).
+NSA "total" is the four kernels as the model calls them: compressed -> select -> selected, window, and
+the sum of the three branch outputs (the gates are elementwise and left out); its backward runs every
+backward kernel. Full attention expands K/V to Hq heads beforehand (untimed): GQA costs the same FLOPs.
+Results go to --out as JSON (written after every measurement, atomically) and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from kernels.reference import num_compressed_tokens  # noqa: E402
+
+NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
+
+
+def timed(fn, budget_ms: float = 800.0, max_reps: int = 20) -> float:
+    """Median milliseconds of fn() over CUDA-event-timed repetitions, after two warm-up calls."""
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    while True:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if len(times) >= max_reps or (len(times) >= 3 and sum(times) > budget_ms):
+            return statistics.median(times)
+
+
+def peak_mib(fn) -> float:
+    """Peak device memory allocated during fn() beyond what was allocated before, in MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def fwd_bwd(forward, inputs):
+    """A closure running forward() then the backward of all its outputs w.r.t. inputs (random grad_out)."""
+    out = forward()
+    grad = torch.randn_like(out)
+
+    def run():
+        torch.autograd.grad(forward(), inputs, grad)
+    del out
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# workloads
+
+
+def make_inputs(B, T, Hq, Hkv, Dk, Dv, *, grad: bool):
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_(grad)
+    Tc = num_compressed_tokens(T, NSA["block_size"], NSA["stride"])
+    return dict(q=r(B, T, Hq, Dk), k_cmp=r(B, Tc, Hkv, Dk), v_cmp=r(B, Tc, Hkv, Dv), k_slc=r(B, T, Hkv, Dk),
+                v_slc=r(B, T, Hkv, Dv), k_win=r(B, T, Hkv, Dk), v_win=r(B, T, Hkv, Dv))
+
+
+def nsa_branches(x):
+    """Closures for each NSA branch and for the whole forward (inputs in x)."""
+    q, s = x["q"], NSA
+
+    def cmp():
+        return kernels.compressed_attention(q, x["k_cmp"], x["v_cmp"], block_size=s["block_size"],
+                                            stride=s["stride"])
+
+    def select(lse):
+        return kernels.select_blocks(q, x["k_cmp"], lse, block_size=s["block_size"], stride=s["stride"],
+                                     select_size=s["select_size"], num_select=s["num_select"])
+
+    def slc(idx):
+        return kernels.selected_attention(q, x["k_slc"], x["v_slc"], idx, select_size=s["select_size"])
+
+    def win():
+        return kernels.window_attention(q, x["k_win"], x["v_win"], window=s["window"])
+
+    def total():
+        o_cmp, lse = cmp()
+        return o_cmp + slc(select(lse)) + win()
+    return cmp, select, slc, win, total
+
+
+def bench_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
+    x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
+    cmp, select, slc, win, total = nsa_branches(x)
+    with torch.no_grad():
+        _, lse = cmp()
+        idx = select(lse)
+    res = {}
+    res["cmp_fwd"] = timed(lambda: cmp())
+    res["select_fwd"] = timed(lambda: select(lse))
+    res["slc_fwd"] = timed(lambda: slc(idx))
+    res["win_fwd"] = timed(lambda: win())
+    res["total_fwd"] = timed(total)
+    res["cmp_fwdbwd"] = timed(fwd_bwd(lambda: cmp()[0], [x["q"], x["k_cmp"], x["v_cmp"]]))
+    res["slc_fwdbwd"] = timed(fwd_bwd(lambda: slc(idx), [x["q"], x["k_slc"], x["v_slc"]]))
+    res["win_fwdbwd"] = timed(fwd_bwd(win, [x["q"], x["k_win"], x["v_win"]]))
+    run = fwd_bwd(total, list(x.values()))
+    res["total_fwdbwd"] = timed(run)
+    res["peak_fwdbwd_mib"] = peak_mib(run)
+    # the fraction of keys a query sees (selection + window + compressed tokens), at the last position
+    res["keys_per_query_last"] = NSA["num_select"] * NSA["select_size"] + NSA["window"] + x["k_cmp"].shape[1]
+    return res
+
+
+def bench_sdpa(B, T, Hq, Dk, Dv, backend_name: str) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(d):  # [B, H, T, D] views of BTHD storage, as a model would pass them
+        return torch.randn(B, T, Hq, d, generator=g, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    q, k, v = (r(d).requires_grad_() for d in (Dk, Dk, Dv))
+
+    def fwd():
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    res = {"fwd": timed(fwd)}
+    run = fwd_bwd(fwd, [q, k, v])
+    res["fwdbwd"] = timed(run)
+    res["peak_fwdbwd_mib"] = peak_mib(run)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def save(results: dict, path: str | None) -> None:
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+
+
+def attempt(results, key, fn, path):
+    t0 = time.time()
+    try:
+        results[key] = fn()
+    except Exception as e:  # a backend that does not support a shape is a result, not a crash
+        results[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+    torch.cuda.empty_cache()
+    print(f"  {key}: {results[key]}  ({time.time() - t0:.1f}s)", flush=True)
+    save(results, path)
+
+
+def fmt(x):
+    return f"{x:8.2f}" if isinstance(x, (int, float)) else f"{'-':>8}"
+
+
+def table(results: dict) -> str:
+    lines = []
+    for section in ("main", "paper"):
+        rows = results.get(section, {})
+        if not rows:
+            continue
+        lines.append(f"\n[{section}] ms (fwd / fwd+bwd); speed-up = cuDNN time / NSA total time")
+        lines.append(f"{'T':>6} | {'flash':>8} {'cudnn':>8} | {'cmp':>8} {'select':>8} {'slc':>8} {'win':>8} "
+                     f"{'NSA':>8} | {'x fwd':>6} | {'flash':>8} {'cudnn':>8} | {'cmp':>8} {'slc':>8} {'win':>8} "
+                     f"{'NSA':>8} | {'x f+b':>6} | {'mem cuDNN':>9} {'mem NSA':>8}")
+        for T, r in rows.items():
+            fl, cu, ns = r.get("flash", {}), r.get("cudnn", {}), r.get("nsa", {})
+            x_f = cu.get("fwd", math.nan) / ns.get("total_fwd", math.nan) if "fwd" in cu and ns else math.nan
+            x_b = cu.get("fwdbwd", math.nan) / ns.get("total_fwdbwd", math.nan) if "fwdbwd" in cu and ns else math.nan
+            lines.append(
+                f"{T:>6} | {fmt(fl.get('fwd'))} {fmt(cu.get('fwd'))} | {fmt(ns.get('cmp_fwd'))} "
+                f"{fmt(ns.get('select_fwd'))} {fmt(ns.get('slc_fwd'))} {fmt(ns.get('win_fwd'))} "
+                f"{fmt(ns.get('total_fwd'))} | {x_f:6.2f} | {fmt(fl.get('fwdbwd'))} {fmt(cu.get('fwdbwd'))} | "
+                f"{fmt(ns.get('cmp_fwdbwd'))} {fmt(ns.get('slc_fwdbwd'))} {fmt(ns.get('win_fwdbwd'))} "
+                f"{fmt(ns.get('total_fwdbwd'))} | {x_b:6.2f} | {fmt(cu.get('peak_fwdbwd_mib'))}  "
+                f"{fmt(ns.get('peak_fwdbwd_mib'))}")
+    if results.get("gsweep"):
+        lines.append("\n[gsweep] T=32768, Hq=64, Hkv=64/G: NSA ms")
+        lines.append(f"{'G':>3} | {'cmp':>8} {'select':>8} {'slc':>8} {'win':>8} {'total':>8} | "
+                     f"{'slc f+b':>8} {'total f+b':>9}")
+        for G, ns in results["gsweep"].items():
+            lines.append(f"{G:>3} | {fmt(ns.get('cmp_fwd'))} {fmt(ns.get('select_fwd'))} {fmt(ns.get('slc_fwd'))} "
+                         f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
+                         f"{fmt(ns.get('total_fwdbwd'))}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
+    p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper"],
+                   choices=["main", "gsweep", "paper"])
+    p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
+    p.add_argument("--out", help="write results as JSON here")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention.py needs a CUDA GPU")
+    import triton
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
+               "main": {}, "gsweep": {}, "paper": {}}
+    B, Hq = 1, 64
+    if "main" in args.sections:
+        for T in args.T:
+            print(f"main T={T}", flush=True)
+            row = results["main"].setdefault(str(T), {})
+            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 128, 128), args.out)
+            for backend in ("flash", "cudnn"):
+                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 128, 128, b), args.out)
+            save(results, args.out)
+    if "gsweep" in args.sections:
+        for G in (1, 2, 4, 8, 16):
+            print(f"gsweep G={G}", flush=True)
+            attempt(results["gsweep"], str(G), lambda G=G: bench_nsa(B, 32768, Hq, Hq // G, 128, 128), args.out)
+            save(results, args.out)
+    if "paper" in args.sections:
+        for T in args.paper_T:
+            print(f"paper T={T}", flush=True)
+            row = results["paper"].setdefault(str(T), {})
+            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 192, 128), args.out)
+            for backend in ("flash", "cudnn"):
+                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 192, 128, b), args.out)
+            save(results, args.out)
+    print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

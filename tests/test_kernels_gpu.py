@@ -1,0 +1,228 @@
+"""GPU checks of the Triton NSA kernels at realistic shapes, in bf16, against the reference upcast to float32.
+
+Every run draws fresh random inputs (the seed is printed in failure messages). The kernels see bf16
+inputs; the reference sees the same values upcast to float32, so the comparison measures the kernels'
+own error (bf16 operands, float32 accumulation): relative Frobenius error ||x - ref|| / ||ref|| must
+stay under 1e-2 for outputs and 2e-2 for gradients. Where the dense reference would build a score
+tensor over ~2 GB, the chunked PyTorch path (kernels/chunked.py, tested equal to the reference in
+float64 by tests/test_kernels_reference.py) stands in for it, in float32 as well.
+
+Block selection is compared exactly except for near-ties: float32 sums in a different order can swap
+two blocks whose scores differ by rounding, so a differing row passes only if the blocks it swapped
+score within a small tolerance of each other in the reference's own scores.
+
+Imports only torch, pytest and kernels/ (the GPU machine has no hydra/datasets).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+import kernels
+from kernels import chunked
+from kernels import reference as ref
+
+pytestmark = pytest.mark.gpu
+BF16, F32 = torch.bfloat16, torch.float32
+DEV = "cuda"
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
+
+
+def rand(gen, *shape, scale=1.0):
+    return (torch.randn(*shape, generator=gen, device=DEV, dtype=F32) * scale).to(BF16)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(actual, expected, names, gen, tol):
+    for a, e, name in zip(actual, expected, names, strict=True):
+        assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {gen.initial_seed()})"
+        err = rel_err(a, e)
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {gen.initial_seed()})"
+
+
+def leaves(*xs):
+    """(bf16 leaves for the kernels, float32 leaves holding the same values for the reference)."""
+    return ([x.detach().clone().requires_grad_() for x in xs],
+            [x.detach().float().requires_grad_() for x in xs])
+
+
+def reference_module(T: int, Hq: int, S: int):
+    """The dense reference when its [T, Hq, S] float32 score tensor stays under ~2 GB, else the chunked path."""
+    return ref if T * Hq * S * 4 < 2e9 else chunked
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv, block_size, stride
+    pytest.param((1, 4096, 64, 4, 128, 128, 32, 16), id="T4k-Hq64-Hkv4-D128"),
+    pytest.param((2, 2048, 16, 1, 64, 64, 32, 16), id="T2k-Hq16-Hkv1-D64"),
+    pytest.param((1, 3001, 32, 2, 192, 128, 32, 16), id="T3001-Dk192-Dv128"),
+])
+def test_compressed_attention_bf16(gen, shape):
+    B, T, Hq, Hkv, Dk, Dv, bs, d = shape
+    Tc = ref.num_compressed_tokens(T, bs, d)
+    (q, kc, vc), (q32, kc32, vc32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, Tc, Hkv, Dk),
+                                           rand(gen, B, Tc, Hkv, Dv))
+    o, lse = kernels.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    o_r, lse_r = reference_module(T, Hq, Tc).compressed_attention(q32, kc32, vc32, block_size=bs, stride=d)
+    assert o.dtype == BF16 and lse.dtype == F32
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r))
+    fin = torch.isfinite(lse_r)
+    check([o, lse[fin]], [o_r, lse_r[fin]], ["o", "lse"], gen, 1e-2)
+    w = torch.randn(o.shape, generator=gen, device=DEV)
+    g = torch.autograd.grad((o.float() * w).sum(), (q, kc, vc))
+    g_r = torch.autograd.grad((o_r * w).sum(), (q32, kc32, vc32))
+    check(g, g_r, ["dq", "dk_cmp", "dv_cmp"], gen, 2e-2)
+
+
+def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
+    """Reference float32 block scores [len(rows), Nb] of the query rows `rows` = [(b, t, kv_head)]."""
+    b, t, h = (torch.tensor(c, device=DEV) for c in zip(*rows))
+    Tc, Dk = kc.shape[1], q.shape[-1]
+    qg = q.float()[b, t].view(len(rows), -1, G, Dk)[torch.arange(len(rows), device=DEV), h]  # [R, G, Dk]
+    s = torch.einsum("rgd,rid->rgi", qg, kc.float()[b, :, h]) * Dk ** -0.5
+    lse_g = lse.view(lse.shape[0], lse.shape[1], -1, G)[b, t, h][..., None]  # [R, G, 1]
+    visible = torch.arange(Tc, device=DEV)[None, :] * d + bs - 1 <= t[:, None]
+    p = torch.where(visible[:, None, :], torch.exp(s - lse_g), 0.0).sum(1)  # [R, Tc]
+    W = ref.overlap_weights(Tc, math.ceil(q.shape[1] / ss), block_size=bs, stride=d, select_size=ss, device=DEV)
+    return p @ W
+
+
+@pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, D
+    pytest.param((1, 8192, 64, 4, 128), id="T8k-G16"),
+    pytest.param((2, 3000, 16, 4, 64), id="T3000-G4"),
+    pytest.param((1, 4096, 16, 16, 128), id="T4k-G1"),
+])
+def test_select_blocks_bf16(gen, shape):
+    B, T, Hq, Hkv, D = shape
+    bs, d, ss, n = 32, 16, 64, 16
+    G = Hq // Hkv
+    q, kc = rand(gen, B, T, Hq, D, scale=2.0), rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    _, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n)
+    idx = kernels.select_blocks(q, kc, lse, **sizes)
+    idx_r = chunked.select_blocks(q.float(), kc.float(), lse, **sizes)
+    assert idx.dtype == torch.int32 and idx.shape == idx_r.shape
+    t = torch.arange(T, device=DEV)[None, :, None]
+    valid = idx >= 0
+    assert (valid.sum(-1) == torch.clamp(t // ss + 1, max=n)).all(), "wrong number of chosen blocks"
+    assert ((idx <= t[..., None] // ss) | ~valid).all(), "a future block was chosen"
+    differ = (idx != idx_r).any(-1).nonzero().tolist()
+    assert len(differ) <= 0.01 * B * T * Hkv, f"{len(differ)} rows differ (seed {gen.initial_seed()})"
+    if differ:  # each differing row must be a near-tie in the reference's own scores
+        rows = differ[:512]
+        score = _block_scores(q, kc, lse, rows, bs=bs, d=d, ss=ss, G=G)
+        for r, (b, tt, h) in enumerate(rows):
+            mine = set(idx[b, tt, h].tolist()) - {-1}
+            theirs = set(idx_r[b, tt, h].tolist()) - {-1}
+            lo_mine = min(score[r, j].item() for j in mine - theirs)
+            hi_theirs = max(score[r, j].item() for j in theirs - mine)
+            assert hi_theirs - lo_mine <= 1e-3 * score[r].max().item() + 1e-6, (
+                f"row (b={b}, t={tt}, h={h}): kernel chose {sorted(mine - theirs)} over {sorted(theirs - mine)}, "
+                f"scores {lo_mine:.6g} < {hi_theirs:.6g} (seed {gen.initial_seed()})")
+
+
+@pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
+    pytest.param((1, 4096, 64, 4, 128, 128), id="T4k-G16-D128"),
+    pytest.param((2, 2048, 16, 8, 64, 64), id="T2k-G2-D64"),
+    pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
+    pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
+])
+def test_selected_attention_bf16(gen, shape):
+    B, T, Hq, Hkv, Dk, Dv = shape
+    bs, d, ss, n = 32, 16, 64, 16
+    (q, k, v), (q32, k32, v32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, T, Hkv, Dk), rand(gen, B, T, Hkv, Dv))
+    kc = rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, Dk)
+    _, lse = kernels.compressed_attention(q.detach(), kc, kc, block_size=bs, stride=d)
+    idx = kernels.select_blocks(q.detach(), kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss)
+    o_r = reference_module(T, Hq, T).selected_attention(q32, k32, v32, idx, select_size=ss)
+    check([o], [o_r], ["o"], gen, 1e-2)
+    w = torch.randn(o.shape, generator=gen, device=DEV)
+    g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
+    g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
+    check(g, g_r, ["dq", "dk", "dv"], gen, 2e-2)
+
+
+@pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv, window
+    pytest.param((1, 4096, 64, 4, 128, 128, 512), id="T4k-G16-w512"),
+    pytest.param((2, 3000, 16, 2, 64, 64, 100), id="T3000-G8-w100"),
+    pytest.param((1, 2048, 32, 2, 192, 128, 512), id="T2k-Dk192-w512"),
+    pytest.param((1, 1024, 8, 8, 128, 128, 2000), id="T1k-G1-w>T"),
+])
+def test_window_attention_bf16(gen, shape):
+    B, T, Hq, Hkv, Dk, Dv, win = shape
+    (q, k, v), (q32, k32, v32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, T, Hkv, Dk), rand(gen, B, T, Hkv, Dv))
+    o = kernels.window_attention(q, k, v, window=win)
+    o_r = reference_module(T, Hq, T).window_attention(q32, k32, v32, window=win)
+    check([o], [o_r], ["o"], gen, 1e-2)
+    w = torch.randn(o.shape, generator=gen, device=DEV)
+    g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
+    g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
+    check(g, g_r, ["dq", "dk", "dv"], gen, 2e-2)
+
+
+def test_torch_compile_fullgraph_pipeline(gen):
+    B, T, Hq, Hkv, D = 1, 2048, 32, 2, 128
+    bs, d, ss, n, win = 32, 16, 64, 16, 512
+    Tc = ref.num_compressed_tokens(T, bs, d)
+    xs = [rand(gen, B, T, Hq, D)] + [rand(gen, B, T, Hkv, D) for _ in range(4)] + [rand(gen, B, Tc, Hkv, D)
+                                                                                   for _ in range(2)]
+    (q, ks, vs, kw, vw, kc, vc), (q32, ks32, vs32, kw32, vw32, kc32, vc32) = leaves(*xs)
+
+    def nsa(m, q, ks, vs, kw, vw, kc, vc):
+        o_cmp, lse = m.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+        idx = m.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
+        o_slc = m.selected_attention(q, ks, vs, idx, select_size=ss)
+        return o_cmp + o_slc + m.window_attention(q, kw, vw, window=win), idx
+
+    o, idx = torch.compile(lambda *a: nsa(kernels, *a), fullgraph=True)(q, ks, vs, kw, vw, kc, vc)
+    # the reference uses the kernel's block choice (selection itself is tested above)
+    o_cmp, _ = ref.compressed_attention(q32, kc32, vc32, block_size=bs, stride=d)
+    o_r = (o_cmp + chunked.selected_attention(q32, ks32, vs32, idx, select_size=ss)
+           + chunked.window_attention(q32, kw32, vw32, window=win))
+    check([o], [o_r], ["o"], gen, 1e-2)
+    w = torch.randn(o.shape, generator=gen, device=DEV)
+    g = torch.autograd.grad((o.float() * w).sum(), (q, ks, vs, kw, vw, kc, vc))
+    g_r = torch.autograd.grad((o_r * w).sum(), (q32, ks32, vs32, kw32, vw32, kc32, vc32))
+    check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], gen, 2e-2)
+
+
+def test_offsets_past_2_pow_31_elements(gen):
+    # q has B*T*Hq*D > 2^31 elements: the last batch element must match a run on its own copy
+    B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
+    assert B * T * Hq * D > 2**31
+    bs, d, ss, n, win = 32, 16, 64, 16, 512
+    q, k, v = rand(gen, B, T, Hq, D), rand(gen, B, T, Hkv, D), rand(gen, B, T, Hkv, D)
+    kc = rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    last = [x[-1:].contiguous() for x in (q, k, v, kc)]
+    o_cmp, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    o_cmp1, lse1 = kernels.compressed_attention(last[0], last[3], last[3], block_size=bs, stride=d)
+    assert torch.equal(o_cmp[-1:], o_cmp1) and torch.equal(lse[-1:], lse1)
+    idx = kernels.select_blocks(q, kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
+    assert torch.equal(idx[-1:], kernels.select_blocks(last[0], last[3], lse1, block_size=bs, stride=d,
+                                                       select_size=ss, num_select=n))
+    del o_cmp, lse
+    assert torch.equal(kernels.selected_attention(q, k, v, idx, select_size=ss)[-1:],
+                       kernels.selected_attention(last[0], last[1], last[2], idx[-1:].contiguous(), select_size=ss))
+    q.requires_grad_()
+    o = kernels.window_attention(q, k, v, window=win)
+    (dq,) = torch.autograd.grad(o, q, torch.ones_like(o))
+    q1 = last[0].requires_grad_()
+    o1 = kernels.window_attention(q1, last[1], last[2], window=win)
+    (dq1,) = torch.autograd.grad(o1, q1, torch.ones_like(o1))
+    assert torch.equal(o[-1:], o1) and torch.equal(dq[-1:], dq1)
