@@ -100,7 +100,7 @@ class WandbConfig:
 class EvalConfig:
     checkpoint: str | None = None  # a run directory (its newest checkpoint) or a step_*.pt file
     tasks: list[str] = field(default_factory=lambda: ["ppl_position", "passkey", "niah", "ruler", "mqar"])
-    out_dir: str = "${eval_out_dir:${checkpoint}}"  # default: RUN_DIR/eval/step_N
+    out_dir: str = "${eval_out_dir:${checkpoint},${longbench.score_only}}"  # default: RUN_DIR/eval/step_N
     seed: int = 0
     eval: EvalSettings = field(default_factory=EvalSettings)
     ppl_position: PplPositionConfig = field(default_factory=PplPositionConfig)
@@ -112,11 +112,11 @@ class EvalConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def default_out_dir(checkpoint: str | None) -> str:
+def default_out_dir(checkpoint: str | None, score_only: str | None = None) -> str:
     """RUN_DIR/eval/step_N for checkpoint=RUN_DIR/checkpoints/step_N.pt or checkpoint=RUN_DIR (its newest
-    checkpoint); eval_out without a checkpoint."""
+    checkpoint); the prediction folder when only re-scoring; eval_out otherwise."""
     if not checkpoint:
-        return "eval_out"
+        return score_only or "eval_out"
     path = Path(checkpoint)
     if path.suffix == ".pt":
         return str(path.parent.parent / "eval" / path.stem)
