@@ -247,3 +247,32 @@ def test_bad_data_file_keeps_other_results(run_dir, longbench_dir, tmp_path):
     assert saved["passkey"]["samples"] == 1  # finished before the failure: kept
     assert "hotpotqa.jsonl:3: malformed JSON" in saved["longbench"]["error"]
     assert json.loads((out / "longbench" / "result.json").read_text()) == {"trec": None}  # skipped: too long
+
+
+def test_nsa_checkpoint_through_the_gpt_interface(run_dir, tmp_path):
+    """Any registered attention evaluates: an NSA checkpoint (fresh weights, the run's data) on cached decoding
+    and teacher-forced tasks, with its sparsity reported."""
+    import dataclasses
+
+    import torch
+
+    from model import GPT, AttentionConfig, ModelConfig
+    from training import checkpoint as ckpt_io
+
+    ckpt = ckpt_io.load_checkpoint(ckpt_io.list_checkpoints(run_dir)[-1])
+    attn = AttentionConfig(name="nsa", compress_block=8, compress_stride=8, select_block=8, num_select=4, window=16)
+    config = {**ckpt["config"], "attention": dataclasses.asdict(attn)}
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**config["model"]), attn)
+    nsa_run = tmp_path / "nsa_run"
+    ckpt_io.save_checkpoint(nsa_run, 1, {"model": model.state_dict(), "config": config, "step": 1, "tokens": 0},
+                            keep_last=1)
+    out = tmp_path / "out"
+    res = evaluate(eval_config([f"checkpoint={nsa_run}", f"out_dir={out}", "tasks=[ppl_position,passkey,mqar]",
+                                "ppl_position.samples=1", "passkey.lengths=[128]", "passkey.depths=[50]",
+                                "passkey.samples=2", "passkey.max_new_tokens=3", "mqar.lengths=[128]",
+                                "mqar.samples=2"]))
+    assert res["model"]["attention"] == "nsa"
+    assert 0 < res["sparsity"]["128"]["fraction"] < 1  # NSA attends to fewer keys than full attention
+    assert res["passkey"]["samples"] == 2 and res["mqar"]["values"] > 0 and res["ppl_position"]["loss"] > 0
+    assert (out / "passkey" / "heatmap.png").is_file()
