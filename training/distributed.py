@@ -42,7 +42,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def destroy_distributed() -> None:
+    """Leave the process group once every rank is done (no rank tears down while a peer still talks to it)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -96,10 +96,11 @@ def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
     cfg = cfg_node if isinstance(cfg_node, Config) else to_dataclass(cfg_node)
     validate(cfg)
     info = init_distributed(cfg.train.device)
-    try:
-        return _train(cfg, info)
-    finally:
-        destroy_distributed()
+    summary = _train(cfg, info)
+    # Only on success: after an exception the other ranks may be blocked in a collective, and a collective
+    # teardown would hang instead of letting torchrun report the error.
+    destroy_distributed()
+    return summary
 
 
 def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
