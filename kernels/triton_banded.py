@@ -327,10 +327,13 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     n_tiles = triton.cdiv(S, block_n)
     if INTERPRETED:
         nsplit = 2 if T > 32 else 1  # exercise the split path in CI
+    elif win >= 0:
+        nsplit = 1  # window: each key tile sees only ~w + BLOCK_N queries
     else:
-        nsplit = max(1, min(16, triton.cdiv(2 * 132, n_tiles * B * Hkv)))
-        if win >= 0:
-            nsplit = 1  # window: each key tile sees only ~w queries
+        # compressed: key tile j0 is seen by every query from j0*d + l - 1 on, so the first tiles would each
+        # walk ~T queries while the last walk few; cut [0, T) into 4k-query splits (partial sums in ACC dtype)
+        nsplit = max(triton.cdiv(T, 4096), triton.cdiv(2 * 132, n_tiles * B * Hkv))
+        nsplit = min(nsplit, 32)
     split_len = triton.cdiv(triton.cdiv(T, nsplit), npos) * npos
     nsplit = triton.cdiv(T, split_len)
     dk_part = torch.empty(nsplit, B, S, Hkv, Dk, dtype=acc, device=q.device)

@@ -8,8 +8,11 @@ power of two), and for each tile:
 2. sums p over the G heads of the group (a reshape [NPOS, G, C] -> sum over G);
 3. spreads each token over the blocks it overlaps with the weights |token ∩ block| / d (NSA.md,
    selection step 3; a token overlaps its own block and at most the next one because l <= l': the
-   part falling in the next tile's first block is carried over in `carry`);
-4. merges the tile's candidates into a running top-NBT list kept in registers.
+   part falling in the next tile's first block is carried over in `carry`). When l'/d is a power of
+   two (ALIGNED) this is a reshape [NPOS, NBT, l'/d] and two small weighted sums, else a general
+   [NPOS, C, NBT] weighted sum;
+4. merges the tile's candidates into a running top-NBT list kept in registers, skipped when no
+   candidate beats the smallest key kept.
 
 Top-n in registers: each candidate becomes one int64 sort key, (priority bits << 31) | (MAXID - id).
 Priorities are non-negative float32 scores (whose bit patterns order like the floats), +inf for forced
@@ -36,7 +39,8 @@ def _select_kernel(
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sl_b, sl_t, sl_h, si_b, si_t, si_h,
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
-    NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
@@ -82,28 +86,44 @@ def _select_kernel(
         p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
         pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
 
-        # overlap weights of token i with the tile's blocks, and with the next tile's first block
-        tok_lo = i * STRIDE
-        tok_hi = tok_lo + BS
-        blk_lo = (jb0 + jj) * SEL
-        ov = tl.minimum(tok_hi[:, None], blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
-        w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT]
-        nxt_lo = (jb0 + NBT) * SEL
-        ov_next = tl.minimum(tok_hi, nxt_lo + SEL) - tl.maximum(tok_lo, nxt_lo)
-        w_next = tl.where(i_ok & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE  # [C_PAD]
-        score = tl.sum(pg[:, :, None] * w[None, :, :], axis=1)  # [NPOS, NBT]
-        score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
-        carry = tl.sum(pg * w_next[None, :], axis=1)
+        if ALIGNED:
+            # C_PAD = NBT * TPB tokens, TPB per block: token r of a block starts r*d into it, so its weight
+            # on its own block and on the next depends on r only; the spill moves one block to the right
+            pg3 = tl.reshape(pg, [NPOS, NBT, TPB])
+            r = tl.arange(0, TPB)
+            w_own = (tl.minimum(BS, SEL - r * STRIDE)).to(ACC) / STRIDE
+            w_spill = (tl.maximum(r * STRIDE + BS - SEL, 0)).to(ACC) / STRIDE
+            own = tl.sum(pg3 * w_own[None, None, :], axis=2)  # [NPOS, NBT]
+            spill = tl.sum(pg3 * w_spill[None, None, :], axis=2)  # [NPOS, NBT], belongs to block + 1
+            shift = (jj[:, None] + 1) == jj[None, :]  # [NBT, NBT]: block k spills into k + 1
+            score = own + tl.sum(spill[:, :, None] * shift[None, :, :].to(ACC), axis=1)
+            score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+            carry = tl.sum(tl.where(jj[None, :] == NBT - 1, spill, 0.0), axis=1)
+        else:
+            # general sizes: overlap weights of each token with the tile's blocks and the next tile's first
+            tok_lo = i * STRIDE
+            tok_hi = tok_lo + BS
+            blk_lo = (jb0 + jj) * SEL
+            ov = tl.minimum(tok_hi[:, None], blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
+            w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT]
+            nxt_lo = (jb0 + NBT) * SEL
+            ov_next = tl.minimum(tok_hi, nxt_lo + SEL) - tl.maximum(tok_lo, nxt_lo)
+            w_next = tl.where(i_ok & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE  # [C_PAD]
+            score = tl.sum(pg[:, :, None] * w[None, :, :], axis=1)  # [NPOS, NBT]
+            score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+            carry = tl.sum(pg * w_next[None, :], axis=1)
 
-        # candidate keys of this tile, merged into the running top-NBT
+        # candidate keys of this tile, merged into the running top-NBT (only if one of them can enter it)
         blk = jb0 + jj
         visible = blk[None, :] <= cur[:, None]
         forced = visible & ((blk[None, :] < NUM_INIT) | (blk[None, :] > cur[:, None] - NUM_LOCAL))
         bits = score.to(tl.float32).to(tl.int32, bitcast=True)
         bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
         key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), -1)
-        cand = tl.sort(key, dim=1)  # ascending
-        top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
+        kept_min = tl.min(top, axis=1)  # the smallest key kept per position
+        if tl.max((key > kept_min[:, None]).to(tl.int32)) > 0:
+            cand = tl.sort(key, dim=1)  # ascending
+            top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
 
     chosen = (jj[None, :] < NSEL) & (top >= 0)
     ids = tl.where(chosen, MAX_ID - (top & MAX_ID), MAX_ID).to(tl.int32)
@@ -141,7 +161,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
-        DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad,
+        DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
         ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
         num_warps=4, num_stages=2,
     )

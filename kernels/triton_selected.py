@@ -35,6 +35,19 @@ from kernels.triton_common import (
 
 
 @triton.jit
+def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
+    """Key positions [BLOCK_N] of tile kt of the block in slot s, and which of them query t sees: none when
+    the slot's id is negative, past t, or repeats an earlier slot (ids [NSEL_PAD] holds the row's ids)."""
+    j = tl.sum(tl.where(slots == s, ids, 0), axis=0)
+    repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
+    ok = (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0)
+    koff = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    kpos = tl.where(ok, j, 0).to(tl.int64) * SEL + koff
+    n_keys = tl.where(ok, SEL, 0)  # (not `ok & vector`: the interpreter turns a scalar bool & vector into int)
+    return kpos, (koff < n_keys) & (kpos <= t)
+
+
+@triton.jit
 def _selected_fwd_kernel(
     Q, K, V, IDX, OUT, LSE,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
@@ -60,32 +73,28 @@ def _selected_fwd_kernel(
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
-    offs_n = tl.arange(0, BLOCK_N)
 
     m_i = tl.full([G_PAD], float("-inf"), ACC)
     l_i = tl.zeros([G_PAD], ACC)
     acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
-    for s in range(NSEL):
-        j = tl.load(idx_row + s)
-        repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
-        if (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0):
-            for kt in range(N_KT):
-                koff = kt * BLOCK_N + offs_n
-                kpos = j.to(tl.int64) * SEL + koff
-                k_ok = (koff < SEL) & (kpos <= t)
-                k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
-                            mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-                v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
-                            mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-                sc = tl.where(k_ok[None, :], sc, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(sc, 1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(sc - m_use[:, None])
-                alpha = tl.exp2(m_i - m_use)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-                m_i = m_new
+    # one flat loop over (slot, key tile), branch-free (invalid slots just mask every key), so that
+    # Triton can software-pipeline the K/V loads across selected blocks
+    for it in range(NSEL * N_KT):
+        kt = it % N_KT
+        kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
+                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
+                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        sc = tl.where(k_ok[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(sc - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+        m_i = m_new
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -130,26 +139,20 @@ def _selected_bwd_dq_kernel(
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
-    offs_n = tl.arange(0, BLOCK_N)
 
     dq = tl.zeros([G_PAD, BLOCK_DK], ACC)
-    for s in range(NSEL):
-        j = tl.load(idx_row + s)
-        repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
-        if (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0):
-            for kt in range(N_KT):
-                koff = kt * BLOCK_N + offs_n
-                kpos = j.to(tl.int64) * SEL + koff
-                k_ok = (koff < SEL) & (kpos <= t)
-                k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
-                            mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-                v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
-                            mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-                p = tl.where(k_ok[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-                ds = p * (dp - delta[:, None])
-                dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    for it in range(NSEL * N_KT):
+        kt = it % N_KT
+        kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
+                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
+                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        p = tl.where(k_ok[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + t64 * sdq_t + head[:, None] * sdq_h + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -257,7 +260,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
         T, Hkv, G, n, scale * LOG2E, select_size,
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)),
         BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=3,
     )
     return o, lse
 

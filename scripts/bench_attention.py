@@ -9,6 +9,7 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          forward+backward time (median of CUDA-event timings), speed-ups, peak memory.
 - gsweep: NSA at T=32k, Hq=64, Hkv=Hq/G for G in 1, 2, 4, 8, 16 (small G under-fills the tensor cores).
 - paper: the paper's kernel shape Dk=192, Dv=128, Hq=64 in 4 groups (G=16).
+- profile: CUDA time per kernel of one NSA forward+backward (main shape, T=32k), from torch.profiler.
 NSA "total" is the four kernels as the model calls them: compressed -> select -> selected, window, and
 the sum of the three branch outputs (the gates are elementwise and left out); its backward runs every
 backward kernel. Full attention expands K/V to Hq heads beforehand (untimed): GQA costs the same FLOPs.
@@ -154,6 +155,24 @@ def bench_sdpa(B, T, Hq, Dk, Dv, backend_name: str) -> dict:
     return res
 
 
+def profile_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
+    """{kernel name: [calls, total CUDA ms]} over one NSA forward+backward, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
+    run = fwd_bwd(nsa_branches(x)[-1], list(x.values()))
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        cuda_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if cuda_us > 0:
+            rows[e.key[:80]] = [e.count, round(cuda_us / 1000, 3)]
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1][1])[:25])
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -209,14 +228,18 @@ def table(results: dict) -> str:
             lines.append(f"{G:>3} | {fmt(ns.get('cmp_fwd'))} {fmt(ns.get('select_fwd'))} {fmt(ns.get('slc_fwd'))} "
                          f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
                          f"{fmt(ns.get('total_fwdbwd'))}")
+    for T, prof in results.get("profile", {}).items():
+        lines.append(f"\n[profile] NSA forward+backward at T={T}: CUDA ms per kernel (calls)")
+        for name, (calls, ms) in (prof.items() if "error" not in prof else []):
+            lines.append(f"{ms:9.3f}  ({calls})  {name}")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
-    p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper"],
-                   choices=["main", "gsweep", "paper"])
+    p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper", "profile"],
+                   choices=["main", "gsweep", "paper", "profile"])
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     args = p.parse_args()
@@ -225,7 +248,7 @@ def main() -> None:
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
-               "main": {}, "gsweep": {}, "paper": {}}
+               "main": {}, "gsweep": {}, "paper": {}, "profile": {}}
     B, Hq = 1, 64
     if "main" in args.sections:
         for T in args.T:
@@ -248,6 +271,9 @@ def main() -> None:
             for backend in ("flash", "cudnn"):
                 attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 192, 128, b), args.out)
             save(results, args.out)
+    if "profile" in args.sections:
+        print("profile T=32768", flush=True)
+        attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), args.out)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
 

@@ -20,7 +20,7 @@ if ! $PY -c "import pytest" 2>/dev/null && ls .whl_kernels/*.whl >/dev/null 2>&1
 fi
 
 if [ "${TEST_TIMEOUT:-150}" != "0" ]; then
-    timeout "${TEST_TIMEOUT:-150}" $PY -m pytest tests/test_kernels_gpu.py -q -p no:cacheprovider \
+    timeout "${TEST_TIMEOUT:-150}" $PY -m pytest tests/test_kernels_gpu.py -q -s -p no:cacheprovider \
         --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
     echo "gpu tests exit: $?" | tee -a "$OUT/gpu_tests.log"
 fi

@@ -50,6 +50,7 @@ def check(actual, expected, names, gen, tol):
         assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
         assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {gen.initial_seed()})"
         err = rel_err(a, e)
+        print(f"  {name}: relative error {err:.2e} (tolerance {tol})")
         assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {gen.initial_seed()})"
 
 
