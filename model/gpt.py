@@ -92,10 +92,14 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_caches(self, batch_size: int, max_len: int) -> list[Any]:
-        """One empty decoding cache per layer, on the model's device and dtype."""
+        """One empty decoding cache per layer on the model's device, in the dtype the attention computes in:
+        the autocast dtype when autocast is on (so no step converts the whole cache), else the weights'."""
         p = self.embed.weight
+        dtype = p.dtype
+        if torch.is_autocast_enabled(p.device.type):
+            dtype = torch.get_autocast_dtype(p.device.type)
         self.rotary.ensure_length(max_len)
-        return [b.attn.new_cache(batch_size, max_len, p.device, p.dtype) for b in self.blocks]
+        return [b.attn.new_cache(batch_size, max_len, p.device, dtype) for b in self.blocks]
 
     @torch.no_grad()
     def generate(

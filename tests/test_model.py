@@ -150,3 +150,14 @@ def test_bad_model_configs_fail_clearly():
         make(tiny(n_embd=66, n_head=4))
     with pytest.raises(ValueError, match="attention.name"):
         make(attn=AttentionConfig(name="nope"))
+
+
+def test_caches_follow_autocast_dtype():
+    """Under autocast the cache holds the compute dtype, so decoding never converts the whole cache."""
+    model = make()
+    assert model.new_caches(1, 8)[0].k.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        caches = model.new_caches(1, 8)
+        assert caches[0].k.dtype == torch.bfloat16
+        out = model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3)
+    assert out.shape == (1, 7)
