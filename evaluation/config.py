@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from training.checkpoint import list_checkpoints
+from training.config import check_choices, check_positive
 
 
 @dataclass
@@ -148,10 +149,8 @@ def validate(cfg: EvalConfig, known_tasks: list[str]) -> None:
         "longbench.overflow": (cfg.longbench.overflow, ("truncate", "skip")),
         "wandb.mode": (cfg.wandb.mode, ("online", "offline", "disabled", None)),
     }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
-    positive = {
+    check_choices(choices)
+    check_positive({
         "eval.batch_size": cfg.eval.batch_size,
         "ppl_position.samples": cfg.ppl_position.samples,
         "ppl_position.buckets": cfg.ppl_position.buckets,
@@ -160,10 +159,7 @@ def validate(cfg: EvalConfig, known_tasks: list[str]) -> None:
         "ruler.samples": cfg.ruler.samples,
         "mqar.samples": cfg.mqar.samples,
         "longbench.local_samples": cfg.longbench.local_samples,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"{key}={value} must be positive")
+    })
     if cfg.eval.max_length is not None and cfg.eval.max_length < 16:
         raise ValueError(f"eval.max_length={cfg.eval.max_length} is too short to evaluate anything: use >= 16")
     for section in ("passkey", "niah"):

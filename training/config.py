@@ -97,6 +97,20 @@ def to_dataclass(cfg: Any) -> Config:
     return OmegaConf.to_object(cfg)
 
 
+def check_choices(choices: dict[str, tuple[Any, tuple]]) -> None:
+    """{"key": (value, allowed values)}: raise a one-line ValueError naming the first value not allowed."""
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+def check_positive(values: dict[str, float]) -> None:
+    """{"key": value}: raise a one-line ValueError naming the first value that is not > 0."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{key}={value} must be positive")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types cannot express; one-line errors that say how to fix the override."""
     choices = {
@@ -106,21 +120,18 @@ def validate(cfg: Config) -> None:
         "train.dtype": (cfg.train.dtype, ("auto", "bf16", "fp32")),
         "logger.mode": (cfg.logger.mode, ("online", "offline", "disabled")),
     }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
-    positive = {
-        "train.steps": cfg.train.steps,
-        "train.batch_tokens": cfg.train.batch_tokens,
-        "train.micro_batch_size": cfg.train.micro_batch_size,
-        "train.max_bad_steps": cfg.train.max_bad_steps,
-        "train.keep_last": cfg.train.keep_last,
-        "train.log_interval": cfg.train.log_interval,
-        "optim.lr": cfg.optim.lr,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"{key}={value} must be positive")
+    check_choices(choices)
+    check_positive(
+        {
+            "train.steps": cfg.train.steps,
+            "train.batch_tokens": cfg.train.batch_tokens,
+            "train.micro_batch_size": cfg.train.micro_batch_size,
+            "train.max_bad_steps": cfg.train.max_bad_steps,
+            "train.keep_last": cfg.train.keep_last,
+            "train.log_interval": cfg.train.log_interval,
+            "optim.lr": cfg.optim.lr,
+        }
+    )
     if not 0 <= cfg.optim.min_lr_ratio <= 1:
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if not 0 <= cfg.optim.decay_frac <= 1:
