@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.files import write_bytes_atomic
 from data.config import DataConfig, as_data_config
 from data.errors import DataError
 from data.shards import ShardWriter, read_header, token_dtype
 from data.sources import is_local, is_val_doc, load_source, resolve_files, source_fingerprint
-from data.tokenizer import META_FILE, TOKENIZER_FILE, Tokenizer, atomic_write_bytes, tokenizer_from_spec, train_bpe
+from data.tokenizer import META_FILE, TOKENIZER_FILE, Tokenizer, tokenizer_from_spec, train_bpe
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def prepare(cfg: DataConfig) -> Path:
         meta = _build(cfg, files, fingerprint, settings, given_tok, tmp)
         shutil.rmtree(tmp / "_hf_cache", ignore_errors=True)
         meta["seconds"] = round(time.time() - t0, 2)
-        atomic_write_bytes(tmp / META_FILE, json.dumps(meta, indent=1).encode())  # meta.json last
+        write_bytes_atomic(tmp / META_FILE, json.dumps(meta, indent=1).encode())  # meta.json last
         _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_write
 from data.errors import DataError
 
 MAGIC = b"NSATOKS\0"
@@ -54,13 +55,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray, n_docs: int, tokeni
     if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
         raise ValueError(f"shard tokens must be 1-D uint16 or uint32, got {tokens.dtype} {tokens.shape}")
     header = ShardHeader(tokens.dtype.itemsize, len(tokens), n_docs, bytes.fromhex(tokenizer_hash)[:16])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(header.pack())
         f.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_header(path: str | os.PathLike) -> ShardHeader:

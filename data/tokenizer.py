@@ -17,6 +17,7 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from common.files import write_bytes_atomic
 from data.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,20 +53,10 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes tokenizer.json atomically; its sha256 is `self.hash`."""
-        atomic_write_bytes(Path(path), self.tk.to_str().encode())
+        write_bytes_atomic(path, self.tk.to_str().encode())
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id}, hash={self.hash[:12]})"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file + fsync + os.replace: readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int, eos_token: str = "<|endoftext|>",

@@ -24,10 +24,11 @@ from typing import Any
 
 import yaml
 
+from common.files import write_text_atomic
 from data.tokenizer import Tokenizer
 from evaluation.loading import EvalError
 from evaluation.metrics import TASK_METRIC, longbench_e_scores, longbench_score
-from evaluation.report import write_json_atomic, write_text_atomic
+from evaluation.report import write_json_atomic
 from evaluation.text_sources import docstring_paragraphs, stdlib_python_files
 
 TASKS_FILE = Path(__file__).with_name("longbench_tasks.yaml")

@@ -7,7 +7,6 @@ the data cursor, every rank's RNG state, the wandb run id and the resolved confi
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+
+from common.files import atomic_write
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 # The config sections a checkpoint must agree on to be loaded into a model.
@@ -36,17 +37,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -72,7 +62,8 @@ def load_model_and_optimizer_state(
 def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
     """Write `payload` as the checkpoint of `step` and delete all but the newest `keep_last`."""
     path = checkpoint_dir(run_dir) / f"step_{step:07d}.pt"
-    atomic_torch_save(payload, path)
+    with atomic_write(path) as f:  # temp file + rename: a checkpoint file is always complete
+        torch.save(payload, f)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common.files import write_text_atomic
 from training.config import LoggerConfig
 
 # Dense bf16 tensor-core peak FLOP/s per device (no sparsity), by a substring of the device name.
@@ -59,9 +59,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if drop:
         with open(path.with_name("metrics.discarded.jsonl"), "a") as f:
             f.write("\n".join(drop) + "\n")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 class MetricsLogger:

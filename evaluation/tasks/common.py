@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import write_text_atomic
 from data.tokenizer import Tokenizer
 from evaluation.config import EvalConfig
 from evaluation.generation import Throughput, greedy_generate
 from evaluation.loading import Loaded
-from evaluation.report import write_text_atomic
 from model import GPT
 
 log = logging.getLogger("eval")

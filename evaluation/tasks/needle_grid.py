@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.files import write_text_atomic
 from data.synthetic import SyntheticDoc, passkey
 from evaluation import plots
 from evaluation.loading import EvalError
-from evaluation.report import grid_markdown, write_json_atomic, write_text_atomic
+from evaluation.report import grid_markdown, write_json_atomic
 from evaluation.ruler import niah_doc
 from evaluation.tasks.common import EvalContext, exact_match, log, mean, write_jsonl
 from evaluation.text_sources import haystack_ids
