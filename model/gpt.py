@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.attention import Attention, attention_class, build_attention
 from model.config import AttentionConfig, ModelConfig
@@ -55,6 +56,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, self.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        # Recompute each block's activations in the backward pass instead of storing them (set by the
+        # trainer from train.activation_checkpointing): long contexts fit at the cost of ~1 extra forward.
+        self.checkpoint_blocks = False
         self.init_weights()
 
     @torch.no_grad()
@@ -84,7 +88,10 @@ class GPT(nn.Module):
         """
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, caches[i] if caches is not None else None)
+            if self.checkpoint_blocks and self.training and caches is None:
+                x = checkpoint(block, x, self.rotary, use_reentrant=False)
+            else:
+                x = block(x, self.rotary, caches[i] if caches is not None else None)
         logits = self.lm_head(self.norm(x)).float()
         loss = None
         if targets is not None:

@@ -161,3 +161,18 @@ def test_caches_follow_autocast_dtype():
         assert caches[0].k.dtype == torch.bfloat16
         out = model.generate(torch.randint(0, 100, (1, 4)), max_new_tokens=3)
     assert out.shape == (1, 7)
+
+
+def test_activation_checkpointing_gives_same_loss_and_grads():
+    idx = torch.randint(0, 100, (2, 40))
+    results = []
+    for ac in (False, True):
+        model = make(seed=3).train()
+        model.checkpoint_blocks = ac
+        _, loss = model(idx, idx)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=0, atol=0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-6, atol=1e-7, msg=name)

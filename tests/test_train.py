@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,30 @@ def test_wandb_offline_run_id_kept_across_resume(tmp_path, data_overrides, monke
     ids = [ckpt_io.load_checkpoint(p)["wandb_id"] for p in ckpt_io.list_checkpoints(tmp_path)]
     assert len(ids) == 2 and ids[0] and ids[0] == ids[1]
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{ids[0]}"))) == 2
+
+
+def test_killed_rank_restarts_from_newest_checkpoint(tmp_path, data_overrides):
+    """torchrun --max-restarts=1: SIGKILL one rank mid-run; the restarted group resumes from the newest checkpoint
+    and finishes with exactly the losses of an uninterrupted run (it loses only the steps since the checkpoint)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*FAST, *data_overrides, "train.steps=40", "train.batch_tokens=1024", "train.ckpt_interval=5",
+            "train.val_interval=0"]  # fmt: skip
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    subprocess.run([*_train_cmd(2), f"run_dir={clean}", *args], check=True, env=env, cwd=tmp_path)
+
+    cmd = [*_train_cmd(2)[:3], "--max-restarts=1", *_train_cmd(2)[3:], f"run_dir={faulty}", *args]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    target = faulty / "checkpoints" / "step_0000010.pt"
+    deadline = time.time() + 240
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert target.exists(), "the run never reached its step-10 checkpoint"
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies without warning
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from step_" in out, "the restarted workers did not resume from a checkpoint"
+    a, b = metrics(clean), metrics(faulty)
+    assert [r["step"] for r in b] == list(range(1, 41))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]

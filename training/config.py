@@ -43,6 +43,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "bf16" | "fp32"
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute block activations in backward (long contexts)
     parallel: str = "ddp"  # multi-process data parallelism: "ddp" | "fsdp" (FSDP2)
     log_interval: int = 10  # console line every N steps (metrics.jsonl gets every step)
     val_interval: int = 50  # validation every N steps (and at the end); 0 disables

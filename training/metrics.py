@@ -47,6 +47,14 @@ def memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line torn by a killed process counts as past every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """On resume from `step`, move rows past it (from a run that died after its last checkpoint) aside into
     metrics.discarded.jsonl, so metrics.jsonl has one row per step and nothing written is lost."""
@@ -55,7 +63,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     keep, drop = [], []
     for line in path.read_text().splitlines():
         if line.strip():
-            (keep if json.loads(line).get("step", 0) <= step else drop).append(line)
+            (keep if _step_of(line) <= step else drop).append(line)
     if drop:
         with open(path.with_name("metrics.discarded.jsonl"), "a") as f:
             f.write("\n".join(drop) + "\n")

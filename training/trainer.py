@@ -125,6 +125,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
     # Identical initial weights on every rank (FSDP2 does not broadcast them), then per-rank RNG streams.
     torch.manual_seed(cfg.train.seed)
     raw_model = GPT(cfg.model, cfg.attention).to(info.device)
+    raw_model.checkpoint_blocks = cfg.train.activation_checkpointing
     torch.manual_seed(cfg.train.seed + info.rank)
     model = wrap_model(raw_model, info, cfg.train.parallel)
     optimizer = build_optimizer(model, cfg.optim, info.device.type)
