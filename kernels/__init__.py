@@ -1,21 +1,27 @@
 """NSA kernel ops (interface: /work/shared/NSA.md, "Functional kernel interface").
 
-    compressed_attention(q, k_cmp, v_cmp, *, block_size, stride, scale=None) -> (o, lse)
+    compressed_attention(q, k_cmp, v_cmp, *, block_size, stride, scale=None, q_start=0) -> (o, lse)
     select_blocks(q, k_cmp, lse, *, block_size, stride, select_size, num_select,
-                  num_init=1, num_local=2, scale=None) -> idx
-    selected_attention(q, k, v, idx, *, select_size, scale=None) -> o
-    window_attention(q, k, v, *, window, scale=None) -> o
+                  num_init=1, num_local=2, scale=None, q_start=0) -> idx
+    selected_attention(q, k, v, idx, *, select_size, scale=None, q_start=0) -> o
+    window_attention(q, k, v, *, window, scale=None, q_start=0) -> o
+
+`q_start`: q's rows are the queries at positions q_start .. q_start+T-1 and the keys cover positions
+0 .. q_start+T-1 (queries after a cached prefix: chunked prefill, decoding); see kernels/reference.py.
 
 Each op checks its sizes (one-line ValueError), then dispatches:
 - CUDA tensors, or CPU tensors with TRITON_INTERPRET=1: the Triton kernel registered for the op in
   `TRITON_OPS` (kernels/ops.py over kernels/triton_*.py; registered only where it can run, see
-  `_register_triton_ops`); an op not registered takes the PyTorch path below.
+  `_register_triton_ops`); an op not registered, or called with q_start != 0 when its kernel has no
+  `q_start` argument, takes the PyTorch path below (which runs on CUDA tensors too).
 - otherwise: kernels/chunked.py, vectorised PyTorch over query tiles (never a [T, T] matrix).
 kernels/reference.py is the dense executable specification both are tested against.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable
 
@@ -27,6 +33,7 @@ from kernels.reference import (
     check_block_indices,
     check_lse,
     check_nsa_sizes,
+    check_q_start,
     num_compressed_tokens,
 )
 
@@ -60,64 +67,80 @@ def _register_triton_ops() -> None:
     TRITON_OPS.update(ops.TRITON_OPS)
 
 
-def _impl(name: str, x: torch.Tensor) -> Callable:
-    """The function that runs op `name` for tensors like `x`."""
+def _impl(name: str, x: torch.Tensor, q_start: int = 0) -> Callable:
+    """The function that runs op `name` for tensors like `x` (q_start already bound when non-zero)."""
     wants_triton = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if wants_triton and name in TRITON_OPS:
-        return TRITON_OPS[name]
-    return getattr(chunked, name)
+    fn = TRITON_OPS.get(name) if wants_triton else None
+    if fn is None or (q_start and not _takes_q_start(fn)):
+        fn = getattr(chunked, name)
+    return functools.partial(fn, q_start=q_start) if q_start else fn
+
+
+@functools.cache
+def _takes_q_start(fn: Callable) -> bool:
+    return "q_start" in inspect.signature(fn).parameters
 
 
 def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
-                         stride: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         stride: int, scale: float | None = None,
+                         q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B,T,Hq,Dk], k_cmp [B,Tc,Hkv,Dk], v_cmp [B,Tc,Hkv,Dv] -> o [B,T,Hq,Dv], lse [B,T,Hq] float32.
 
-    Tc = num_compressed_tokens(T, block_size, stride); compressed token i is visible to query t iff
-    i*stride + block_size - 1 <= t; o = 0 and lse = -inf where none is.
+    q's rows are positions q_start .. q_start+T-1; Tc = num_compressed_tokens(q_start + T, block_size, stride);
+    compressed token i is visible to the query at position t iff i*stride + block_size - 1 <= t; o = 0 and
+    lse = -inf where none is.
     """
     check_nsa_sizes(block_size=block_size, stride=stride)
-    check_attention_inputs("compressed_attention", q, k_cmp, v_cmp, names=("k_cmp", "v_cmp"),
-                           num_keys=num_compressed_tokens(q.shape[1], block_size, stride))
-    return _impl("compressed_attention", q)(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale)
+    check_q_start("compressed_attention", q_start)
+    check_attention_inputs("compressed_attention", q, k_cmp, v_cmp, names=("k_cmp", "v_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + q.shape[1], block_size, stride))
+    return _impl("compressed_attention", q, q_start)(q, k_cmp, v_cmp, block_size=block_size, stride=stride,
+                                                     scale=scale)
 
 
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
                   select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
-                  scale: float | None = None) -> torch.Tensor:
+                  scale: float | None = None, q_start: int = 0) -> torch.Tensor:
     """q [B,T,Hq,Dk], k_cmp [B,Tc,Hkv,Dk], lse [B,T,Hq] -> int32 idx [B,T,Hkv,num_select]. No gradient.
 
+    q's rows are positions t = q_start .. q_start+T-1 (Tc = num_compressed_tokens(q_start + T)).
     Forced: blocks 0 .. num_init-1 and the num_local most recent blocks t//l', t//l'-1, ... (>= 0);
     the rest: highest group-summed importance among visible blocks (j*l' <= t), ties to the lower id;
     -1 in unused slots. See kernels.reference.select_blocks for the exact definition.
     """
     check_nsa_sizes(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
                     num_init=num_init, num_local=num_local)
-    check_attention_inputs("select_blocks", q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"),
-                           num_keys=num_compressed_tokens(q.shape[1], block_size, stride))
+    check_q_start("select_blocks", q_start)
+    check_attention_inputs("select_blocks", q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + q.shape[1], block_size, stride))
     check_lse("select_blocks", lse, q)
-    return _impl("select_blocks", q)(q, k_cmp, lse, block_size=block_size, stride=stride,
+    return _impl("select_blocks", q, q_start)(q, k_cmp, lse, block_size=block_size, stride=stride,
                                      select_size=select_size, num_select=num_select, num_init=num_init,
                                      num_local=num_local, scale=scale)
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
-                       select_size: int, scale: float | None = None) -> torch.Tensor:
-    """q [B,T,Hq,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv], idx [B,T,Hkv,n] -> o [B,T,Hq,Dv].
+                       select_size: int, scale: float | None = None, q_start: int = 0) -> torch.Tensor:
+    """q [B,T,Hq,Dk], k [B,S,Hkv,Dk], v [B,S,Hkv,Dv] with S = q_start + T, idx [B,T,Hkv,n] -> o [B,T,Hq,Dv].
 
-    Query t, head h attends to keys s <= t of the blocks idx[b, t, h // G, :] (-1 ignored).
+    Row r (position t = q_start + r), head h attends to keys s <= t of the blocks idx[b, r, h // G, :]
+    (-1 ignored).
     """
     check_nsa_sizes(select_size=select_size)
-    check_attention_inputs("selected_attention", q, k, v, num_keys=q.shape[1])
+    check_q_start("selected_attention", q_start)
+    check_attention_inputs("selected_attention", q, k, v, num_keys=q_start + q.shape[1], q_start=q_start)
     check_block_indices("selected_attention", idx, q, k)
-    return _impl("selected_attention", q)(q, k, v, idx, select_size=select_size, scale=scale)
+    return _impl("selected_attention", q, q_start)(q, k, v, idx, select_size=select_size, scale=scale)
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
-                     scale: float | None = None) -> torch.Tensor:
-    """q [B,T,Hq,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv] -> o [B,T,Hq,Dv]; query t sees keys t-window < s <= t."""
+                     scale: float | None = None, q_start: int = 0) -> torch.Tensor:
+    """q [B,T,Hq,Dk], k [B,S,Hkv,Dk], v [B,S,Hkv,Dv] with S = q_start + T -> o [B,T,Hq,Dv]; the query at
+    position t = q_start + r sees keys t-window < s <= t."""
     check_nsa_sizes(window=window)
-    check_attention_inputs("window_attention", q, k, v, num_keys=q.shape[1])
-    return _impl("window_attention", q)(q, k, v, window=window, scale=scale)
+    check_q_start("window_attention", q_start)
+    check_attention_inputs("window_attention", q, k, v, num_keys=q_start + q.shape[1], q_start=q_start)
+    return _impl("window_attention", q, q_start)(q, k, v, window=window, scale=scale)
 
 
 _register_triton_ops()

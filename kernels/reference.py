@@ -7,6 +7,10 @@ compare every other implementation (the chunked CPU path, the Triton kernels) ag
 Conventions shared by all ops:
 - Layout BTHD: q [B, T, Hq, Dk], keys [B, S, Hkv, Dk], values [B, S, Hkv, Dv]; Hq = G * Hkv and
   query head h reads KV head h // G (GQA). Positions are 0-based; key s is causal for query t iff s <= t.
+- Query offset `q_start` (default 0): q's row r is the query at position t = q_start + r, and the keys
+  cover positions 0 .. S-1 with S = q_start + T (k_cmp: the num_compressed_tokens(S) compressed tokens).
+  This is how queries that follow a cached prefix (chunked prefill, one decoding step) are run; the
+  result equals rows q_start.. of the same op on the whole sequence. Every rule below uses t.
 - `scale=None` means Dk ** -0.5.
 - Softmax math runs in float32 (float64 when the inputs are float64); `o` comes back in the input
   dtype and `lse` (log-sum-exp of the scaled scores) in float32.
@@ -78,6 +82,14 @@ def check_nsa_sizes(
                          f"(the forced blocks count within num_select: raise num_select or lower them)")
 
 
+def check_q_start(op: str, q_start: object) -> int:
+    """q_start must be an int >= 0: the position of q's first row."""
+    if isinstance(q_start, bool) or not isinstance(q_start, int) or q_start < 0:
+        raise ValueError(f"{op}: q_start={q_start!r} must be a non-negative int (the position of q's first row, "
+                         f"i.e. the number of cached positions before it; 0 without a prefix)")
+    return q_start
+
+
 def num_compressed_tokens(seq_len: int, block_size: int, stride: int) -> int:
     """Number of compressed tokens of a length-`seq_len` sequence: blocks [i*d, i*d + l) inside it."""
     return max(0, (seq_len - block_size) // stride + 1)
@@ -95,12 +107,13 @@ def _check_4d_float(op: str, **tensors: torch.Tensor) -> None:
 
 
 def check_attention_inputs(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                           num_keys: int | None = None, names: tuple[str, str] = ("k", "v")) -> None:
+                           num_keys: int | None = None, names: tuple[str, str] = ("k", "v"),
+                           q_start: int = 0) -> None:
     """Cheap shape/dtype/device checks for q [B,T,Hq,Dk], k [B,S,Hkv,Dk], v [B,S,Hkv,Dv].
 
-    `num_keys` is the key length S the op requires (T for token branches, the compressed length
-    for the compression branch); `names` are k's and v's names in messages. Reads only metadata:
-    no device synchronisation.
+    `num_keys` is the key length the op requires (q_start + T for token branches, the compressed
+    length of that for the compression branch); `names` are k's and v's names in messages; `q_start`
+    (already checked) only words the message. Reads only metadata: no device synchronisation.
     """
     kn, vn = names
     _check_4d_float(op, q=q, **{kn: k, vn: v})
@@ -117,8 +130,10 @@ def check_attention_inputs(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.T
     if k.shape[1] != v.shape[1]:
         raise ValueError(f"{op}: {kn} has {k.shape[1]} positions but {vn} has {v.shape[1]}; they must match")
     if num_keys is not None and k.shape[1] != num_keys:
-        raise ValueError(f"{op}: {kn} has {k.shape[1]} positions, expected {num_keys} for q of length {T} "
-                         f"(check the sizes it was built with)")
+        where = f" at q_start={q_start} (keys cover positions 0 .. q_start + T - 1 = {q_start + T - 1})" \
+            if q_start else ""
+        raise ValueError(f"{op}: {kn} has {k.shape[1]} positions, expected {num_keys} for q of length {T}{where} "
+                         f"(check q_start and the sizes the keys were built with)")
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"{op}: {kn} has {k.shape[2]} heads but {vn} has {v.shape[2]}; they must match")
     if k.shape[3] != Dk:
@@ -243,18 +258,22 @@ def choose_blocks(score: torch.Tensor, positions: torch.Tensor, *, select_size: 
 
 
 def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
-                         stride: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         stride: int, scale: float | None = None,
+                         q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of each query to the compressed tokens whose whole block it has seen.
 
-    q [B, T, Hq, Dk], k_cmp [B, Tc, Hkv, Dk], v_cmp [B, Tc, Hkv, Dv] with Tc = num_compressed_tokens(T).
-    Compressed token i (covering [i*d, i*d + l)) is visible to query t iff i*d + l - 1 <= t.
+    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k_cmp [B, Tc, Hkv, Dk], v_cmp [B, Tc, Hkv, Dv]
+    with Tc = num_compressed_tokens(q_start + T). Compressed token i (covering [i*d, i*d + l)) is
+    visible to the query at position t iff i*d + l - 1 <= t.
     Returns o [B, T, Hq, Dv] (zeros where nothing is visible) and lse [B, T, Hq] float32 (-inf there).
     """
+    op = "compressed_attention"
     check_nsa_sizes(block_size=block_size, stride=stride)
+    check_q_start(op, q_start)
     T = q.shape[1]
-    check_attention_inputs("compressed_attention", q, k_cmp, v_cmp, names=("k_cmp", "v_cmp"),
-                           num_keys=num_compressed_tokens(T, block_size, stride))
-    t = torch.arange(T, device=q.device)
+    check_attention_inputs(op, q, k_cmp, v_cmp, names=("k_cmp", "v_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + T, block_size, stride))
+    t = q_start + torch.arange(T, device=q.device)
     i = torch.arange(k_cmp.shape[1], device=q.device)
     visible = i[None, :] * stride + block_size - 1 <= t[:, None]  # [T, Tc]
     return attend(q, k_cmp, v_cmp, visible, resolve_scale(scale, q.shape[-1]))
@@ -263,30 +282,32 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
 @torch.no_grad()
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
                   select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
-                  scale: float | None = None) -> torch.Tensor:
+                  scale: float | None = None, q_start: int = 0) -> torch.Tensor:
     """Choose `num_select` selection blocks per query and KV group from compression-branch importance.
 
-    q [B, T, Hq, Dk], k_cmp [B, Tc, Hkv, Dk], lse [B, T, Hq] (from compressed_attention with the same
-    scale). p[t, h, i] = exp(q_t,h . k_cmp[i] * scale - lse[t, h]) over visible i, summed over the G
-    heads of a group, spread over selection blocks by `overlap_weights`, then `choose_blocks`.
+    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k_cmp [B, Tc, Hkv, Dk] with
+    Tc = num_compressed_tokens(q_start + T), lse [B, T, Hq] (from compressed_attention with the same
+    scale and q_start). p[t, h, i] = exp(q_t,h . k_cmp[i] * scale - lse[t, h]) over visible i, summed
+    over the G heads of a group, spread over selection blocks by `overlap_weights`, then `choose_blocks`.
     Returns int32 [B, T, Hkv, num_select] (ascending ids, -1 padding). No gradient.
     """
     op = "select_blocks"
     check_nsa_sizes(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
                     num_init=num_init, num_local=num_local)
+    check_q_start(op, q_start)
     B, T, Hq, Dk = q.shape
-    check_attention_inputs(op, q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"),
-                           num_keys=num_compressed_tokens(T, block_size, stride))
+    check_attention_inputs(op, q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + T, block_size, stride))
     check_lse(op, lse, q)
     Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
     ct = compute_dtype(q.dtype)
-    t = torch.arange(T, device=q.device)
+    t = q_start + torch.arange(T, device=q.device)
     visible = torch.arange(Tc, device=q.device)[None, :] * stride + block_size - 1 <= t[:, None]  # [T, Tc]
     scores = torch.einsum("bthgd,bihd->bthgi", q.to(ct).reshape(B, T, Hkv, Hq // Hkv, Dk), k_cmp.to(ct))
     lse_g = lse.to(ct).reshape(B, T, Hkv, Hq // Hkv, 1)
     p = torch.exp(scores * resolve_scale(scale, Dk) - lse_g)
     p = torch.where(visible[None, :, None, None, :] & torch.isfinite(lse_g), p, torch.zeros_like(p))
-    num_blocks = math.ceil(T / select_size)
+    num_blocks = math.ceil((q_start + T) / select_size)
     W = overlap_weights(Tc, num_blocks, block_size=block_size, stride=stride, select_size=select_size,
                         dtype=ct, device=q.device)
     block_score = p.sum(dim=3) @ W  # [B, T, Hkv, Nb]
@@ -295,34 +316,42 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
-                       select_size: int, scale: float | None = None) -> torch.Tensor:
+                       select_size: int, scale: float | None = None, q_start: int = 0) -> torch.Tensor:
     """Attention of each query to the causal keys of its selected blocks.
 
-    q [B, T, Hq, Dk], k [B, T, Hkv, Dk], v [B, T, Hkv, Dv], idx [B, T, Hkv, n] integer block ids
-    (block j covers [j*l', (j+1)*l')). Query t, head h sees key s iff s <= t and s // l' is one of
-    idx[b, t, h // G, :]. Ids that are negative (-1 = unused) or past the sequence select nothing;
-    repeated ids count once. Returns o [B, T, Hq, Dv] (zeros where nothing is visible).
+    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] with
+    S = q_start + T, idx [B, T, Hkv, n] integer block ids (block j covers [j*l', (j+1)*l')). The query at
+    position t (row t - q_start), head h sees key s iff s <= t and s // l' is one of its row's
+    idx[b, t - q_start, h // G, :]. Ids that are negative (-1 = unused) or past the sequence select
+    nothing; repeated ids count once. Returns o [B, T, Hq, Dv] (zeros where nothing is visible).
     """
+    op = "selected_attention"
     check_nsa_sizes(select_size=select_size)
-    check_attention_inputs("selected_attention", q, k, v, num_keys=q.shape[1])
-    check_block_indices("selected_attention", idx, q, k)
+    check_q_start(op, q_start)
     T = q.shape[1]
-    s = torch.arange(T, device=q.device)
+    check_attention_inputs(op, q, k, v, num_keys=q_start + T, q_start=q_start)
+    check_block_indices(op, idx, q, k)
+    s = torch.arange(q_start + T, device=q.device)
+    t = q_start + torch.arange(T, device=q.device)
     in_chosen = (idx.long()[..., None, :] == (s // select_size)[:, None]).any(dim=-1)  # [B, T, Hkv, S]
-    causal = s[None, :] <= s[:, None]  # [T, S]
+    causal = s[None, :] <= t[:, None]  # [T, S]
     mask = (in_chosen & causal[None, :, None, :]).permute(0, 2, 1, 3)  # [B, Hkv, T, S]
     return attend(q, k, v, mask[:, :, None], resolve_scale(scale, q.shape[-1]), need_lse=False)[0]
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int,
-                     scale: float | None = None) -> torch.Tensor:
-    """Sliding-window causal attention: query t sees keys t - window < s <= t.
+                     scale: float | None = None, q_start: int = 0) -> torch.Tensor:
+    """Sliding-window causal attention: the query at position t sees keys t - window < s <= t.
 
-    q [B, T, Hq, Dk], k [B, T, Hkv, Dk], v [B, T, Hkv, Dv] -> o [B, T, Hq, Dv].
+    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] with
+    S = q_start + T -> o [B, T, Hq, Dv].
     """
+    op = "window_attention"
     check_nsa_sizes(window=window)
-    check_attention_inputs("window_attention", q, k, v, num_keys=q.shape[1])
+    check_q_start(op, q_start)
     T = q.shape[1]
-    t = torch.arange(T, device=q.device)
-    mask = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - window)  # [T, S]
+    check_attention_inputs(op, q, k, v, num_keys=q_start + T, q_start=q_start)
+    s = torch.arange(q_start + T, device=q.device)
+    t = q_start + torch.arange(T, device=q.device)
+    mask = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - window)  # [T, S]
     return attend(q, k, v, mask, resolve_scale(scale, q.shape[-1]), need_lse=False)[0]
