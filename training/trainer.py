@@ -91,6 +91,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def resolve_vocab(cfg: Config, dataset_dir: Path) -> None:
+    """model.vocab_size=0 takes the tokenizer's size; a set size must be able to hold every token id."""
+    vocab = dataset_vocab_size(dataset_dir)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({dataset_dir}): set model.vocab_size=0 to take it from the tokenizer"
+        )
+
+
+def build_model(cfg: Config, info: DistInfo) -> tuple[GPT, torch.nn.Module]:
+    """(the GPT itself, the module to train: DDP/FSDP2-wrapped when world_size > 1)."""
+    # Identical initial weights on every rank (FSDP2 does not broadcast them), then per-rank RNG streams.
+    torch.manual_seed(cfg.train.seed)
+    raw_model = GPT(cfg.model, cfg.attention).to(info.device)
+    raw_model.checkpoint_blocks = cfg.train.activation_checkpointing
+    torch.manual_seed(cfg.train.seed + info.rank)
+    return raw_model, wrap_model(raw_model, info, cfg.train.parallel)
+
+
+def train_loader(cfg: Config, info: DistInfo, dataset_dir: Path) -> TokenLoader:
+    return TokenLoader(
+        dataset_dir,
+        "train",
+        seq_len=cfg.model.max_seq_len,
+        batch_size=cfg.train.micro_batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.train.seed,
+        device=info.device,
+        mix=cfg.data.mix,
+    )
+
+
+def setup_backends(info: DistInfo) -> None:
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
     """Train per the config; returns a summary (final loss, val loss, step, tokens)."""
     cfg = cfg_node if isinstance(cfg_node, Config) else to_dataclass(cfg_node)
@@ -105,41 +147,16 @@ def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
 
 def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
-    if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    setup_backends(info)
     accum = grad_accum_steps(cfg, info.world_size)
     seq_len = cfg.model.max_seq_len
 
     dataset_dir = prepare_dataset(cfg, info)
-    vocab = dataset_vocab_size(dataset_dir)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = vocab
-    elif cfg.model.vocab_size < vocab:
-        raise ValueError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
-            f"({dataset_dir}): set model.vocab_size=0 to take it from the tokenizer"
-        )
+    resolve_vocab(cfg, dataset_dir)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-
-    # Identical initial weights on every rank (FSDP2 does not broadcast them), then per-rank RNG streams.
-    torch.manual_seed(cfg.train.seed)
-    raw_model = GPT(cfg.model, cfg.attention).to(info.device)
-    raw_model.checkpoint_blocks = cfg.train.activation_checkpointing
-    torch.manual_seed(cfg.train.seed + info.rank)
-    model = wrap_model(raw_model, info, cfg.train.parallel)
+    raw_model, model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.optim, info.device.type)
-    loader = TokenLoader(
-        dataset_dir,
-        "train",
-        seq_len=seq_len,
-        batch_size=cfg.train.micro_batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=cfg.train.seed,
-        device=info.device,
-        mix=cfg.data.mix,
-    )
+    loader = train_loader(cfg, info, dataset_dir)
 
     step, skipped, wandb_id = 0, 0, None
     resume_path = ckpt_io.find_resume_checkpoint(run_dir, cfg.train.resume)
