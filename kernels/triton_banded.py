@@ -30,6 +30,7 @@ from kernels.triton_common import (
     acc_dtype,
     bthd,
     dot_precision,
+    gpu_tiles,
     head_block,
     next_pow2,
     tl_acc,
@@ -248,7 +249,7 @@ def _band_bwd_dq_kernel(
 # launchers
 
 
-def _tiles(G: int, block_d: int, rows_gpu: int, rows_interp: int = 32) -> tuple[int, int]:
+def _tiles(G: int, rows_gpu: int, rows_interp: int = 32) -> tuple[int, int]:
     """(G_PAD, NPOS): query tiles of NPOS positions x G_PAD head rows (>= 16 rows, a power of two)."""
     g_pad = next_pow2(G)
     rows = max(rows_interp if INTERPRETED else rows_gpu, 16, g_pad)
@@ -273,9 +274,9 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
     if S == 0:  # no key exists (compressed branch with T < block_size)
         return o.zero_(), lse.fill_(float("-inf"))
     bdk, bdv = head_block(Dk), head_block(Dv)
-    big = max(bdk, bdv) > 128
-    g_pad, npos = _tiles(G, bdk, 64 if big else 128)
-    block_n = 16 if INTERPRETED else 64
+    cfg = gpu_tiles("band_fwd", max(bdk, bdv) > 128)
+    g_pad, npos = _tiles(G, cfg["rows"])
+    block_n = 16 if INTERPRETED else cfg["block_n"]
     grid = (triton.cdiv(T, npos), B * Hkv)
     _band_fwd_kernel[grid](
         q, k, v, o, lse,
@@ -284,7 +285,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
         T, S, Hkv, G, scale * LOG2E, ks, koff, _window_bound(win, T),
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n,
         ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-        num_warps=4 if (big or g_pad * npos <= 64) else 8, num_stages=2 if big else 3,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse
 
@@ -322,8 +323,9 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
     # dK, dV: one program per key tile (x query split); split the queries when key tiles are few
-    g_pad, npos = _tiles(G, bdk, 64, rows_interp=16)
-    block_n = 16 if INTERPRETED else (32 if big else 64)
+    cfg = gpu_tiles("band_dkdv", big)
+    g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
+    block_n = 16 if INTERPRETED else cfg["block_n"]
     n_tiles = triton.cdiv(S, block_n)
     if INTERPRETED:
         nsplit = 2 if T > 32 else 1  # exercise the split path in CI
@@ -344,14 +346,15 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
         G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
-        num_warps=4 if big else 8, num_stages=2,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)
     dv = (dv_part[0] if nsplit == 1 else dv_part.sum(0)).to(v.dtype)
 
     # dQ: one program per query tile
-    g_pad, npos = _tiles(G, bdk, 64, rows_interp=16)
-    block_n = 16 if INTERPRETED else (32 if big else 64)
+    cfg = gpu_tiles("band_dq", big)
+    g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
+    block_n = 16 if INTERPRETED else cfg["block_n"]
     dq = torch.empty_like(q)
     _band_bwd_dq_kernel[(triton.cdiv(T, npos), B * Hkv)](
         q, k, v, do, lse, delta, dq,
@@ -360,6 +363,6 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         dq.stride(0), dq.stride(1), dq.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
         G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
-        num_warps=4 if big else 8, num_stages=2,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk, dv

@@ -7,6 +7,7 @@ tests them). `INTERPRETED` records which of the two this process got.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -18,6 +19,39 @@ import triton.language as tl
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 LOG2E = 1.4426950408889634
+
+# Tile sizes of the compiled (GPU) kernels, per kernel, for head dims up to 128 ("small") and past 128
+# ("big", e.g. Dk=192 padded to 256). rows = query rows per tile (positions x G heads padded to a power
+# of two), block_n = keys per tile, warps/stages = Triton's num_warps/num_stages, seg_len = queries per
+# dK/dV work item of the selection branch. The interpreter uses small fixed tiles instead.
+# `scripts/bench_attention.py --sections tune` measures alternatives on the GPU (docs/benchmarks.md);
+# NSA_TRITON_TILES=path.json ({kernel: {"small"|"big": {...}}}) overrides entries for experiments.
+GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
+    "band_fwd": {"small": dict(rows=128, block_n=64, warps=8, stages=3),
+                 "big": dict(rows=64, block_n=64, warps=4, stages=2)},
+    "band_dkdv": {"small": dict(rows=64, block_n=64, warps=8, stages=2),
+                  "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    "band_dq": {"small": dict(rows=64, block_n=64, warps=8, stages=2),
+                "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    "select": {"small": dict(rows=64, warps=4, stages=2),
+               "big": dict(rows=64, warps=4, stages=2)},
+    "selected_fwd": {"small": dict(warps=4, stages=3),
+                     "big": dict(warps=4, stages=3)},
+    "selected_dq": {"small": dict(warps=4, stages=2),
+                    "big": dict(warps=4, stages=2)},
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=8, stages=2, seg_len=256),
+                      "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256)},
+}
+if os.environ.get("NSA_TRITON_TILES"):
+    with open(os.environ["NSA_TRITON_TILES"]) as f:
+        for _kernel, _sizes in json.load(f).items():
+            for _size, _cfg in _sizes.items():
+                GPU_TILES[_kernel][_size].update(_cfg)
+
+
+def gpu_tiles(kernel: str, big: bool) -> dict[str, int]:
+    """The GPU tile sizes of `kernel` (a GPU_TILES key) for head dims past 128 (big) or not."""
+    return GPU_TILES[kernel]["big" if big else "small"]
 
 
 def next_pow2(x: int) -> int:

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import LOG2E, bthd, dot_precision, head_block, next_pow2, tl_acc
+from kernels.triton_common import LOG2E, bthd, dot_precision, gpu_tiles, head_block, next_pow2, tl_acc
 
 
 @triton.jit
@@ -150,7 +150,8 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     g_pad = next_pow2(G)
     bdk = head_block(Dk)
     # positions per program: enough rows for a 16-row dot, few enough to keep [NPOS, C, NBT] small
-    npos = max(1, 64 // g_pad)
+    cfg = gpu_tiles("select", bdk > 128)
+    npos = max(1, cfg["rows"] // g_pad)
     while npos * c_pad * nbt > 16384 and npos * g_pad > 16:
         npos //= 2
     npos = max(npos, math.ceil(16 / g_pad))
@@ -163,7 +164,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
         ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx
 

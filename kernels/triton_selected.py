@@ -28,6 +28,7 @@ from kernels.triton_common import (
     acc_dtype,
     bthd,
     dot_precision,
+    gpu_tiles,
     head_block,
     next_pow2,
     tl_acc,
@@ -252,6 +253,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
     bdk, bdv = head_block(Dk), head_block(Dv)
     block_n, n_kt = _block_tile(select_size)
+    cfg = gpu_tiles("selected_fwd", max(bdk, bdv) > 128)
     _selected_fwd_kernel[(T, B * Hkv)](
         q, k, v, idx, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -260,7 +262,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
         T, Hkv, G, n, scale * LOG2E, select_size,
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)),
         BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-        num_warps=4, num_stages=3,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse
 
@@ -318,6 +320,8 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, BLOCK_N=block_n, N_KT=n_kt,
                   ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
+    big = max(bdk, bdv) > 128
+    cfg = gpu_tiles("selected_dq", big)
     dq = torch.empty_like(q)
     _selected_bwd_dq_kernel[(T, B * Hkv)](
         q, k, v, idx, do, lse, delta, dq,
@@ -326,16 +330,16 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Hkv, G, n, scale * LOG2E, scale, select_size,
         G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common,
-        num_warps=4, num_stages=2,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
 
     # dK/dV: query rows = NPOS positions x G_PAD heads (32 rows keep the accumulators in registers)
+    cfg = gpu_tiles("selected_dkdv", big)
     g_pad = next_pow2(G)
-    npos = max(1, (16 if INTERPRETED else 32) // g_pad)
-    big = max(bdk, bdv) > 128
-    block_n, n_kt = _block_tile(select_size, 32 if big else 64)
+    npos = max(1, (16 if INTERPRETED else cfg["rows"]) // g_pad)
+    block_n, n_kt = _block_tile(select_size, cfg["block_n"])
     common.update(BLOCK_N=block_n, N_KT=n_kt)
-    seg_len = 8 if INTERPRETED else 256  # small in CI so that long lists really get split
+    seg_len = 8 if INTERPRETED else cfg["seg_len"]  # small in CI so that long lists really get split
     seg_len = triton.cdiv(seg_len, npos) * npos
     pos, bucket_off, item_bucket, item_seg, n_blocks = inverted_index(idx, select_size, seg_len)
     dk_acc = torch.zeros(B, T, Hkv, Dk, dtype=acc, device=q.device)
@@ -346,6 +350,6 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, Hkv, G, n_blocks, scale * LOG2E, scale, select_size, seg_len,
         G_PAD=g_pad, NPOS=npos, **common,
-        num_warps=4 if big else 8, num_stages=2,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)

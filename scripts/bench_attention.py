@@ -10,6 +10,10 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
 - gsweep: NSA at T=32k, Hq=64, Hkv=Hq/G for G in 1, 2, 4, 8, 16 (small G under-fills the tensor cores).
 - paper: the paper's kernel shape Dk=192, Dv=128, Hq=64 in 4 groups (G=16).
 - profile: CUDA time per kernel of one NSA forward+backward (main shape, T=32k), from torch.profiler.
+- tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
+  kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
+  current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
+  sections after it and written to --tiles-out (usable as NSA_TRITON_TILES=...). Run it first.
 NSA "total" is the four kernels as the model calls them: compressed -> select -> selected, window, and
 the sum of the three branch outputs (the gates are elementwise and left out); its backward runs every
 backward kernel. Full attention expands K/V to Hq heads beforehand (untimed): GQA costs the same FLOPs.
@@ -173,6 +177,93 @@ def profile_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
     return dict(sorted(rows.items(), key=lambda kv: -kv[1][1])[:25])
 
 
+# alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
+TUNE = {
+    "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3), dict(rows=64, block_n=64, warps=4, stages=3),
+                 dict(rows=128, block_n=64, warps=8, stages=4), dict(rows=128, block_n=64, warps=4, stages=3)],
+    "band_dkdv": [dict(rows=32, block_n=64, warps=4, stages=2), dict(rows=32, block_n=64, warps=8, stages=2),
+                  dict(rows=64, block_n=32, warps=4, stages=2), dict(rows=128, block_n=64, warps=8, stages=2),
+                  dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3)],
+    "band_dq": [dict(rows=128, block_n=64, warps=8, stages=2), dict(rows=64, block_n=64, warps=4, stages=2),
+                dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3)],
+    "select": [dict(rows=32, warps=4, stages=2), dict(rows=128, warps=4, stages=2), dict(rows=64, warps=8, stages=2),
+               dict(rows=64, warps=4, stages=3)],
+    "selected_fwd": [dict(warps=2, stages=3), dict(warps=4, stages=4), dict(warps=8, stages=3),
+                     dict(warps=4, stages=2)],
+    "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2)],
+    "selected_dkdv": [dict(rows=16, block_n=64, warps=4, stages=2), dict(rows=64, block_n=64, warps=8, stages=2),
+                      dict(rows=32, block_n=64, warps=4, stages=2), dict(rows=32, block_n=32, warps=4, stages=2),
+                      dict(seg_len=128), dict(seg_len=1024)],
+}
+
+
+def _rel(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def tune(B, T, Hq, Hkv, D) -> dict:
+    """Greedy per-kernel tile search (see the module docstring); returns the measurements and the winners."""
+    from kernels import triton_common
+    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
+    cmp, select, slc, win, _ = nsa_branches(x)
+    with torch.no_grad():
+        _, lse = cmp()
+        idx = select(lse)
+    grad = torch.randn(B, T, Hq, D, device="cuda", dtype=torch.bfloat16)
+
+    def band(backward):
+        def run():
+            o1, o2 = cmp()[0], win()
+            if not backward:
+                return [o1, o2]
+            return list(torch.autograd.grad(o1, [x["q"], x["k_cmp"], x["v_cmp"]], grad)) + list(
+                torch.autograd.grad(o2, [x["q"], x["k_win"], x["v_win"]], grad))
+        return run
+
+    def selected(backward):
+        def run():
+            o = slc(idx)
+            return list(torch.autograd.grad(o, [x["q"], x["k_slc"], x["v_slc"]], grad)) if backward else [o]
+        return run
+
+    workload = {"band_fwd": band(False), "band_dkdv": band(True), "band_dq": band(True),
+                "select": lambda: [select(lse)], "selected_fwd": selected(False), "selected_dq": selected(True),
+                "selected_dkdv": selected(True)}
+    report, winners = {}, {}
+    for kernel, alternatives in TUNE.items():
+        entry = triton_common.GPU_TILES[kernel]["small"]
+        current = dict(entry)
+        run = workload[kernel]
+        base_out = run()
+        best_cfg, best_ms = dict(current), timed(run)
+        tried = [{"cfg": dict(current), "ms": round(best_ms, 3)}]
+        for alt in alternatives:
+            entry.clear()
+            entry.update({**current, **alt})
+            try:
+                out = run()
+                if kernel == "select":
+                    err = 1 - (out[0] == base_out[0]).all(-1).float().mean().item()
+                    ok = err <= 0.01
+                else:
+                    err = max(_rel(a, b) for a, b in zip(out, base_out))
+                    ok = err < 1e-2
+                ms = timed(run)
+                tried.append({"cfg": dict(entry), "ms": round(ms, 3), "err": err, "ok": ok})
+                if ok and ms < 0.97 * best_ms:
+                    best_cfg, best_ms = dict(entry), ms
+            except Exception as e:  # e.g. out of shared memory: not a candidate
+                tried.append({"cfg": dict(entry), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            torch.cuda.empty_cache()
+        entry.clear()
+        entry.update(best_cfg)  # keep the winner for the next kernels and later sections
+        report[kernel] = {"tried": tried, "best": best_cfg, "best_ms": round(best_ms, 3)}
+        winners[kernel] = {"small": best_cfg}
+        print(f"  tune {kernel}: best {best_cfg} {best_ms:.3f} ms; tried {tried}", flush=True)
+    return {"report": report, "winners": winners}
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -228,6 +319,10 @@ def table(results: dict) -> str:
             lines.append(f"{G:>3} | {fmt(ns.get('cmp_fwd'))} {fmt(ns.get('select_fwd'))} {fmt(ns.get('slc_fwd'))} "
                          f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
                          f"{fmt(ns.get('total_fwdbwd'))}")
+    if results.get("tune"):
+        lines.append("\n[tune] T=32768 main shape: first config tried (the default) -> best, ms of its workload")
+        for kernel, r in results["tune"]["report"].items():
+            lines.append(f"{kernel:>14}: {r['tried'][0]['ms']:8.3f} -> {r['best_ms']:8.3f}  {r['best']}")
     for T, prof in results.get("profile", {}).items():
         lines.append(f"\n[profile] NSA forward+backward at T={T}: CUDA ms per kernel (calls)")
         for name, (calls, ms) in (prof.items() if "error" not in prof else []):
@@ -239,7 +334,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper", "profile"],
-                   choices=["main", "gsweep", "paper", "profile"])
+                   choices=["tune", "main", "gsweep", "paper", "profile"])
+    p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     args = p.parse_args()
@@ -250,6 +346,11 @@ def main() -> None:
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
                "main": {}, "gsweep": {}, "paper": {}, "profile": {}}
     B, Hq = 1, 64
+    if "tune" in args.sections:
+        print("tune T=32768", flush=True)
+        results["tune"] = tune(B, 32768, Hq, 4, 128)
+        save(results, args.out)
+        save(results["tune"]["winners"], args.tiles_out)
     if "main" in args.sections:
         for T in args.T:
             print(f"main T={T}", flush=True)

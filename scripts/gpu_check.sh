@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One GPU session for the Triton NSA kernels: the GPU tests, then the attention benchmark.
-# Logs and results go to $OUT (or ./gpu_check_out): gpu.txt, gpu_tests.log, gpu_tests.xml, bench.log, bench.json.
-#   bash scripts/gpu_check.sh                      # tests + full benchmark
-#   TEST_TIMEOUT=0 bash scripts/gpu_check.sh       # benchmark only;  BENCH_ARGS="--sections main --T 32768" to narrow it
+# One GPU session for the Triton NSA kernels: the GPU tests and the attention benchmark.
+# Logs and results go to $OUT (or ./gpu_check_out): gpu.txt, gpu_tests.log/.xml, bench.log/.json, tiles.json.
+#   bash scripts/gpu_check.sh                                  # tests, then the full benchmark
+#   ORDER="bench tests" BENCH_ARGS="--sections tune main" bash scripts/gpu_check.sh
+#       # tune tile sizes first; main uses the winners, and so do the tests (NSA_TRITON_TILES=$OUT/tiles.json)
+#   TEST_TIMEOUT / BENCH_TIMEOUT: seconds for each step.
 # pytest is installed from .whl_kernels/ (wheels carried by the caller) when the machine lacks it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,15 +21,20 @@ if ! $PY -c "import pytest" 2>/dev/null && ls .whl_kernels/*.whl >/dev/null 2>&1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-if [ "${TEST_TIMEOUT:-150}" != "0" ]; then
+run_tests() {
+    if [ -f "$OUT/tiles.json" ]; then export NSA_TRITON_TILES="$OUT/tiles.json"; fi
     timeout "${TEST_TIMEOUT:-150}" $PY -m pytest tests/test_kernels_gpu.py -q -s -p no:cacheprovider \
         --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
-    echo "gpu tests exit: $?" | tee -a "$OUT/gpu_tests.log"
-fi
+    echo "gpu tests exit: $? (NSA_TRITON_TILES=${NSA_TRITON_TILES:-})" | tee -a "$OUT/gpu_tests.log"
+}
 
-if [ "${BENCH_TIMEOUT:-190}" != "0" ]; then
+run_bench() {
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-190}" $PY scripts/bench_attention.py --out "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 \
-        | tee "$OUT/bench.log"
+    timeout "${BENCH_TIMEOUT:-190}" $PY scripts/bench_attention.py --out "$OUT/bench.json" \
+        --tiles-out "$OUT/tiles.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
     echo "bench exit: $?" | tee -a "$OUT/bench.log"
-fi
+}
+
+for step in ${ORDER:-tests bench}; do
+    "run_$step"
+done
