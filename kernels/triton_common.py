@@ -26,12 +26,13 @@ LOG2E = 1.4426950408889634
 # dK/dV work item of the selection branch. The interpreter uses small fixed tiles instead.
 # `scripts/bench_attention.py --sections tune` measures alternatives on the GPU (docs/benchmarks.md);
 # NSA_TRITON_TILES=path.json ({kernel: {"small"|"big": {...}}}) overrides entries for experiments.
+# "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128); "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
-    "band_fwd": {"small": dict(rows=128, block_n=64, warps=8, stages=3),
+    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
                  "big": dict(rows=64, block_n=64, warps=4, stages=2)},
-    "band_dkdv": {"small": dict(rows=64, block_n=64, warps=8, stages=2),
+    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2)},
-    "band_dq": {"small": dict(rows=64, block_n=64, warps=8, stages=2),
+    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "select": {"small": dict(rows=64, warps=4, stages=2),
                "big": dict(rows=64, warps=4, stages=2)},
@@ -39,7 +40,7 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                      "big": dict(warps=4, stages=3)},
     "selected_dq": {"small": dict(warps=4, stages=2),
                     "big": dict(warps=4, stages=2)},
-    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=8, stages=2, seg_len=256),
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256),
                       "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256)},
 }
 if os.environ.get("NSA_TRITON_TILES"):

@@ -275,15 +275,16 @@ def save(results: dict, path: str | None) -> None:
         os.replace(tmp, path)
 
 
-def attempt(results, key, fn, path):
+def attempt(container: dict, key: str, fn, checkpoint) -> None:
+    """container[key] = fn(), or the error it raised; then checkpoint() (saves the whole results)."""
     t0 = time.time()
     try:
-        results[key] = fn()
+        container[key] = fn()
     except Exception as e:  # a backend that does not support a shape is a result, not a crash
-        results[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        container[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
     torch.cuda.empty_cache()
-    print(f"  {key}: {results[key]}  ({time.time() - t0:.1f}s)", flush=True)
-    save(results, path)
+    print(f"  {key}: {container[key]}  ({time.time() - t0:.1f}s)", flush=True)
+    checkpoint()
 
 
 def fmt(x):
@@ -346,35 +347,35 @@ def main() -> None:
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
                "main": {}, "gsweep": {}, "paper": {}, "profile": {}}
     B, Hq = 1, 64
+
+    def checkpoint():
+        save(results, args.out)
     if "tune" in args.sections:
         print("tune T=32768", flush=True)
         results["tune"] = tune(B, 32768, Hq, 4, 128)
-        save(results, args.out)
+        checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
     if "main" in args.sections:
         for T in args.T:
             print(f"main T={T}", flush=True)
             row = results["main"].setdefault(str(T), {})
-            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 128, 128), args.out)
+            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 128, 128), checkpoint)
             for backend in ("flash", "cudnn"):
-                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 128, 128, b), args.out)
-            save(results, args.out)
+                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 128, 128, b), checkpoint)
     if "gsweep" in args.sections:
         for G in (1, 2, 4, 8, 16):
             print(f"gsweep G={G}", flush=True)
-            attempt(results["gsweep"], str(G), lambda G=G: bench_nsa(B, 32768, Hq, Hq // G, 128, 128), args.out)
-            save(results, args.out)
+            attempt(results["gsweep"], str(G), lambda G=G: bench_nsa(B, 32768, Hq, Hq // G, 128, 128), checkpoint)
     if "paper" in args.sections:
         for T in args.paper_T:
             print(f"paper T={T}", flush=True)
             row = results["paper"].setdefault(str(T), {})
-            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 192, 128), args.out)
+            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 192, 128), checkpoint)
             for backend in ("flash", "cudnn"):
-                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 192, 128, b), args.out)
-            save(results, args.out)
+                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 192, 128, b), checkpoint)
     if "profile" in args.sections:
         print("profile T=32768", flush=True)
-        attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), args.out)
+        attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
 
