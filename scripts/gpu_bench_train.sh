@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Training-throughput benchmarks on the lent GPU (issue 8): MFU of the 124M model at T=1024 and
+# full attention vs NSA training tokens/s at long context. Results: $OUT/train_*.json + $OUT/bench_train.log.
+#   bash /work/shared/tools/gpu-wheels.sh          # here, once: fills .whl/
+#   device run (carry .whl): bash scripts/gpu_bench_train.sh
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+LOG="$OUT/bench_train.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
+bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
+  python3 scripts/bench_train.py --out "$OUT/train_$name.json" "$@" 2>&1 | grep -v '%|' | tail -4 | tee -a "$LOG"; }
+# 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled
+bench small_t1024 --steps 10 --warmup 3 -- model=small train.batch_tokens=524288 train.micro_batch_size=32 \
+  train.compile=true
+# 2. full vs NSA, same NSA-friendly model (16 query heads per KV head), one sequence per micro-step
+for T in 8192 32768 65536; do
+  AC=$([ "$T" -ge 32768 ] && echo true || echo false)
+  for ATTN in full nsa; do
+    bench "${ATTN}_t$T" --steps 3 --warmup 2 --breakdown-steps 1 -- model=small_gqa16 attention=$ATTN \
+      model.max_seq_len=$T train.batch_tokens=$((4 * T)) train.micro_batch_size=1 \
+      train.activation_checkpointing=$AC
+  done
+done
