@@ -73,6 +73,31 @@ def test_generate_matches_recomputation():
     assert torch.equal(out, ref)
 
 
+def test_cached_queries_run_at_their_offset(monkeypatch):
+    """After a cached prefix the kernel ops get only the new queries, with q_start = the cache length (no
+    zero-padded query rows): a decoding step costs the keys it attends, not a whole sequence."""
+    import model.attention.nsa as nsa_module
+
+    seen = []
+    for name in ("compressed_attention", "select_blocks", "selected_attention", "window_attention"):
+        op = getattr(nsa_module, name)
+
+        def spy(q, *args, _op=op, _name=name, **kw):
+            seen.append((_name, q.shape[1], kw.get("q_start", 0)))
+            return _op(q, *args, **kw)
+
+        monkeypatch.setattr(nsa_module, name, spy)
+    model = make()  # 2 layers
+    caches = model.new_caches(1, 40)
+    with torch.no_grad():
+        for n in (30, 7, 1):
+            seen.clear()
+            start = caches[0].length
+            model(torch.randint(0, 100, (1, n)), caches=caches)
+            assert len(seen) == 2 * 4 and set(seen) == {(name, n, start) for name in (
+                "compressed_attention", "select_blocks", "selected_attention", "window_attention")}, seen
+
+
 @pytest.mark.gpu
 def test_cuda_kernels_decode_like_the_full_forward_and_train_in_bf16():
     """On CUDA the ops run the Triton kernels: cached decoding still matches the full forward (fp32), and a

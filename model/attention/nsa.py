@@ -28,10 +28,10 @@ t - (i*d + l - 1) is >= 0, as for an ordinary causal key. Values are never rotat
 Decoding (`NSACache`). Preallocated rotated keys/values of the selection and window branches (one shared
 buffer when `shared_kv`), the compressed keys/values so far, and the un-rotated compression-branch keys/values
 of the still-incomplete next compressed block (< l tokens). Compressed token i is computed once, when the cache
-reaches length i*d + l. The kernel ops put query row r at position r (they have no query-offset argument), so
-queries that follow a cached prefix are run behind `start` zero query rows whose outputs are dropped: exact,
-and one code path for prefill, chunked prefill and T == 1 decoding, but a decoding step costs the attention of
-a whole sequence of the cache's length. A query-offset argument in `kernels` would make it O(keys attended).
+reaches length i*d + l. Queries that follow a cached prefix (chunked prefill, T == 1 decoding) are passed to the
+kernel ops with `q_start = start`, the position of their first row, against all cached keys: one code path for
+prefill, chunked prefill and decoding, and a decoding step reads only the keys its query attends (visible
+compressed tokens, n selected blocks, w window keys) instead of computing a whole sequence.
 
 Sparsity. `attended_keys(T)` counts exactly from the definition the mean keys per query of each branch over
 positions 0..T-1; `record_stats = True` makes every forward store the keys each query really attended in
@@ -190,17 +190,15 @@ class NativeSparseAttention(Attention):
         """The three branch outputs [B, T, Hq, D] of queries q [B, T, Hq, D] at positions start.. against keys
         at positions 0.. (k_s, k_w: [B, start + T, Hkv, D]; k_cmp: the compressed tokens of that length)."""
         a = self.attn_cfg
-        if start:  # the ops put query row r at position r: run behind `start` dummy rows, keep the last T
-            q = torch.cat([q.new_zeros(q.shape[0], start, *q.shape[2:]), q], dim=1)
         k_cmp, v_cmp, k_s, v_s, k_w, v_w = (t.to(q.dtype) for t in (k_cmp, v_cmp, k_s, v_s, k_w, v_w))
-        o_cmp, lse = compressed_attention(q, k_cmp, v_cmp, block_size=self.l, stride=self.d)
+        o_cmp, lse = compressed_attention(q, k_cmp, v_cmp, block_size=self.l, stride=self.d, q_start=start)
         idx = select_blocks(q, k_cmp, lse, block_size=self.l, stride=self.d, select_size=a.select_block,
-                            num_select=a.num_select, num_init=a.num_init, num_local=a.num_local)
-        o_slc = selected_attention(q, k_s, v_s, idx, select_size=a.select_block)
-        o_win = window_attention(q, k_w, v_w, window=a.window)
+                            num_select=a.num_select, num_init=a.num_init, num_local=a.num_local, q_start=start)
+        o_slc = selected_attention(q, k_s, v_s, idx, select_size=a.select_block, q_start=start)
+        o_win = window_attention(q, k_w, v_w, window=a.window, q_start=start)
         if self.record_stats:
-            self.last_stats = self._measured_keys(idx[:, start:], start)
-        return o_cmp[:, start:], o_slc[:, start:], o_win[:, start:]
+            self.last_stats = self._measured_keys(idx, start)
+        return o_cmp, o_slc, o_win
 
     # ------------------------------------------------------------------------------------------------------
     # decoding
