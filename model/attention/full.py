@@ -41,6 +41,8 @@ def sdpa_bthd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int = 
     gqa = q.shape[1] != k.shape[1]
     if q_start == 0 and Tq == Tk:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    elif Tq == 1 and q_start == Tk - 1:  # one decoding step sees every key: no mask (a mask is slow on CPU)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=gqa)
     else:  # queries after a cached prefix: query i sees keys 0 .. q_start + i
         mask = (
             torch.arange(Tk, device=q.device)[None, :] <= torch.arange(q_start, q_start + Tq, device=q.device)[:, None]
