@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# 2-GPU check on the lent multi-GPU machine (issue 8): DDP and FSDP2 through torchrun give the losses of one
+# GPU with the same global batch, and the scaling efficiency of the 124M model. Results under $OUT.
+#   device run (kind nvidia-h100-x2, carry .whl): bash scripts/gpu_check_multi.sh
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # the host's rule
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+LOG="$OUT/multi.log"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$LOG"
+python3 -m data.prepare 2>&1 | tail -1 | tee -a "$LOG"
+ARGS="model=small train.steps=12 train.batch_tokens=131072 train.micro_batch_size=16 train.val_interval=0 \
+  train.log_interval=4 optim.warmup_steps=4"
+train1() { CUDA_VISIBLE_DEVICES=0 python3 train.py run_dir=/tmp/runs/$1 $ARGS "${@:2}" 2>&1 | grep -E "step|Error" | tee -a "$LOG"; }
+train2() { torchrun --standalone --nproc_per_node=2 train.py run_dir=/tmp/runs/$1 $ARGS "${@:2}" 2>&1 | grep -E "step|Error" | tee -a "$LOG"; }
+echo "== 1 GPU" | tee -a "$LOG"; train1 one
+echo "== 2 GPUs DDP" | tee -a "$LOG"; train2 ddp train.parallel=ddp
+echo "== 2 GPUs FSDP2" | tee -a "$LOG"; train2 fsdp train.parallel=fsdp
+for r in one ddp fsdp; do cp /tmp/runs/$r/metrics.jsonl "$OUT/multi_$r.metrics.jsonl"; done
+BENCH="--steps 6 --warmup 3 --breakdown-steps 0 -- model=small train.batch_tokens=524288 train.micro_batch_size=32"
+echo "== scaling (not compiled)" | tee -a "$LOG"
+CUDA_VISIBLE_DEVICES=0 python3 scripts/bench_train.py --out "$OUT/scale_1gpu.json" $BENCH 2>&1 | grep "tok/s" | tee -a "$LOG"
+torchrun --standalone --nproc_per_node=2 scripts/bench_train.py --out "$OUT/scale_2gpu.json" $BENCH 2>&1 | grep "tok/s" | tee -a "$LOG"
