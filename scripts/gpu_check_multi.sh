@@ -13,7 +13,7 @@ python3 -m data.prepare 2>&1 | tail -1 | tee -a "$LOG"
 ARGS="model=small train.steps=12 train.batch_tokens=131072 train.micro_batch_size=16 train.val_interval=0 \
   train.log_interval=4 optim.warmup_steps=4"
 train1() { CUDA_VISIBLE_DEVICES=0 python3 train.py run_dir=/tmp/runs/$1 $ARGS "${@:2}" 2>&1 | grep -E "step|Error" | tee -a "$LOG"; }
-train2() { torchrun --standalone --nproc_per_node=2 train.py run_dir=/tmp/runs/$1 $ARGS "${@:2}" 2>&1 | grep -E "step|Error" | tee -a "$LOG"; }
+train2() { python3 -m torch.distributed.run --standalone --nproc_per_node=2 train.py run_dir=/tmp/runs/$1 $ARGS "${@:2}" 2>&1 | grep -E "step|Error" | tee -a "$LOG"; }
 echo "== 1 GPU" | tee -a "$LOG"; train1 one
 echo "== 2 GPUs DDP" | tee -a "$LOG"; train2 ddp train.parallel=ddp
 echo "== 2 GPUs FSDP2" | tee -a "$LOG"; train2 fsdp train.parallel=fsdp
@@ -21,4 +21,4 @@ for r in one ddp fsdp; do cp /tmp/runs/$r/metrics.jsonl "$OUT/multi_$r.metrics.j
 BENCH="--steps 6 --warmup 3 --breakdown-steps 0 -- model=small train.batch_tokens=524288 train.micro_batch_size=32"
 echo "== scaling (not compiled)" | tee -a "$LOG"
 CUDA_VISIBLE_DEVICES=0 python3 scripts/bench_train.py --out "$OUT/scale_1gpu.json" $BENCH 2>&1 | grep "tok/s" | tee -a "$LOG"
-torchrun --standalone --nproc_per_node=2 scripts/bench_train.py --out "$OUT/scale_2gpu.json" $BENCH 2>&1 | grep "tok/s" | tee -a "$LOG"
+python3 -m torch.distributed.run --standalone --nproc_per_node=2 scripts/bench_train.py --out "$OUT/scale_2gpu.json" $BENCH 2>&1 | grep "tok/s" | tee -a "$LOG"
