@@ -25,6 +25,7 @@ from training.distributed import (
     DistInfo,
     all_gather_object,
     all_reduce_mean,
+    all_reduce_sum,
     barrier,
     destroy_distributed,
     gradient_sync,
@@ -53,29 +54,29 @@ def prepare_dataset(cfg: Config, info: DistInfo) -> Path:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistInfo) -> float:
-    """Mean validation loss over a fixed budget of `train.val_tokens` tokens (same tokens every time)."""
-    per_batch = cfg.train.micro_batch_size * cfg.model.max_seq_len * info.world_size
+    """Mean validation loss per token over the first N = val_tokens // seq_len sequences of the unshuffled
+    validation stream: the same tokens every time and for any world size (rank r takes sequences r, r+W, ...;
+    rows past N are ignored), so runs with different numbers of GPUs report comparable numbers."""
+    seq_len, micro, world = cfg.model.max_seq_len, cfg.train.micro_batch_size, info.world_size
+    n_seqs = max(1, cfg.train.val_tokens // seq_len)
     loader = TokenLoader(
-        dataset_dir,
-        "val",
-        seq_len=cfg.model.max_seq_len,
-        batch_size=cfg.train.micro_batch_size,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=cfg.train.seed,
-        device=info.device,
-        shuffle=False,
-    )
+        dataset_dir, "val", seq_len=seq_len, batch_size=micro, rank=info.rank, world_size=world,
+        seed=cfg.train.seed, device=info.device, shuffle=False,
+    )  # fmt: skip
+    n_batches = math.ceil(math.ceil(n_seqs / world) / micro)  # the same on every rank (FSDP2 forwards are collective)
     model.eval()
-    total = torch.zeros((), device=info.device)
-    n = max(1, cfg.train.val_tokens // per_batch)
-    for _ in range(n):
+    totals = torch.zeros(2, device=info.device)  # loss summed over tokens, tokens
+    for b in range(n_batches):
         x, y = loader.next_batch()
+        global_index = info.rank + (b * micro + torch.arange(micro, device=y.device)) * world
+        y[global_index >= n_seqs] = -1
         with autocast_context(cfg, info.device):
             _, loss = model(x, y)
-        total += loss.float()
+        count = (y != -1).sum()
+        totals += torch.stack([torch.where(count > 0, loss.float() * count, 0.0), count.float()])
     model.train()
-    return all_reduce_mean(total / n).item()
+    loss_sum, tokens = all_reduce_sum(totals).tolist()
+    return loss_sum / tokens
 
 
 def rng_state() -> dict[str, Any]:
