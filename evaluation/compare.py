@@ -144,9 +144,9 @@ class Outputs:
     @property
     def train_length(self) -> int | None:
         for run in self.runs.values():
-            if run.config:
+            if (run.config or {}).get("model", {}).get("max_seq_len"):
                 return int(run.config["model"]["max_seq_len"])
-            if run.results:
+            if (run.results or {}).get("model", {}).get("train_length"):
                 return int(run.results["model"]["train_length"])
         return None
 
@@ -690,7 +690,7 @@ def decode_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
     paper_rows = [{"T": T, "full": T, "nsa": decode_tokens(T, **s), "expected_speedup": T / decode_tokens(T, **s),
                    "paper_tokens": PAPER["decode_tokens"][T], "paper_speedup": PAPER["decode_speedup"][T]}
                   for T in BENCH_T]
-    cfg = next((r.config["attention"] for r in (out.run("nsa", x) for x in out.seeds) if r.config), None)
+    cfg = next((r.config.get("attention") for r in (out.run("nsa", x) for x in out.seeds) if r.config), None)
     trained = []
     if cfg and out.train_length:
         sizes = {k: cfg[k] for k in ("compress_block", "compress_stride", "select_block", "num_select", "window")}

@@ -142,6 +142,7 @@ class Step:
     total: int | None = None  # training steps, for the progress bar
     out: Path | None = None  # an output folder / file this step produces
     needs: tuple[Path, int] | None = None  # (run_dir, step): an eval needs that run's final checkpoint
+    script: str | None = None  # a benchmark's script (it may not exist yet)
 
     @property
     def text(self) -> str:
@@ -210,13 +211,14 @@ class Driver:
                                     ("decode", "bench_decode.py", ())):
             out = bench / f"{name}.json"
             cmd = [*self.launcher(f"scripts/{script}"), *extra, "--out", relative(bench / f"{name}.partial.json")]
-            steps.append(Step(f"bench_{name}", "bench", cmd, self.recorded(f"bench_{name}", cmd, out), out=out))
+            steps.append(Step(f"bench_{name}", "bench", cmd, self.recorded(f"bench_{name}", cmd, out), out=out,
+                              script=f"scripts/{script}"))
         return steps
 
     def skip_reason(self, step: Step) -> str | None:
         """Why a step cannot run on this machine (recorded in the report), or None."""
         if step.kind == "bench":
-            script = REPO / step.command[1]
+            script = REPO / step.script
             if not script.is_file():
                 return f"skipped: {relative(script)} does not exist yet"
             import torch
@@ -333,7 +335,7 @@ class Driver:
                 statuses[step.id] = "skipped"
                 continue
             rem = self.remaining()
-            if rem is not None and rem < self.args.reserve + 30:
+            if rem is not None and rem < self.args.reserve:
                 tqdm.write(f"[{i}/{len(todo)}] {step.id}: not started, {rem:.0f} s left of the time budget")
                 stopped = True
                 break
@@ -465,8 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-dir", help="where figures, JSON and REPORT.md go (default: docs/results/<scale>)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop cleanly before this many seconds have passed (exit 3: run again to continue)")
-    p.add_argument("--reserve", type=float, default=20.0, metavar="SECONDS",
-                   help="seconds of the time budget kept for stopping and the report (default 20)")
+    p.add_argument("--reserve", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds of the time budget kept for stopping a step and the report; no step starts with "
+                        "less left (default 30)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing outputs")
     p.add_argument("--dry-run", action="store_true", help="print each step, done or to do, and exit")
     p.add_argument("--verbose", action="store_true", help="also stream every step's output (always in WORK/logs/)")

@@ -1,0 +1,347 @@
+"""scripts/reproduce.py and its report (evaluation/compare.py, compare_report.py, stats.py).
+
+The report is built from fabricated outputs whose every number is known, so the figures, their JSON and
+REPORT.md can be checked against the inputs. The driver is run with its train/eval/bench commands replaced by a
+fake script that writes the same kind of outputs in milliseconds: a second run skips the finished steps, a changed
+eval setting re-runs only the evals, a time budget stops cleanly and the next run continues, and a work folder
+trained with other settings is refused.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evaluation.compare import build, decode_tokens
+from evaluation.stats import mcnemar_exact, paired_bootstrap, t_interval, wilson
+from tests.conftest import REPO
+
+TRAIN_LENGTH = 64
+LENGTHS, DEPTHS, SAMPLES = [32, 64, 128], [0.0, 50.0, 100.0], 4
+FINAL_VAL = {("full", 0): 3.0, ("nsa", 0): 2.9, ("full", 1): 3.1, ("nsa", 1): 2.9}  # NSA - full: -0.1, -0.2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+
+def test_wilson_matches_hand_computed_values():
+    lo, hi = wilson(0, 4)  # p = 0: lo = 0, hi = z^2 / (n + z^2)
+    assert lo == 0 and hi == pytest.approx(1.959964**2 / (4 + 1.959964**2), rel=1e-6)
+    lo, hi = wilson(5, 10)  # symmetric around 0.5
+    assert lo == pytest.approx(1 - hi) and lo == pytest.approx(0.2366, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_paired_bootstrap_and_mcnemar_and_t_interval():
+    b = paired_bootstrap([0, 0, 0, 0], [1, 1, 1, 1])
+    assert (b["diff"], b["lo"], b["hi"], b["n"]) == (1.0, 1.0, 1.0, 4)
+    b = paired_bootstrap([0, 1] * 50, [1, 1] * 50)
+    assert b["diff"] == 0.5 and 0.3 < b["lo"] < 0.5 < b["hi"] < 0.7
+    assert paired_bootstrap([], [])["diff"] is None
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_bootstrap([1], [1, 2])
+    m = mcnemar_exact([False] * 6 + [True] * 3, [True] * 6 + [True] * 3)  # 6 discordant pairs, all for B
+    assert (m["a_only"], m["b_only"]) == (0, 6) and m["p"] == pytest.approx(2 / 64)
+    assert mcnemar_exact([True, False], [True, False])["p"] == 1.0
+    t = t_interval([1.0, 2.0, 3.0])
+    assert t["mean"] == 2.0 and t["sd"] == pytest.approx(1.0)
+    assert t["hi"] - t["mean"] == pytest.approx(4.303 / math.sqrt(3))
+    assert t_interval([5.0])["lo"] is None
+
+
+def test_decode_token_count_is_the_papers_table_4():
+    paper = dict(compress_block=32, compress_stride=16, select_block=64, num_select=16, window=512)
+    assert decode_tokens(65536, **paper) == 5631  # NSA.md: (T - l)//d + 1 + n*l' + w; the paper rounds to 5632
+    assert round(8192 / decode_tokens(8192, **paper), 1) == 4.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report, from fabricated outputs
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _correct(task: str, arm: str, L: int, d: float) -> bool:
+    """Planted needle outcomes. niah: both right everywhere within the training length except the cell
+    (64, 50%), where only full is right; beyond it only NSA is right. passkey: NSA always, full never beyond."""
+    if task == "niah":
+        if L > TRAIN_LENGTH:
+            return arm == "nsa"
+        return not (arm == "nsa" and L == 64 and d == 50.0)
+    return arm == "nsa" or L <= TRAIN_LENGTH
+
+
+def fabricate(work: Path, seeds=(0, 1)) -> None:
+    for arm in ("full", "nsa"):
+        for seed in seeds:
+            run, ev = work / "runs" / f"{arm}-s{seed}", work / "eval" / f"{arm}-s{seed}"
+            attention = {"name": arm} if arm == "full" else {
+                "name": "nsa", "compress_block": 8, "compress_stride": 8, "select_block": 8, "num_select": 4,
+                "window": 16}
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({
+                "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "max_seq_len": TRAIN_LENGTH,
+                          "vocab_size": 256},
+                "attention": attention,
+                "data": {"name": "fake", "path": "text", "mix": {"rate": 0.25, "length": None, "kinds": ["passkey"]}},
+                "optim": {"schedule": "cosine", "lr": 0.003, "warmup_steps": 2, "weight_decay": 0.1},
+                "train": {"steps": 20, "batch_tokens": 1024, "grad_clip": 1.0}}))
+            rows = []
+            for step in range(1, 21):
+                row = {"step": step, "tokens": 1024 * step, "loss": 5.0 - 0.05 * step - (0.1 if arm == "nsa" else 0),
+                       "step_time": 0.5}
+                if step == 1:
+                    row.update({"attn_keys_total": 20.0} if arm == "nsa" else {"attn_keys_full": 32.5})
+                if step in (10, 20):
+                    row["val_loss"] = FINAL_VAL[(arm, seed)] + (0.5 if step == 10 else 0.0)
+                rows.append(row)
+            _jsonl(run / "metrics.jsonl", rows)
+            fraction = 0.4 if arm == "nsa" else 1.0
+            _json(ev / "results.json", {
+                "model": {"name": f"{arm}-s{seed}", "attention": arm, "params": 1000 if arm == "full" else 1200,
+                          "train_length": TRAIN_LENGTH},
+                "step": 20, "tokens": 20480, "seed": 0, "max_length": 128,
+                "sparsity": {"attention": arm, "64": {"keys_per_query": {"total": 32.5 * fraction},
+                                                      "dense_keys_per_query": 32.5, "fraction": fraction}},
+                "throughput": {"decode_tok_s": 100.0 if arm == "full" else 50.0},
+                "niah": {"haystack": "corpus"},
+                "longbench": {"local_passage_retrieval": 0.0 if arm == "full" else 100.0,
+                              "local_passage_retrieval/samples": 2, "local_average": 0.0 if arm == "full" else 100.0},
+            })
+            for task in ("niah", "passkey"):
+                _jsonl(ev / task / "predictions.jsonl", [
+                    {"length": L, "depth": d, "sample": s, "correct": _correct(task, arm, L, d)}
+                    for L in LENGTHS for d in DEPTHS for s in range(SAMPLES)])
+            per_pos = [4.0 + (0.0 if arm == "full" else -0.2) + (0.5 if t >= TRAIN_LENGTH else 0) for t in range(128)]
+            _json(ev / "ppl_position" / "loss_by_position.json", {
+                "length": 128, "train_length": TRAIN_LENGTH, "loss_by_position": per_pos, "windows": 2,
+                "bucket_edges": [0, 32, 64, 96, 128]})
+            _jsonl(ev / "ruler" / "predictions.jsonl", [
+                {"task": "niah_single", "length": 64, "pred": "1234" if arm == "nsa" else "no", "outputs": ["1234"]},
+                {"task": "niah_single", "length": 64, "pred": "5678", "outputs": ["5678"]}])
+            _jsonl(ev / "mqar" / "predictions.jsonl", [
+                {"length": 64, "seed": 7, "answers": ["1", "2"], "recalled": [True, arm == "nsa"]}])
+            _jsonl(ev / "longbench" / "pred" / "local_passage_retrieval.jsonl", [
+                {"pred": "Paragraph 3" if arm == "nsa" else "Paragraph 1", "answers": ["Paragraph 3"],
+                 "all_classes": None, "length": 50, "_id": f"x{i}"} for i in range(2)])
+    _json(work / "bench" / "attention.json", {
+        "device": "FakeGPU", "torch": "0", "triton": "0", "command": "bench_attention.py",
+        "main": {"8192": {"nsa": {"total_fwd": 1.0, "total_fwdbwd": 3.0}, "flash": {"fwd": 2.0, "fwdbwd": 5.0},
+                          "cudnn": {"fwd": 1.5, "fwdbwd": 4.5}}}})
+    _json(work / "manifest.json", {"scale": "gpu-small", "seeds": list(seeds), "device": "FakeGPU",
+                                   "invocations": [{"command": "python scripts/reproduce.py --scale gpu-small",
+                                                    "started": "now", "seconds": 1.0}]})
+    _json(work / "progress.json", {"bench_decode": {"status": "skipped", "note": "skipped: no decode benchmark"}})
+
+
+FILES = ["REPORT.md", "summary.json", "loss_curves.png", "loss_curves.json", "niah_heatmaps.png",
+         "niah_heatmaps.json", "passkey_heatmaps.png", "passkey_heatmaps.json", "loss_by_position.png",
+         "loss_by_position.json", "kernel_speedup.png", "kernel_speedup.json", "decode.png", "decode.json",
+         "longbench.json", "ruler.json", "mqar.json", "sparsity.json"]
+SECTIONS = ["## What was run", "## Targets", "## Next to the paper", "## What reproduced, what did not, and why",
+            "## Loss curves (Figure 4)", "## Needle in a haystack (Figure 5)", "## Passkey retrieval",
+            "## Loss by position", "## RULER-style tasks and MQAR", "## LongBench (Table 2 layout)",
+            "## Kernel speed (Figure 6)", "## Decoding memory access (Table 4)", "## Sparsity NSA actually had"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    work, out = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("report")
+    fabricate(work)
+    (out / "NOTES.md").write_text("A hand-written remark.")
+    result = build(work, out)
+    return out, result, (out / "REPORT.md").read_text()
+
+
+def test_every_figure_json_and_section_is_written(report):
+    out, _, text = report
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        if name.endswith(".json"):
+            json.loads((out / name).read_text())
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    positions = [text.index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert "CPU pipeline check" not in text  # the banner is for the cpu scale only
+    assert "A hand-written remark." in text
+
+
+def test_loss_numbers_match_the_inputs(report):
+    out, result, text = report
+    loss = json.loads((out / "loss_curves.json").read_text())
+    assert loss["final_val"]["full"]["mean"] == pytest.approx(3.05)
+    assert loss["final_val"]["nsa"]["mean"] == pytest.approx(2.9)
+    d = loss["final_val_diff"]
+    assert d["mean"] == pytest.approx(-0.15) and d["n"] == 2
+    half = 12.706 * math.sqrt(0.005) / math.sqrt(2)  # t(1) x sd of (-0.1, -0.2) / sqrt(2)
+    assert d["lo"] == pytest.approx(-0.15 - half, abs=1e-3) and d["hi"] == pytest.approx(-0.15 + half, abs=1e-3)
+    assert loss["per_seed"]["1"]["train_tail_diff"]["diff"] == pytest.approx(-0.1)
+    assert "| 1 | 20 | 20 | 3.1000 | 2.9000 | -0.2000 |" in text
+    row = next(r for r in result["paper"] if r["result"].startswith("pretraining"))
+    assert row["verdict"] == "same direction, not significant"  # 2 seeds: the interval spans 0
+    target = next(t for t in result["targets"] if t["target"].startswith("val loss"))
+    assert target["pass"] is True and target["value"] == pytest.approx(-0.15)
+
+
+def test_needle_cells_paired_statistics_and_targets(report):
+    out, result, text = report
+    niah = json.loads((out / "niah_heatmaps.json").read_text())
+    assert niah["lengths"] == LENGTHS and niah["depths"] == DEPTHS
+    assert niah["cells_full_beats_nsa"] == [[64, 50.0]]  # 8 paired needles (2 seeds x 4), all full-only
+    cell = next(c for c in niah["cells"] if c["length"] == 64 and c["depth"] == 50.0)
+    assert (cell["n"], cell["full"], cell["nsa"]) == (8, 1.0, 0.0)
+    assert niah["within"]["nsa"] == pytest.approx(1 - 8 / 48) and niah["within"]["full"] == 1.0
+    assert niah["beyond"]["nsa"] == 1.0 and niah["beyond"]["full"] == 0.0
+    assert niah["beyond"]["mcnemar"]["b_only"] == 24 and niah["min_nsa_cell_within"] == 0.0
+    assert niah["grid"]["nsa"][1] == [1.0, 0.0, 1.0]  # depth 50%: lengths 32, 64, 128
+    assert "64 tokens / 50%" in text
+    t = {r["target"]: r for r in result["targets"]}
+    assert t["niah: no cell where full beats NSA beyond the 95% interval"]["pass"] is False
+    assert t["niah within the training length: NSA >= 95% in every cell"]["pass"] is False
+    assert t["passkey within the training length: NSA >= 95% in every cell"]["pass"] is True
+    assert t["passkey beyond the training length (up to 2x): NSA >= full"]["value"] == 1.0
+
+
+def test_other_sections_match_the_inputs(report):
+    out, _, text = report
+    pos = json.loads((out / "loss_by_position.json").read_text())
+    assert pos["within"]["nsa"] - pos["within"]["full"] == pytest.approx(-0.2)
+    assert pos["beyond"]["full"] == pytest.approx(4.5)
+    ruler = json.loads((out / "ruler.json").read_text())
+    assert ruler["kinds"]["niah_single"]["full"] == 50.0 and ruler["kinds"]["niah_single"]["nsa"] == 100.0
+    mqar = json.loads((out / "mqar.json").read_text())
+    assert mqar["all"]["full"] == 0.5 and mqar["all"]["nsa"] == 1.0 and mqar["all"]["n"] == 4
+    lb = json.loads((out / "longbench.json").read_text())
+    task = lb["tasks"]["local_passage_retrieval"]
+    assert (task["full"], task["nsa"], task["n"], task["diff"]["diff"]) == (0.0, 1.0, 4, 1.0)  # per-sample rescore
+    assert "| ours: NSA | 1.000 |" in text
+    kernel = json.loads((out / "kernel_speedup.json").read_text())
+    row = kernel["main"][0]
+    assert row["vs_flash"]["forward"] == 2.0 and row["vs_flash"]["backward"] == 1.5
+    assert row["vs_flash"]["forward_backward"] == pytest.approx(5 / 3) and row["vs_cudnn"]["forward"] == 1.5
+    assert "| 8k | 2.00 | 1.00 | 2.00 | 2.1 | 1.50 | 1.1 |" in text
+    dec = json.loads((out / "decode.json").read_text())
+    assert [r["nsa"] for r in dec["paper_sizes"]] == [2047, 2559, 3583, 5631]
+    assert dec["trained_sizes"][0] == {"T": 64, "full": 64, "nsa": 8 + 32 + 16, "expected_speedup": 64 / 56}
+    assert dec["eval_decode_tok_s"] == {"full": 100.0, "nsa": 50.0}
+    assert "skipped: no decode benchmark" in text
+    sp = json.loads((out / "sparsity.json").read_text())
+    assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
+
+
+def test_report_of_a_partial_run_says_what_is_missing(tmp_path):
+    work = tmp_path / "work"
+    fabricate(work, seeds=(0,))
+    for f in (work / "eval").glob("nsa-s0/results.json"):
+        f.unlink()  # the NSA evaluation did not run
+    (work / "bench" / "attention.json").unlink()
+    result = build(work, tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "_Not available: no seed has niah predictions for both models._" in text
+    assert not (tmp_path / "out" / "kernel_speedup.png").exists()
+    assert result["sections"]["loss"]["status"] == "ok"  # training finished: its section is there
+    assert "one seed" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the driver, with a fake train/eval/bench
+
+FAKE = r'''
+import json, os, sys, time
+from pathlib import Path
+script, args = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:] if "=" in a and not a.startswith("-"))
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(script + "\n")
+if script == "train.py":
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    ckpt = Path(args["run_dir"]) / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / ("step_%07d.pt" % int(args["train.steps"]))).write_bytes(b"")
+elif script == "eval.py":
+    step = max(int(p.stem[5:]) for p in (Path(args["checkpoint"]) / "checkpoints").glob("step_*.pt"))
+    Path(args["out_dir"]).mkdir(parents=True, exist_ok=True)
+    (Path(args["out_dir"]) / "results.json").write_text(json.dumps({"step": step}))
+elif "--out" in sys.argv:
+    Path(sys.argv[sys.argv.index("--out") + 1]).write_text("{}")
+'''
+
+
+@pytest.fixture()
+def driver(tmp_path, monkeypatch):
+    """scripts/reproduce.py's main(), its commands run by the fake script; returns (run, calls)."""
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce", mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    fake = tmp_path / "fake.py"
+    fake.write_text(FAKE)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setattr(mod.Driver, "launcher", lambda self, script: ["python", str(fake), script])
+    work, out = tmp_path / "work", tmp_path / "report"
+
+    def run(*extra):
+        calls.write_text("")
+        rc = mod.main(["--scale", "cpu", "--steps", "3", "--work-dir", str(work), "--report-dir", str(out), *extra])
+        return rc, [c for c in calls.read_text().split() if c in ("train.py", "eval.py")]
+    return run, work, out
+
+
+def test_driver_runs_every_step_then_skips_finished_ones(driver, capsys):
+    run, work, out = driver
+    rc, calls = run()
+    assert rc == 0 and calls == ["train.py", "train.py", "eval.py", "eval.py"]
+    progress = json.loads((work / "progress.json").read_text())
+    assert {k: v["status"] for k, v in progress.items() if k.startswith(("train", "eval"))} == {
+        "train/full-s0": "done", "train/nsa-s0": "done", "eval/full-s0": "done", "eval/nsa-s0": "done"}
+    assert (out / "REPORT.md").is_file() and (work / "manifest.json").is_file()
+    rc, calls = run()
+    assert rc == 0 and calls == []  # everything finished earlier is skipped
+    assert "[done] train/nsa-s0 (skipped: finished earlier)" in capsys.readouterr().out
+    rc, calls = run("--eval-set", "niah.samples=1")  # another eval setting: only the evals run again
+    assert rc == 0 and calls == ["eval.py", "eval.py"]
+    rc, calls = run("--seeds", "0", "1", "--eval-set", "niah.samples=1")  # a new seed: only its runs
+    assert rc == 0 and calls == ["train.py", "train.py", "eval.py", "eval.py"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["seeds"] == [0, 1] and [i["result"] for i in manifest["invocations"]] == ["complete"] * 4
+
+
+def test_driver_stops_at_the_time_budget_and_continues(driver, monkeypatch):
+    run, work, _ = driver
+    monkeypatch.setenv("FAKE_SLEEP", "60")
+    rc, calls = run("--time-budget", "10", "--reserve", "1")
+    assert rc == 3 and calls == ["train.py"]  # stopped inside the first training run
+    assert json.loads((work / "progress.json").read_text())["train/full-s0"]["status"] == "stopped"
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    rc, calls = run()
+    assert rc == 0 and calls == ["train.py", "train.py", "eval.py", "eval.py"]
+
+
+def test_driver_refuses_a_work_folder_trained_otherwise(driver):
+    run, _, _ = driver
+    assert run()[0] == 0
+    with pytest.raises(SystemExit, match="trained with"):
+        run("--train-set", "optim.lr=1e-4")
+
+
+def test_driver_report_only_needs_outputs(driver, tmp_path):
+    run, work, out = driver
+    with pytest.raises(SystemExit, match="holds no reproduction outputs"):
+        run("--report-only")
+    assert run()[0] == 0
+    (out / "REPORT.md").unlink()
+    rc, calls = run("--report-only")
+    assert rc == 0 and calls == [] and (out / "REPORT.md").is_file()
