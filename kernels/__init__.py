@@ -15,6 +15,9 @@ Each op checks its sizes (one-line ValueError), then dispatches:
   `_register_triton_ops`); an op not registered, or called with q_start != 0 when its kernel has no
   `q_start` argument, takes the PyTorch path below (which runs on CUDA tensors too).
 - otherwise: kernels/chunked.py, vectorised PyTorch over query tiles (never a [T, T] matrix).
+One decoding step (T == 1, any q_start) on such tensors takes the decode kernel in `TRITON_DECODE_OPS`
+(kernels/triton_decode.py: split along the context, group-centric) instead; it runs the chunked path itself
+when a gradient is needed.
 kernels/reference.py is the dense executable specification both are tested against.
 """
 
@@ -46,12 +49,15 @@ __all__ = [
     "num_compressed_tokens",
     "reference",
     "TRITON_OPS",
+    "TRITON_DECODE_OPS",
 ]
 
 # The single place where the Triton kernels plug in: op name -> function with the op's exact
 # signature. `_register_triton_ops` below fills it from kernels/ops.py (the torch.library ops over
 # kernels/triton_*.py); an op missing here falls back to the PyTorch path on every device.
 TRITON_OPS: dict[str, Callable] = {}
+# Same for one decoding step (q of length 1): op name -> kernels/triton_decode.py function (signature + q_start).
+TRITON_DECODE_OPS: dict[str, Callable] = {}
 
 
 def _register_triton_ops() -> None:
@@ -61,15 +67,18 @@ def _register_triton_ops() -> None:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         return
     try:
-        from kernels import ops
+        from kernels import ops, triton_decode
     except ImportError:  # no triton on this platform
         return
     TRITON_OPS.update(ops.TRITON_OPS)
+    TRITON_DECODE_OPS.update(triton_decode.TRITON_DECODE_OPS)
 
 
 def _impl(name: str, x: torch.Tensor, q_start: int = 0) -> Callable:
     """The function that runs op `name` for tensors like `x` (q_start already bound when non-zero)."""
     wants_triton = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if wants_triton and x.shape[1] == 1 and name in TRITON_DECODE_OPS:  # one decoding step
+        return functools.partial(TRITON_DECODE_OPS[name], q_start=q_start)
     fn = TRITON_OPS.get(name) if wants_triton else None
     if fn is None or (q_start and not _takes_q_start(fn)):
         fn = getattr(chunked, name)

@@ -1,0 +1,585 @@
+"""Triton decode kernels for NSA: one new query per sequence (T == 1 at position t = q_start), batched.
+
+A decoding step reads only what its query attends: the t // d - ... compressed tokens (compression branch and
+block scoring), the n selected blocks and the w window keys. That is a few thousand keys per KV group even at
+64k, far too little work for one program per (sequence, KV group) to fill the GPU at batch 1. So every kernel
+here splits its keys along the context (flash-decoding): grid = (splits, B * Hkv), each program owning one
+split of one KV group and all G query heads of that group (group-centric: each key is loaded once for the G
+heads; G is padded to >= 16 rows for the tensor cores).
+
+    attention (compressed / selected / window)  _decode_attn_kernel: a split computes the partial softmax
+        state (row max m, row sum l, unnormalised output acc) of its keys; the splits are then combined.
+    block selection                              _select_decode_kernel: a split scores its selection blocks
+        (importance p = exp(q.k_cmp * scale - lse) summed over the group's heads, spread over the blocks by the
+        overlap weights of NSA.md) and keeps its top-n candidate keys; the splits' candidates are then merged.
+
+Combining the splits. By default the last program of a KV group to finish combines them inside the same launch
+(`combine="fused"`): each program stores its partial, then increments a per-group counter with an acq_rel
+atomic; the one that sees count == splits - 1 reads every partial and writes the result, then resets the
+counter to 0 for the next launch. The counters live in one zeroed int32 buffer per device that the kernels
+keep at zero (`_counters`); a second stream running decode kernels concurrently on the same device would
+share them, which is not supported. `combine="kernel"` runs the same combine code as a second launch instead
+(no counters), e.g. to compare the two.
+
+The top-n merge: candidates are int64 keys (score bits << 31) | (MAX_ID - block id), as in
+kernels/triton_select.py (float32 scores >= 0 order like their bit patterns, forced blocks get +inf, the lower
+id wins a tie, -1 = no candidate). A split holds at most NBT (= num_select rounded up to a power of two)
+candidates per tile of blocks; the merge loads all splits' candidates as one [splits, NBT] tile and extracts
+the maximum num_select times (cheap: no sort over the splits).
+
+Inputs are assumed valid (kernels/__init__.py checks them). Every position of a batch decodes at the same
+q_start (the public ops' contract). No autograd: the public wrappers below run the chunked PyTorch path when a
+gradient is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import chunked
+from kernels.reference import num_compressed_tokens, resolve_scale
+from kernels.triton_common import (
+    INTERPRETED,
+    LOG2E,
+    acc_dtype,
+    bthd,
+    dot_precision,
+    head_block,
+    next_pow2,
+    runs_triton,
+    tl_acc,
+)
+from kernels.triton_selected import _clean_idx, _slot_keys
+
+# Tile sizes and split heuristics of the decode kernels. "small": head dims <= 128, "big": larger.
+# attn: block_n keys per inner tile; split_factor scales the number of splits (see _attn_splits); max_splits
+# caps it. select: tiles_per_split = selection-block tiles (NBV blocks each) per program before the cap
+# max_splits forces more. NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
+DECODE_TILES: dict[str, dict[str, dict[str, float]]] = {
+    "attn": {"small": dict(block_n=64, warps=4, stages=3, split_factor=1.0, max_splits=64),
+             "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64)},
+    "select": {"small": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128),
+               "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128)},
+}
+INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8),
+                     "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8)}
+if os.environ.get("NSA_DECODE_TILES"):
+    with open(os.environ["NSA_DECODE_TILES"]) as _f:
+        for _kernel, _sizes in json.load(_f).items():
+            for _size, _cfg in _sizes.items():
+                DECODE_TILES[_kernel][_size].update(_cfg)
+
+COMBINE_MODES = ("fused", "kernel")
+
+
+def decode_tiles(kernel: str, big: bool, override: dict | None = None) -> dict:
+    """The tile config of `kernel` ("attn" | "select") for this process (interpreter or GPU), with `override`."""
+    cfg = dict(INTERPRETER_TILES[kernel] if INTERPRETED else DECODE_TILES[kernel]["big" if big else "small"])
+    cfg.update(override or {})
+    return cfg
+
+
+def _target_programs(device: torch.device) -> int:
+    """Programs that fill the GPU (two per multiprocessor); a small number under the interpreter."""
+    if device.type != "cuda":
+        return 64
+    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(index: int) -> int:
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """A zeroed int32 buffer of >= n per-group counters; the fused combine leaves it zeroed after each launch.
+
+    Kept per device across calls. During CUDA-graph capture a missing buffer is made fresh and not kept (its
+    zero fill is captured with the graph, so every replay starts from zeros)."""
+    buf = _COUNTERS.get(device)
+    if buf is not None and buf.numel() >= n:
+        return buf
+    buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _COUNTERS[device] = buf
+    return buf
+
+
+# ----------------------------------------------------------------------------------------------
+# attention: compressed tokens, a key range (window) or selected blocks
+
+
+@triton.jit
+def _attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) [G_PAD], [G_PAD], [G_PAD, BLOCK_DV] with the keys kpos
+    [BLOCK_N] (int64 positions, k_ok = which are attended). Scores are in log2 units."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
+                other=0.0)
+    v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
+                other=0.0)
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    s = tl.where(k_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
+                 DV: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
+    """Normalise and store one KV group's rows: o = acc / l (0 with no key), lse = (m + log2 l) * ln 2 (-inf)."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    nonempty = l_i > 0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    tl.store(OUT + b * so_b + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    if WRITE_LSE:
+        lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        tl.store(LSE + b * Hq + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
+                  DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
+                  ACC: tl.constexpr):
+    """Merge the nsplit partial states of KV group pid_bh (PM, PL [B*Hkv, nsplit, G_PAD], PACC [..., BLOCK_DV])
+    and store the group's output rows. Loads bypass L1 (.cg): other programs wrote the partials."""
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    row_ok = g < G
+    head = (kvh * G + g).to(tl.int64)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    base = pid_bh.to(tl.int64) * nsplit
+    m_tot = tl.full([G_PAD], float("-inf"), ACC)
+    for s in range(nsplit):
+        m_tot = tl.maximum(m_tot, tl.load(PM + (base + s) * G_PAD + g, cache_modifier=".cg"))
+    m_use = tl.where(m_tot == float("-inf"), 0.0, m_tot)
+    l_tot = tl.zeros([G_PAD], ACC)
+    acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
+    for s in range(nsplit):
+        row = (base + s) * G_PAD + g
+        w = tl.exp2(tl.load(PM + row, cache_modifier=".cg") - m_use)
+        l_tot += tl.load(PL + row, cache_modifier=".cg") * w
+        acc += tl.load(PACC + row[:, None] * BLOCK_DV + offs_dv[None, :], cache_modifier=".cg") * w[:, None]
+    _attn_finish(m_tot, l_tot, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hkv * G, DV, BLOCK_DV, WRITE_LSE)
+
+
+@triton.jit
+def _decode_attn_kernel(
+    Q, K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+    Hkv, G, NSEL, qk_scale, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (split, b * Hkv + kvh): the G query heads of KV group kvh of sequence b against one split of
+    its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx (repeats
+    and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to hi."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    row_ok = g < G
+    head = (kvh * G + g).to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+
+    m_i = tl.full([G_PAD], float("-inf"), ACC)
+    l_i = tl.zeros([G_PAD], ACC)
+    acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
+    if SELECTED:
+        slots = tl.arange(0, NSEL_PAD)
+        ids = tl.load(IDX + b * si_b + kvh.to(tl.int64) * si_h + slots, mask=slots < NSEL, other=-1)
+        s0 = pid_s * slots_per_split
+        s1 = tl.minimum(s0 + slots_per_split, NSEL)
+        for it in range(s0 * N_KT, s1 * N_KT):
+            kpos, k_ok = _slot_keys(ids, slots, it // N_KT, it % N_KT, t, SEL, BLOCK_N)
+            m_i, l_i, acc = _attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                                         DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+    else:
+        k0 = lo + pid_s * keys_per_split
+        k1 = tl.minimum(k0 + keys_per_split, hi)
+        for start in range(k0, k1, BLOCK_N):
+            kpos = start + tl.arange(0, BLOCK_N)
+            m_i, l_i, acc = _attend_tile(q, k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t,
+                                         m_i, l_i, acc, qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+
+    if SPLIT:
+        row = (pid_bh.to(tl.int64) * nsplit + pid_s) * G_PAD + g
+        tl.store(PM + row, m_i)
+        tl.store(PL + row, l_i)
+        tl.store(PACC + row[:, None] * BLOCK_DV + tl.arange(0, BLOCK_DV)[None, :], acc)
+        if FUSED:
+            tl.debug_barrier()  # every thread's partial is stored before the counter announces it
+            done = tl.atomic_add(COUNT + pid_bh, 1, sem="acq_rel", scope="gpu")
+            if done == nsplit - 1:  # the last split of this group to finish combines them all
+                tl.debug_barrier()
+                _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
+                              DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC)
+                tl.atomic_xchg(COUNT + pid_bh, 0, sem="release", scope="gpu")
+    else:
+        _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hkv * G, DV, BLOCK_DV, WRITE_LSE)
+
+
+@triton.jit
+def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, Hkv, G, so_b, so_h,
+                         DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
+                         ACC: tl.constexpr):
+    _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), nsplit, Hkv, G, so_b, so_h,
+                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC)
+
+
+def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype, device: torch.device,
+              cfg: dict | None = None, select_size: int = 0) -> dict:
+    """How _decode_attn_kernel splits one launch: {"splits", "per_split", "block_n", "cfg"}.
+
+    n_keys: keys per KV group (a range), or with select_size > 0 the number of selected blocks (slots).
+    A split reads n_keys / S keys and the combine reads S partial states ([G_PAD, Dv] floats each), so
+    S ~ sqrt(key bytes / partial bytes) balances the two (times cfg split_factor); S is also capped so that
+    bh * S stays near the programs that fill the GPU, and by max_splits. per_split: keys per split (a
+    multiple of block_n), or slots per split."""
+    bdk, bdv, g_pad = head_block(Dk), head_block(Dv), max(16, next_pow2(G))
+    cfg = decode_tiles("attn", max(bdk, bdv) > 128, cfg)
+    block_n = int(cfg["block_n"])
+    if select_size:
+        block_n = max(16, min(block_n, next_pow2(select_size)))  # >= 16: tl.dot's minimum
+    keys = n_keys * select_size if select_size else n_keys
+    key_bytes = (Dk + Dv) * torch.empty((), dtype=dtype).element_size()
+    partial_bytes = g_pad * (bdv + 2) * torch.empty((), dtype=acc_dtype(dtype)).element_size()
+    splits = round(cfg["split_factor"] * math.sqrt(max(keys, 0) * key_bytes / partial_bytes))
+    splits = max(1, min(splits, max(1, _target_programs(device) // max(bh, 1)), int(cfg["max_splits"])))
+    if select_size:
+        per_split = math.ceil(n_keys / splits) if n_keys else 1
+        splits = math.ceil(n_keys / per_split) if n_keys else 1
+    else:
+        per_split = math.ceil(math.ceil(max(n_keys, 1) / splits) / block_n) * block_n
+        splits = max(1, math.ceil(n_keys / per_split))
+    return dict(splits=splits, per_split=per_split, block_n=block_n, cfg=cfg)
+
+
+def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
+                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused"):
+    """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
+    [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
+    None)."""
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
+    q, k, v = bthd(q), bthd(k), bthd(v)
+    B, _, Hq, Dk = q.shape
+    Hkv, Dv = k.shape[2], v.shape[3]
+    G = Hq // Hkv
+    dev = q.device
+    o = torch.empty(B, 1, Hq, Dv, dtype=q.dtype, device=dev)
+    lse = torch.empty(B, 1, Hq, dtype=torch.float32, device=dev) if write_lse else o
+    if k.shape[1] == 0:  # nothing to attend: every load is masked, but pass real buffers
+        k, v = q.new_zeros(B, 1, Hkv, Dk), q.new_zeros(B, 1, Hkv, Dv)
+    bdk, bdv, g_pad = head_block(Dk), head_block(Dv), max(16, next_pow2(G))
+    nsel = 1
+    if idx is not None:
+        idx = _clean_idx(idx)
+        nsel = idx.shape[3]
+    plan = attn_plan(nsel if idx is not None else hi - lo, B * Hkv, Dk, Dv, G, q.dtype, dev, cfg,
+                     select_size=select_size if idx is not None else 0)
+    splits, per_split, block_n, cfg = plan["splits"], plan["per_split"], plan["block_n"], plan["cfg"]
+    split = splits > 1
+    acc_t = acc_dtype(q.dtype)
+    if split:
+        pm = torch.empty(B * Hkv, splits, g_pad, dtype=acc_t, device=dev)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(B * Hkv, splits, g_pad, bdv, dtype=acc_t, device=dev)
+    else:
+        pm = pl = pacc = o
+    fused = split and combine == "fused"
+    count = _counters(dev, B * Hkv) if fused else o
+    idx_arg = idx if idx is not None else o
+    si = (idx.stride(0), idx.stride(2)) if idx is not None else (0, 0)
+    _decode_attn_kernel[(splits, B * Hkv)](
+        q, k, v, idx_arg, o, lse, pm, pl, pacc, count,
+        q.stride(0), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(2), *si,
+        Hkv, G, nsel, scale * LOG2E, hi - 1, lo, hi,
+        per_split if idx is None else 0, per_split if idx is not None else 0, splits, select_size,
+        SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse,
+        DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, BLOCK_N=block_n,
+        N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+    )
+    if split and not fused:
+        _attn_combine_kernel[(B * Hkv,)](
+            pm, pl, pacc, o, lse, splits, Hkv, G, o.stride(0), o.stride(2),
+            DV=Dv, BLOCK_DV=bdv, G_PAD=g_pad, WRITE_LSE=write_lse, ACC=tl_acc(q.dtype),
+            num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+        )
+    return o, (lse if write_lse else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# block selection
+
+
+@triton.jit
+def _select_choose(keys, IDX, b, kvh, si_b, si_h, NSEL, NBT: tl.constexpr):
+    """Write the NSEL largest of the candidate keys [R, NBT] (distinct, -1 = none) as ascending block ids,
+    -1 padded, to idx[b, 0, kvh, :NSEL]: extract the maximum NSEL times."""
+    MAX_ID: tl.constexpr = 2147483647
+    jj = tl.arange(0, NBT)
+    ids = tl.full([NBT], MAX_ID, tl.int32)
+    for slot in range(NSEL):
+        best = tl.max(tl.max(keys, axis=1), axis=0)
+        best_id = tl.where(best >= 0, MAX_ID - (best & MAX_ID), MAX_ID).to(tl.int32)
+        ids = tl.where(jj == slot, best_id, ids)
+        keys = tl.where(keys == best, -1, keys)
+    ids = tl.sort(ids)  # ascending ids, unused slots (MAX_ID) last
+    ids = tl.where(ids == MAX_ID, -1, ids)
+    tl.store(IDX + b * si_b + kvh.to(tl.int64) * si_h + jj, ids, mask=jj < NSEL)
+
+
+@triton.jit
+def _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.constexpr, S_PAD: tl.constexpr):
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    srow = tl.arange(0, S_PAD)
+    jj = tl.arange(0, NBT)
+    keys = tl.load(PKEY + (pid_bh.to(tl.int64) * nsplit + srow[:, None]) * NBT + jj[None, :],
+                   mask=srow[:, None] < nsplit, other=-1, cache_modifier=".cg")
+    _select_choose(keys, IDX, b, kvh, si_b, si_h, NSEL, NBT)
+
+
+@triton.jit
+def _select_decode_kernel(
+    Q, KC, LSE, IDX, PKEY, COUNT,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
+    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit,
+    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr,
+    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
+    TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_PAD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Program (split, b * Hkv + kvh): scores the selection blocks [split * blocks_per_split, ...) visible to
+    the query at position t (j * l' <= t) for KV group kvh and keeps its top-NBT candidate keys.
+
+    A tile holds NBV blocks (NBV <= NBT) and the compressed tokens that overlap them: those whose own block
+    (the one holding their first token) is in the tile (TPB = l'/d per block) and the SPILL = l/d - 1 tokens
+    before, whose blocks spill into the tile's first block; C_PAD >= NBV * TPB + SPILL."""
+    MAX_ID: tl.constexpr = 2147483647
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    row_ok = g < G
+    head = (kvh * G + g).to(tl.int64)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
+    k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
+
+    cur = t // SEL  # the block holding t; blocks 0 .. cur are visible
+    j_begin = pid_s * blocks_per_split
+    j_end = tl.minimum(j_begin + blocks_per_split, cur + 1)
+    c = tl.arange(0, C_PAD)
+    jj = tl.arange(0, NBT)
+    top = tl.full([NBT], -1, tl.int64)
+    for j0 in range(j_begin, j_end, NBV):
+        i = j0 * TPB - SPILL + c
+        i_ok = (c < NBV * TPB + SPILL) & (i >= 0) & (i < TC)
+        kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                     mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC) * qk_scale
+        p = tl.where(row_ok[:, None] & i_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        pg = tl.sum(p, axis=0)  # [C_PAD]: importance summed over the group's heads
+        blk = j0 + jj
+        blk_ok = (jj < NBV) & (blk < j_end)
+        tok_lo = i * STRIDE
+        blk_lo = blk * SEL
+        ov = tl.minimum(tok_lo[:, None] + BS, blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
+        w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT] overlap weights
+        score = tl.sum(pg[:, None] * w, axis=0)  # [NBT]
+        forced = (blk < NUM_INIT) | (blk > cur - NUM_LOCAL)
+        bits = score.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
+        key = tl.where(blk_ok, (bits << 31) | (MAX_ID - blk).to(tl.int64), -1)
+        if MULTI_TILE:  # merge into the running top-NBT: the NBT largest of A and B (both sorted) are max(A, B[::-1])
+            top = tl.sort(tl.maximum(top, tl.sort(key)), descending=True)
+        else:
+            top = key
+
+    if SPLIT:
+        tl.store(PKEY + (pid_bh.to(tl.int64) * nsplit + pid_s) * NBT + jj, top)
+        if FUSED:
+            tl.debug_barrier()
+            done = tl.atomic_add(COUNT + pid_bh, 1, sem="acq_rel", scope="gpu")
+            if done == nsplit - 1:
+                tl.debug_barrier()
+                _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT, S_PAD)
+                tl.atomic_xchg(COUNT + pid_bh, 0, sem="release", scope="gpu")
+    else:
+        _select_choose(top[None, :], IDX, b, kvh, si_b, si_h, NSEL, NBT)
+
+
+@triton.jit
+def _select_merge_kernel(PKEY, IDX, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.constexpr, S_PAD: tl.constexpr):
+    _select_merge(PKEY, IDX, tl.program_id(0), nsplit, Hkv, si_b, si_h, NSEL, NBT, S_PAD)
+
+
+def _select_tiles(num_select: int, tpb: int, spill: int) -> tuple[int, int, int]:
+    """(NBT, NBV, C_PAD): candidates kept (num_select rounded up to a power of two), blocks per tile and
+    compressed tokens per tile (a power of two >= NBV * TPB + SPILL, and >= 16 for tl.dot)."""
+    nbt = max(2, next_pow2(num_select))
+    c_pad = max(16, next_pow2(nbt * tpb))
+    while (c_pad - spill) // tpb < 1:
+        c_pad *= 2
+    return nbt, min(nbt, (c_pad - spill) // tpb), c_pad
+
+
+def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_select: int, big: bool = False,
+                cfg: dict | None = None) -> dict:
+    """How _select_decode_kernel splits the visible blocks of position t: tiles of nbv blocks (nbt candidates
+    kept, c_pad compressed tokens loaded), tiles_per_split tiles per program (more when the tiles exceed
+    max_splits programs per KV group), and the resulting number of splits."""
+    cfg = decode_tiles("select", big, cfg)
+    nbt, nbv, c_pad = _select_tiles(num_select, select_size // stride, block_size // stride - 1)
+    n_tiles = math.ceil((t // select_size + 1) / nbv)  # tiles of visible blocks
+    tiles_per_split = max(int(cfg["tiles_per_split"]), math.ceil(n_tiles / int(cfg["max_splits"])))
+    return dict(nbt=nbt, nbv=nbv, c_pad=c_pad, tiles_per_split=tiles_per_split,
+                splits=math.ceil(n_tiles / tiles_per_split), cfg=cfg)
+
+
+def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
+                   num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
+                   combine: str = "fused") -> torch.Tensor:
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
+    q, k_cmp = bthd(q), bthd(k_cmp)
+    B, _, Hq, Dk = q.shape
+    Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
+    G = Hq // Hkv
+    dev = q.device
+    idx = torch.empty(B, 1, Hkv, num_select, dtype=torch.int32, device=dev)
+    if Tc == 0:
+        k_cmp = q.new_zeros(B, 1, Hkv, Dk)
+    bdk = head_block(Dk)
+    plan = select_plan(t, block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
+                       big=bdk > 128, cfg=cfg)
+    splits, cfg = plan["splits"], plan["cfg"]
+    nbt, nbv, c_pad, tiles_per_split = plan["nbt"], plan["nbv"], plan["c_pad"], plan["tiles_per_split"]
+    tpb, spill = select_size // stride, block_size // stride - 1
+    split = splits > 1
+    fused = split and combine == "fused"
+    pkey = torch.empty(B * Hkv, splits, nbt, dtype=torch.int64, device=dev) if split else idx
+    count = _counters(dev, B * Hkv) if fused else idx
+    s_pad = next_pow2(splits)
+    _select_decode_kernel[(splits, B * Hkv)](
+        q, k_cmp, lse, idx, pkey, count,
+        q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
+        idx.stride(0), idx.stride(2),
+        Hkv, G, num_select, Tc, scale * LOG2E, t, block_size, stride, select_size, num_init, num_local,
+        tiles_per_split * nbv, splits,
+        SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1,
+        DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(G)), NBT=nbt, NBV=nbv, TPB=tpb, SPILL=spill, C_PAD=c_pad,
+        S_PAD=s_pad, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+    )
+    if split and not fused:
+        _select_merge_kernel[(B * Hkv,)](pkey, idx, splits, Hkv, idx.stride(0), idx.stride(2), num_select,
+                                         NBT=nbt, S_PAD=s_pad, num_warps=int(cfg["warps"]))
+    return idx
+
+
+# ----------------------------------------------------------------------------------------------
+# the public signatures (T == 1; inputs already validated by kernels/__init__.py)
+
+
+def _use_chunked(*tensors: torch.Tensor) -> bool:
+    """True when the decode kernels cannot serve the call: a gradient is needed (they have no backward), or the
+    tensors are on a device where the kernels cannot run in this process (see runs_triton)."""
+    return not runs_triton(tensors[0]) or (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+
+
+def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
+                         stride: int, scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
+                         combine: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of kernels.compressed_attention: q [B,1,Hq,Dk] at position q_start against its
+    visible compressed tokens k_cmp/v_cmp [B,Tc,Hkv,D] (all Tc = num_compressed_tokens(q_start + 1) of them)."""
+    if _use_chunked(q, k_cmp, v_cmp):
+        return chunked.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
+                                            q_start=q_start)
+    n_vis = num_compressed_tokens(q_start + 1, block_size, stride)
+    o, lse = _decode_attention(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=n_vis,
+                               write_lse=True, cfg=cfg, combine=combine)
+    return o, lse
+
+
+@torch.no_grad()
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
+                  select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
+                  scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
+                  combine: str = "fused") -> torch.Tensor:
+    """One decoding step of kernels.select_blocks -> int32 idx [B,1,Hkv,num_select] (ascending ids, -1 last)."""
+    if _use_chunked(q):
+        return chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
+                                     num_select=num_select, num_init=num_init, num_local=num_local, scale=scale,
+                                     q_start=q_start)
+    return _decode_select(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
+                          num_select=num_select, num_init=num_init, num_local=num_local,
+                          scale=resolve_scale(scale, q.shape[-1]), t=q_start, cfg=cfg, combine=combine)
+
+
+def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *, select_size: int,
+                       scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
+                       combine: str = "fused") -> torch.Tensor:
+    """One decoding step of kernels.selected_attention: q [B,1,Hq,Dk] at q_start, k/v [B,q_start+1,Hkv,D]."""
+    if _use_chunked(q, k, v):
+        return chunked.selected_attention(q, k, v, idx, select_size=select_size, scale=scale, q_start=q_start)
+    return _decode_attention(q, k, v, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=q_start + 1, idx=idx,
+                             select_size=select_size, cfg=cfg, combine=combine)[0]
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float | None = None,
+                     q_start: int = 0, cfg: dict | None = None, combine: str = "fused") -> torch.Tensor:
+    """One decoding step of kernels.window_attention: keys q_start - window < s <= q_start."""
+    if _use_chunked(q, k, v):
+        return chunked.window_attention(q, k, v, window=window, scale=scale, q_start=q_start)
+    return _decode_attention(q, k, v, scale=resolve_scale(scale, q.shape[-1]), lo=max(0, q_start - window + 1),
+                             hi=q_start + 1, cfg=cfg, combine=combine)[0]
+
+
+# op name -> decode function with the op's public signature (kernels/__init__.py dispatches T == 1 calls here)
+TRITON_DECODE_OPS: dict[str, Callable] = {
+    "compressed_attention": compressed_attention,
+    "select_blocks": select_blocks,
+    "selected_attention": selected_attention,
+    "window_attention": window_attention,
+}
