@@ -1,0 +1,255 @@
+"""NSA's Triton decode kernels (kernels/triton_decode.py) under Triton's CPU interpreter, against the reference.
+
+Not collected by a plain `pytest` run: Triton reads TRITON_INTERPRET when it is imported, so
+tests/test_kernels_decode.py runs these cases in a child process that set it first:
+
+    TRITON_INTERPRET=1 python -m pytest tests/_triton_decode_cases.py
+
+One decoding step is q [B, 1, Hq, D] at position q_start against keys 0 .. q_start. Every case draws fresh
+random float64 inputs (the seed is in the failure message) and compares with kernels/reference.py: outputs to
+1e-9, lse to float32 precision, selected blocks exactly. The cases cover G = 1, 2, 3, 4, 16, Dv != Dk, B > 1,
+positions before the first compressed token and on/after block boundaries, one split and several (each case
+says which, and checks it through the launch plan), both ways of combining the splits, and GPT.generate with
+the decode kernels against greedy decoding by full forwards.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("run this module with TRITON_INTERPRET=1 set (tests/test_kernels_decode.py does that)")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+from kernels import triton_decode as td  # noqa: E402
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(random.SystemRandom().randrange(2**31))
+
+
+def randn(gen, *shape, dtype=F64):
+    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
+
+
+def close(actual, expected, what, gen, atol=1e-9, rtol=1e-9):
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (seed {gen.initial_seed()})"
+    torch.testing.assert_close(actual.to(expected.dtype), expected, atol=atol, rtol=rtol,
+                               msg=lambda m: f"{what} (seed {gen.initial_seed()}): {m}")
+
+
+def finite(lse):
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+def split_cfg(many: bool) -> dict:
+    """Tile overrides: many splits (small ones) or a single split."""
+    return dict(split_factor=8.0, max_splits=8) if many else dict(split_factor=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch
+
+
+def test_dispatch_sends_one_step_to_the_decode_kernels():
+    q1, q2 = torch.zeros(1, 1, 2, 16), torch.zeros(1, 2, 2, 16)
+    for name in ("compressed_attention", "select_blocks", "selected_attention", "window_attention"):
+        fn = kernels._impl(name, q1, 7)
+        assert fn.func is td.TRITON_DECODE_OPS[name] and fn.keywords == {"q_start": 7}, name
+        assert kernels._impl(name, q1).func is td.TRITON_DECODE_OPS[name], name
+        assert getattr(kernels._impl(name, q2, 7), "func", None) is not td.TRITON_DECODE_OPS[name], name
+
+
+def test_dispatch_decode_with_gradients_runs_the_pytorch_path(gen):
+    """The decode kernels have no backward: a step that needs gradients gets the (differentiable) chunked path."""
+    B, S, Hkv, G, D, w = 1, 20, 1, 2, 16, 6
+    q, k, v = (randn(gen, B, n, H, D).requires_grad_() for n, H in ((1, Hkv * G), (S, Hkv), (S, Hkv)))
+    o = kernels.window_attention(q, k, v, window=w, q_start=S - 1)
+    o_r = ref.window_attention(q, k, v, window=w, q_start=S - 1)
+    close(o, o_r, "o", gen)
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    for a, e in zip(torch.autograd.grad((o * wo).sum(), (q, k, v)), torch.autograd.grad((o_r * wo).sum(), (q, k, v))):
+        close(a, e, "grad", gen)
+
+
+# ----------------------------------------------------------------------------------------------
+# compressed attention (o and lse)
+
+CMP_CASES = [  # B, Hkv, G, Dk, Dv, block_size, stride, q_start, many splits
+    pytest.param((2, 2, 4, 16, 8, 8, 4, 100, True), id="G4-Dv<Dk-B2-split"),
+    pytest.param((1, 1, 16, 16, 32, 16, 8, 190, True), id="G16-Dv>Dk-split"),
+    pytest.param((1, 3, 1, 32, 16, 4, 4, 57, False), id="G1-l=d-one-split"),
+    pytest.param((2, 1, 3, 16, 16, 8, 4, 7, True), id="first-compressed-token"),
+    pytest.param((1, 2, 2, 16, 16, 8, 4, 5, False), id="no-compressed-token-yet"),
+]
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", CMP_CASES)
+def test_compressed_attention_decode(gen, case, combine):
+    B, Hkv, G, Dk, Dv, bs, d, t, many = case
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    q, kc, vc = randn(gen, B, 1, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
+    cfg = split_cfg(many)
+    plan = td.attn_plan(Tc, B * Hkv, Dk, Dv, G, F64, CPU, cfg)
+    assert (plan["splits"] > 1) == (many and Tc > 16), plan
+    o, lse = td.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t, cfg=cfg, combine=combine)
+    o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t)
+    assert o.dtype == F64 and lse.dtype == torch.float32
+    close(o, o_r, "o", gen)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"seed {gen.initial_seed()}"
+    close(finite(lse), finite(lse_r), "lse", gen, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# block selection (exact)
+
+SELECT_CASES = [  # B, Hkv, G, D, block_size, stride, select_size, num_select, num_init, num_local, q_start, cfg
+    pytest.param((2, 2, 2, 16, 8, 4, 16, 5, 1, 2, 150, dict(max_splits=8)), id="G2-B2-splits"),
+    pytest.param((1, 1, 4, 16, 32, 16, 64, 4, 1, 2, 700, dict(max_splits=3)), id="paper-ratios-multi-tile"),
+    pytest.param((1, 2, 1, 16, 4, 2, 8, 6, 2, 1, 95, dict(max_splits=8)), id="G1-init2-local1"),
+    pytest.param((1, 1, 2, 16, 8, 8, 8, 3, 0, 0, 70, dict(max_splits=8)), id="pure-top-k-l=d"),
+    pytest.param((1, 1, 16, 16, 8, 4, 16, 5, 1, 2, 130, dict(max_splits=1)), id="G16-one-split-multi-tile"),
+    pytest.param((1, 1, 3, 32, 16, 8, 48, 7, 1, 2, 400, dict(max_splits=8)), id="G3-l'=48"),
+    pytest.param((2, 2, 2, 16, 8, 4, 16, 3, 1, 2, 5, dict(max_splits=8)), id="before-the-first-token"),
+    pytest.param((1, 1, 2, 16, 8, 4, 16, 8, 1, 2, 47, dict(max_splits=8)), id="fewer-blocks-than-n"),
+]
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", SELECT_CASES)
+def test_select_blocks_decode_matches_reference_exactly(gen, case, combine):
+    B, Hkv, G, D, bs, d, ss, n, ni, nl, t, cfg = case
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    q, kc = randn(gen, B, 1, Hkv * G, D), randn(gen, B, Tc, Hkv, D)
+    _, lse = ref.compressed_attention(q, kc, kc, block_size=bs, stride=d, q_start=t)
+    kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, num_init=ni, num_local=nl, q_start=t)
+    idx = td.select_blocks(q, kc, lse, **kw, cfg=cfg, combine=combine)
+    idx_r = ref.select_blocks(q, kc, lse, **kw)
+    assert idx.dtype == torch.int32
+    assert torch.equal(idx, idx_r), f"seed {gen.initial_seed()}\n{idx}\n{idx_r}"
+
+
+def test_select_plans_cover_one_and_several_splits_and_tiles():
+    """The cases above run the paths they name: several splits, several tiles per split, a single program."""
+    def plan(t, bs, d, ss, n, cfg):
+        return td.select_plan(t, block_size=bs, stride=d, select_size=ss, num_select=n, cfg=cfg)
+    assert plan(150, 8, 4, 16, 5, dict(max_splits=8))["splits"] > 1
+    p = plan(700, 32, 16, 64, 4, dict(max_splits=3))
+    assert p["splits"] > 1 and p["tiles_per_split"] > 1
+    p = plan(130, 8, 4, 16, 5, dict(max_splits=1))
+    assert p["splits"] == 1 and p["tiles_per_split"] > 1
+
+
+# ----------------------------------------------------------------------------------------------
+# selected and window attention
+
+SLC_CASES = [  # B, Hkv, G, Dk, Dv, select_size, num_select, q_start, many splits
+    pytest.param((2, 2, 2, 16, 8, 16, 5, 120, True), id="G2-B2-Dv<Dk-split"),
+    pytest.param((1, 1, 16, 16, 32, 8, 6, 63, True), id="G16-Dv>Dk-l'<16-split"),
+    pytest.param((1, 3, 1, 32, 16, 24, 3, 50, False), id="G1-l'=24-one-split"),
+    pytest.param((1, 1, 4, 16, 16, 16, 4, 0, True), id="first-position"),
+]
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", SLC_CASES)
+def test_selected_attention_decode(gen, case, combine):
+    """Ids: random visible blocks, plus -1, repeats and blocks past the position (all select nothing extra)."""
+    B, Hkv, G, Dk, Dv, ss, n, t, many = case
+    S = t + 1
+    q, k, v = randn(gen, B, 1, Hkv * G, Dk), randn(gen, B, S, Hkv, Dk), randn(gen, B, S, Hkv, Dv)
+    cur = t // ss
+    idx = torch.randint(-1, cur + 3, (B, 1, Hkv, n), generator=gen)
+    idx[..., 0] = cur  # the block holding t (its keys s <= t only)
+    idx[..., -1] = idx[..., 1]  # a repeat
+    cfg = split_cfg(many)
+    assert (td.attn_plan(n, B * Hkv, Dk, Dv, G, F64, CPU, cfg, select_size=ss)["splits"] > 1) == many
+    for ids in (idx.to(torch.int32), idx):  # int64 ids work too
+        o = td.selected_attention(q, k, v, ids, select_size=ss, q_start=t, cfg=cfg, combine=combine)
+        close(o, ref.selected_attention(q, k, v, ids, select_size=ss, q_start=t), "o", gen)
+
+
+WIN_CASES = [  # B, Hkv, G, Dk, Dv, window, q_start, many splits
+    pytest.param((2, 2, 2, 16, 8, 40, 97, True), id="G2-B2-Dv<Dk-split"),
+    pytest.param((1, 1, 16, 16, 32, 64, 30, True), id="G16-window-past-the-start"),
+    pytest.param((1, 3, 1, 32, 16, 9, 60, False), id="G1-one-split"),
+    pytest.param((1, 1, 4, 16, 16, 1, 12, False), id="window-1"),
+]
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", WIN_CASES)
+def test_window_attention_decode(gen, case, combine):
+    B, Hkv, G, Dk, Dv, w, t, many = case
+    S = t + 1
+    q, k, v = randn(gen, B, 1, Hkv * G, Dk), randn(gen, B, S, Hkv, Dk), randn(gen, B, S, Hkv, Dv)
+    cfg = split_cfg(many)
+    assert (td.attn_plan(min(w, S), B * Hkv, Dk, Dv, G, F64, CPU, cfg)["splits"] > 1) == many
+    o = td.window_attention(q, k, v, window=w, q_start=t, cfg=cfg, combine=combine)
+    close(o, ref.window_attention(q, k, v, window=w, q_start=t), "o", gen)
+
+
+# ----------------------------------------------------------------------------------------------
+# the public ops in float32 on strided cache views, and generation
+
+
+def test_public_ops_float32_on_cache_views(gen):
+    """Through kernels.* (default tiles): float32 inputs that are slices of larger preallocated caches."""
+    B, Hkv, G, D, bs, d, ss, n, w, t = 2, 2, 2, 16, 8, 4, 16, 4, 24, 77
+    S, Tc = t + 1, ref.num_compressed_tokens(t + 1, bs, d)
+    q = randn(gen, B, 1, Hkv * G, D, dtype=torch.float32)
+    k_all, v_all = randn(gen, B, S + 9, Hkv, D, dtype=torch.float32), randn(gen, B, S + 9, Hkv, D, dtype=torch.float32)
+    kc_all = randn(gen, B, Tc + 3, Hkv, D, dtype=torch.float32)
+    k, v, kc = k_all[:, :S], v_all[:, :S], kc_all[:, :Tc]
+    q64, k64, v64, kc64 = (x.double() for x in (q, k, v, kc))
+    tol = dict(atol=1e-5, rtol=1e-5)
+    o, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d, q_start=t)
+    o_r, lse_r = ref.compressed_attention(q64, kc64, kc64, block_size=bs, stride=d, q_start=t)
+    close(o, o_r, "compressed o", gen, **tol)
+    close(lse, lse_r.double(), "lse", gen, **tol)
+    kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t)
+    idx = kernels.select_blocks(q, kc, lse, **kw)
+    assert torch.equal(idx, ref.select_blocks(q, kc, lse, **kw)), f"seed {gen.initial_seed()}"
+    close(kernels.selected_attention(q, k, v, idx, select_size=ss, q_start=t),
+          ref.selected_attention(q64, k64, v64, idx, select_size=ss, q_start=t), "selected o", gen, **tol)
+    close(kernels.window_attention(q, k, v, window=w, q_start=t),
+          ref.window_attention(q64, k64, v64, window=w, q_start=t), "window o", gen, **tol)
+
+
+def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
+    """GPT.generate (prefill, then one token at a time through the decode kernels) == greedy decoding by a full
+    forward, float64, G = 2, l=4, d=2, l'=4, n=4, w=8: the 13 one-token steps cross every block rule, and the last
+    ones choose blocks by score (5 visible blocks for 4 slots). The full forward (T > 1) runs the chunked
+    PyTorch path here (TRITON_OPS emptied), which is fast and equal to the reference; its logits at t are those
+    of a forward over tokens 0..t (causality), so one forward checks every greedy step."""
+    from model import GPT, AttentionConfig, ModelConfig
+
+    calls = {name: 0 for name in td.TRITON_DECODE_OPS}
+    for name, fn in list(kernels.TRITON_DECODE_OPS.items()):
+        def counted(*a, _fn=fn, _name=name, **kw):
+            calls[_name] += 1
+            return _fn(*a, **kw)
+        monkeypatch.setitem(kernels.TRITON_DECODE_OPS, name, counted)
+    monkeypatch.setattr(kernels, "TRITON_OPS", {})
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
+    attn = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
+    model = GPT(cfg, attn).double().eval()
+    prompt = torch.randint(0, 100, (2, 6))
+    out = model.generate(prompt, max_new_tokens=14)
+    assert calls == {name: 2 * 13 for name in calls}, calls  # 2 layers x 13 one-token steps
+    with torch.no_grad():
+        greedy = model(out[:, :-1])[0][:, prompt.shape[1] - 1 :].argmax(-1)
+    assert torch.equal(out[:, prompt.shape[1] :], greedy), f"seed {seed}"
