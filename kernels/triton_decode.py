@@ -500,7 +500,7 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     fused = split and combine == "fused"
     pkey = torch.empty(B * Hkv, splits, nbt, dtype=torch.int64, device=dev) if split else idx
     count = _counters(dev, B * Hkv) if fused else idx
-    s_pad = next_pow2(splits)
+    s_pad = max(32, next_pow2(splits))  # a floor of 32 rows (masked, no traffic): fewer compiled variants
     _select_decode_kernel[(splits, B * Hkv)](
         q, k_cmp, lse, idx, pkey, count,
         q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),

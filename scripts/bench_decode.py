@@ -1,0 +1,458 @@
+"""Benchmark NSA decoding on the GPU against full attention (the paper's Table 4, measured).
+
+    python scripts/bench_decode.py --out decode.json                  # everything (one H100: ~3 min)
+    python scripts/bench_decode.py --sections attn --T 65536 --B 1    # one point
+
+Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separate K/V per branch):
+- bandwidth: the card's measured memory bandwidth: a 1 GiB device-to-device copy (bytes read + written per
+  second) and a read-only pass (sum of 1 GiB).
+- attn: one decoding step (one query per sequence at position T - 1, keys 0..T-1) for each shape (main:
+  Hq=64, Hkv=4, D=128; small: Hq=16, Hkv=1, D=64, the small_gqa16 model's), batch B and context T.
+  NSA = the four public ops as the model calls them (compressed attention -> block selection -> selected
+  attention, and window attention), dispatched to the decode kernels of kernels/triton_decode.py; also with
+  the splits combined by a second launch ("kernel") instead of inside the launch, and per op. Full attention
+  = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
+  group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
+  default, flash, efficient and cuDNN backends; "full" is the fastest of them.
+  Timing: the step captured in a CUDA graph, each replay timed with CUDA events after rewriting a 256 MiB
+  buffer (a cold L2, as in a model where the other layers run in between: NSA's bytes at batch 1 would
+  otherwise sit in the 50 MB L2); median of the replays, in microseconds. "warm" = back-to-back replays
+  (L2-resident inputs where they fit); "eager" = host wall time per step without a graph (launch-bound).
+  Bytes: the KV tokens a step must load, per the paper's Table 4, (T - l)//d + n*l' + w for NSA and T for full
+  attention, times B * Hkv * (Dk + Dv) * 2 bytes; bandwidth = bytes / time, also as a fraction of the copy
+  bandwidth. "loaded" counts what these kernels read: the compressed keys twice (attention, then scoring).
+- generate: end-to-end GPT.generate() (prefill + N new tokens, greedy) of a small model (12 layers, 768 wide,
+  16 query heads on 1 KV head of 64, vocabulary 8192) with full and with NSA attention: decode tokens/s =
+  B * (N - 1) / (time of generate(N) - time of generate(1)), and the KV-cache bytes per token and layer.
+- sweep: decode tile/split alternatives for the NSA step at T=64k, B=1, main shape.
+Results go to --out as JSON (rewritten atomically after every measurement); a table is printed at the end.
+--budget-s stops starting new measurements once that many seconds have passed (they are recorded as skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from kernels.reference import num_compressed_tokens  # noqa: E402
+
+NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
+SHAPES = {"main": dict(Hq=64, Hkv=4, D=128), "small": dict(Hq=16, Hkv=1, D=64)}
+START = time.time()
+DEV = "cuda"
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+
+
+_FLUSH: list[torch.Tensor] = []
+
+
+def cold_l2() -> None:
+    """Rewrite a 256 MiB buffer: evicts whatever the 50 MB L2 holds."""
+    if not _FLUSH:
+        _FLUSH.append(torch.empty(256 * 2**20, dtype=torch.uint8, device=DEV))
+    _FLUSH[0].fill_(1)
+
+
+def graph_times(fn, reps: int = 40) -> dict:
+    """fn captured in a CUDA graph: median GPU microseconds per replay with a cold L2 ("us") and back to back
+    ("warm_us")."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles, allocates) outside the capture
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        cold_l2()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    cold = statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
+    warm = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        warm.append(start.elapsed_time(end) * 1e3 / 20)
+    del graph
+    return {"us": cold, "warm_us": statistics.median(warm)}
+
+
+def eager_us(fn, reps: int = 20) -> float:
+    """Host wall microseconds per call of fn without a graph (synchronised once at the end)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+# ----------------------------------------------------------------------------------------------
+# bandwidth
+
+
+def bench_bandwidth() -> dict:
+    n = 2**30
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    x = torch.randn(n // 2, dtype=torch.bfloat16, device=DEV)
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(10):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        return statistics.median(times)
+    copy_s = timed(lambda: dst.copy_(src))
+    read_s = timed(lambda: x.sum(dtype=torch.float32))
+    return {"copy_GBps": 2 * n / copy_s / 1e9, "read_GBps": n / read_s / 1e9}
+
+
+# ----------------------------------------------------------------------------------------------
+# one decoding step: NSA and full attention
+
+
+def table4_tokens(T: int) -> int:
+    """KV tokens an NSA decoding step loads at context T, the paper's Table 4 model: (T - l)//d + n*l' + w."""
+    s = NSA
+    return max(0, (T - s["block_size"]) // s["stride"]) + s["num_select"] * s["select_size"] + s["window"]
+
+
+def loaded_tokens(T: int) -> dict:
+    """Keys (K and V rows) these decode kernels read per KV group at context T: visible compressed tokens
+    (attention; the scoring re-reads their keys), the selected blocks' keys <= T-1, the window."""
+    s = NSA
+    tc = num_compressed_tokens(T, s["block_size"], s["stride"])
+    blocks = min(s["num_select"], (T - 1) // s["select_size"] + 1)
+    return {"cmp": tc, "select_keys_only": tc, "slc": min(blocks * s["select_size"], T), "win": min(s["window"], T)}
+
+
+def make_cache(B: int, T: int, Hq: int, Hkv: int, D: int) -> dict:
+    g = torch.Generator(device=DEV).manual_seed(T + B)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=DEV) * scale).to(torch.bfloat16)
+    Tc = num_compressed_tokens(T, NSA["block_size"], NSA["stride"])
+    return dict(q=r(B, 1, Hq, D, scale=2.0), k_cmp=r(B, Tc, Hkv, D), v_cmp=r(B, Tc, Hkv, D), k_slc=r(B, T, Hkv, D),
+                v_slc=r(B, T, Hkv, D), k_win=r(B, T, Hkv, D), v_win=r(B, T, Hkv, D))
+
+
+def nsa_ops(x: dict, T: int, cfg: dict | None = None, combine: str | None = None):
+    """(cmp, select(lse), slc(idx), win, step) closures for one decoding step at position T - 1: through the
+    public ops (as the model calls them), or with tile overrides / a combine mode through triton_decode."""
+    from kernels import triton_decode as td
+    m = kernels if cfg is None and combine is None else td
+    kw = {} if m is kernels else dict(cfg=cfg, combine=combine or "fused")
+    s, t, q = NSA, T - 1, x["q"]
+
+    def cmp():
+        return m.compressed_attention(q, x["k_cmp"], x["v_cmp"], block_size=s["block_size"], stride=s["stride"],
+                                      q_start=t, **kw)
+
+    def select(lse):
+        return m.select_blocks(q, x["k_cmp"], lse, block_size=s["block_size"], stride=s["stride"],
+                               select_size=s["select_size"], num_select=s["num_select"], q_start=t, **kw)
+
+    def slc(idx):
+        return m.selected_attention(q, x["k_slc"], x["v_slc"], idx, select_size=s["select_size"], q_start=t, **kw)
+
+    def win():
+        return m.window_attention(q, x["k_win"], x["v_win"], window=s["window"], q_start=t, **kw)
+
+    def step():
+        o_cmp, lse = cmp()
+        return o_cmp, slc(select(lse)), win()
+    return cmp, select, slc, win, step
+
+
+def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
+    cmp, select, slc, win, step = nsa_ops(x, T)
+    out = graph_times(step)
+    out["eager_us"] = eager_us(step)
+    _, _, _, _, step_kernel = nsa_ops(x, T, combine="kernel")
+    out["combine_kernel_us"] = graph_times(step_kernel)["us"]
+    if per_op:
+        _, lse = cmp()
+        idx = select(lse)
+        for name, fn in (("cmp", cmp), ("select", lambda: select(lse)), ("slc", lambda: slc(idx)), ("win", win)):
+            out[f"{name}_us"] = graph_times(fn)["us"]
+    return out
+
+
+def bench_full_step(x: dict) -> dict:
+    """SDPA on the selection branch's cache (as full attention's own cache would be): each variant/backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = x["q"], x["k_slc"], x["v_slc"]
+    B, _, Hq, D = q.shape
+    Hkv = k.shape[2]
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D] views of the BTHD cache
+    variants = {
+        "gqa": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), kt, vt, enable_gqa=True),
+        "folded": lambda: F.scaled_dot_product_attention(q.view(B, Hkv, Hq // Hkv, D), kt, vt),
+    }
+    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+    out = {}
+    for vname, fn in variants.items():
+        for bname, backend in backends.items():
+            def run(fn=fn, backend=backend):
+                if backend is None:
+                    return fn()
+                with sdpa_kernel([backend]):
+                    return fn()
+            try:
+                out[f"{vname}_{bname}_us"] = graph_times(run)["us"]
+            except Exception as e:  # a backend without a kernel for this case is a result, not a crash
+                out[f"{vname}_{bname}_us"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    times = {k: v for k, v in out.items() if isinstance(v, float)}
+    best = min(times, key=times.get)
+    out["best"], out["us"] = best.removesuffix("_us"), times[best]
+    return out
+
+
+def bench_attn_point(shape: str, B: int, T: int, bw: dict | None) -> dict:
+    Hq, Hkv, D = (SHAPES[shape][k] for k in ("Hq", "Hkv", "D"))
+    x = make_cache(B, T, Hq, Hkv, D)
+    row = {"nsa": bench_nsa_step(x, T), "full": bench_full_step(x)}
+    row_bytes = B * Hkv * 2 * D * 2  # one token's K and V rows of every KV head, bf16
+    nsa_b, full_b = table4_tokens(T) * row_bytes, T * row_bytes
+    ld = loaded_tokens(T)
+    loaded_b = (ld["cmp"] + ld["slc"] + ld["win"]) * row_bytes + ld["select_keys_only"] * row_bytes // 2
+    row.update(table4_tokens=table4_tokens(T), full_tokens=T, loaded_tokens=ld, nsa_bytes=nsa_b, full_bytes=full_b,
+               nsa_loaded_bytes=loaded_b, speedup=row["full"]["us"] / row["nsa"]["us"],
+               table4_speedup=T / table4_tokens(T),
+               nsa_GBps=nsa_b / row["nsa"]["us"] / 1e3, nsa_loaded_GBps=loaded_b / row["nsa"]["us"] / 1e3,
+               full_GBps=full_b / row["full"]["us"] / 1e3)
+    if bw:
+        row["nsa_bw_fraction"] = row["nsa_GBps"] / bw["copy_GBps"]
+        row["full_bw_fraction"] = row["full_GBps"] / bw["copy_GBps"]
+    del x
+    torch.cuda.empty_cache()
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# end-to-end generate()
+
+
+def cache_bytes_per_token(caches: list, max_len: int) -> float:
+    """Bytes of a model's decoding caches per token of capacity and per layer (distinct storages counted once)."""
+    seen, total = set(), 0
+    for c in caches:
+        for t in vars(c).values():
+            if isinstance(t, torch.Tensor) and t.data_ptr() not in seen and t.numel():
+                seen.add(t.data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total / max_len / len(caches)
+
+
+def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12) -> dict:
+    from model import GPT, AttentionConfig, ModelConfig
+
+    cfg = ModelConfig(n_layer=n_layer, n_embd=768, n_head=16, n_kv_head=1, head_dim=64, vocab_size=8192,
+                      max_seq_len=T + new, tie_embeddings=True)
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        model = GPT(cfg, AttentionConfig(name=attn)).to(torch.bfloat16).eval()
+    prompt = torch.randint(0, 8192, (B, T), device=DEV)
+
+    def run(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model.generate(prompt, max_new_tokens=n)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+    run(new)  # warm-up: compiles every kernel variant these lengths use
+    t_one, _ = run(1)
+    t_all, out = run(new)
+    assert out.shape == (B, T + new)
+    decode_s = t_all - t_one
+    res = {"prefill_s": t_one, "generate_s": t_all, "decode_ms_per_step": decode_s / (new - 1) * 1e3,
+           "decode_tok_s": B * (new - 1) / decode_s, "generate_tok_s": B * new / t_all,
+           "cache_bytes_per_token_layer": cache_bytes_per_token(model.new_caches(1, 4096), 4096)}
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep
+
+
+def bench_sweep(T: int = 65536) -> dict:
+    """NSA step (graph, cold L2) at T, B=1, main shape, for decode tile alternatives; each checked against the
+    default config's outputs (relative error < 1e-2, same blocks)."""
+    x = make_cache(1, T, **SHAPES["main"])
+    *_, step = nsa_ops(x, T)
+    ref_out = step()
+    attn = [dict(split_factor=f) for f in (0.5, 1.0, 2.0)] + [dict(block_n=32), dict(warps=8), dict(stages=2)]
+    select = [dict(tiles_per_split=t) for t in (2, 4)] + [dict(warps=8)]
+    res = {}
+    from kernels import triton_decode as td
+    for kind, alternatives in (("attn", attn), ("select", select)):
+        for alt in alternatives:
+            name = f"{kind}:" + ",".join(f"{k}={v}" for k, v in alt.items())
+            saved = {k: dict(v) for k, v in td.DECODE_TILES[kind].items()}
+            try:
+                td.DECODE_TILES[kind]["small"].update(alt)
+                *_, alt_step = nsa_ops(x, T)
+                got = alt_step()
+                err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, ref_out))
+                res[name] = {"us": graph_times(alt_step)["us"], "max_rel_err": err}
+            except Exception as e:
+                res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            finally:
+                td.DECODE_TILES[kind].update(saved)
+            print(f"  sweep {name}: {res[name]}", flush=True)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def save(results: dict, path: str | None) -> None:
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+
+
+def attempt(container: dict, key: str, fn, checkpoint, budget_s: float) -> None:
+    """container[key] = fn(), or the error it raised, or a skip past the time budget; then checkpoint()."""
+    if time.time() - START > budget_s:
+        container[key] = {"skipped": f"time budget of {budget_s:.0f}s used up"}
+    else:
+        t0 = time.time()
+        try:
+            container[key] = fn()
+        except Exception as e:
+            container[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        torch.cuda.empty_cache()
+        print(f"  {key}: {json.dumps(container[key])[:600]}  ({time.time() - t0:.1f}s)", flush=True)
+    checkpoint()
+
+
+def f(x, spec="8.1f"):
+    return format(x, spec) if isinstance(x, (int, float)) else f"{'-':>8}"
+
+
+def table(results: dict) -> str:
+    lines = []
+    bw = results.get("bandwidth", {})
+    if "copy_GBps" in bw:
+        lines.append(f"bandwidth: copy {bw['copy_GBps']:.0f} GB/s (read + write), read-only {bw['read_GBps']:.0f} GB/s")
+    if results.get("attn"):
+        lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
+        lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'2-launch':>8} "
+                     f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | {'NSA GB/s':>8} "
+                     f"{'%copy':>6}")
+        for key, r in results["attn"].items():
+            n, fu = r.get("nsa", {}), r.get("full", {})
+            if "us" not in n:
+                lines.append(f"{key:>16} | {json.dumps(r)[:100]}")
+                continue
+            lines.append(
+                f"{key:>16} | {f(n['us'])} {f(n.get('cmp_us'), '7.1f')} {f(n.get('select_us'), '7.1f')} "
+                f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('combine_kernel_us'))} "
+                f"{f(n.get('eager_us'))} | {f(fu.get('us'))} {fu.get('best', '-'):>18} | {f(r['speedup'], '6.2f')} "
+                f"{f(r['table4_speedup'], '6.2f')} | {f(r['nsa_GBps'], '8.0f')} "
+                f"{f(100 * r.get('nsa_bw_fraction', math.nan), '6.1f')}")
+    if results.get("generate"):
+        lines.append(f"\n[generate] small model ({results.get('gen_layers')} layers, Hq=16, Hkv=1, D=64): "
+                     "decode tokens/s (ms per step)")
+        for key, r in results["generate"].items():
+            if "decode_tok_s" in r:
+                lines.append(f"{key:>16} | {r['decode_tok_s']:9.1f} tok/s ({r['decode_ms_per_step']:.2f} ms/step) | "
+                             f"prefill {r['prefill_s']:.2f}s | cache {r['cache_bytes_per_token_layer']:.0f} "
+                             f"B/token/layer")
+            else:
+                lines.append(f"{key:>16} | {json.dumps(r)[:100]}")
+    if results.get("sweep"):
+        lines.append("\n[sweep] NSA step, B=1, main shape (us), T in the command")
+        for key, r in results["sweep"].items():
+            lines.append(f"{key:>28}: {json.dumps(r)}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", default=["bandwidth", "attn", "generate", "sweep"],
+                   choices=["bandwidth", "attn", "generate", "sweep"])
+    p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
+    p.add_argument("--B", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--gen-T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
+    p.add_argument("--gen-B", type=int, nargs="+", default=[1])
+    p.add_argument("--gen-new", type=int, default=32, help="new tokens per generate() call")
+    p.add_argument("--gen-layers", type=int, default=12, help="layers of the generate() model")
+    p.add_argument("--sweep-T", type=int, default=65536, help="context of the sweep section")
+    p.add_argument("--budget-s", type=float, default=1e9, help="start no new measurement after this many seconds")
+    p.add_argument("--out", help="write results as JSON here")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_decode.py needs a CUDA GPU")
+    import triton
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA, "shapes": SHAPES}
+
+    def checkpoint():
+        save(results, args.out)
+    if "bandwidth" in args.sections:
+        attempt(results, "bandwidth", bench_bandwidth, checkpoint, args.budget_s)
+    bw = results.get("bandwidth") if "copy_GBps" in results.get("bandwidth", {}) else None
+    if "attn" in args.sections:
+        results["attn"] = {}
+        for shape in args.shapes:
+            for B in args.B:
+                for T in args.T:
+                    attempt(results["attn"], f"{shape}-B{B}-T{T // 1024}k",
+                            lambda s=shape, B=B, T=T: bench_attn_point(s, B, T, bw), checkpoint, args.budget_s)
+    if "generate" in args.sections:
+        results["generate"], results["gen_layers"], results["gen_new"] = {}, args.gen_layers, args.gen_new
+        for B in args.gen_B:
+            for T in args.gen_T:
+                for attn in ("full", "nsa"):
+                    attempt(results["generate"], f"{attn}-B{B}-T{T // 1024}k",
+                            lambda a=attn, T=T, B=B: bench_generate(a, T, B, args.gen_new, args.gen_layers),
+                            checkpoint, args.budget_s)
+    if "sweep" in args.sections:
+        attempt(results, "sweep", lambda: bench_sweep(args.sweep_T), checkpoint, args.budget_s)
+    print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One GPU session for NSA decoding (issue 7): the decode kernels' GPU tests, then scripts/bench_decode.py.
+# Logs and results go to $OUT (or ./gpu_check_out): gpu.txt, decode_tests.log/.xml, decode_bench.log/.json.
+#   bash scripts/gpu_check_decode.sh
+#   TEST_TIMEOUT / BENCH_TIMEOUT: seconds for each step; BENCH_ARGS: extra arguments for bench_decode.py
+#   (e.g. "--budget-s 150": start no new measurement after that many seconds).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+
+timeout "${TEST_TIMEOUT:-110}" $PY -m pytest tests/test_kernels_decode_gpu.py -q -s -p no:cacheprovider \
+    --junitxml="$OUT/decode_tests.xml" 2>&1 | tee "$OUT/decode_tests.log"
+echo "decode gpu tests exit: $?" | tee -a "$OUT/decode_tests.log"
+
+# shellcheck disable=SC2086
+timeout "${BENCH_TIMEOUT:-200}" $PY scripts/bench_decode.py --out "$OUT/decode_bench.json" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/decode_bench.log"
+echo "bench exit: $?" | tee -a "$OUT/decode_bench.log"
