@@ -383,7 +383,8 @@ def _plot_heatmaps(data: dict[str, Any], path: Path) -> None:
             j, i = data["lengths"].index(c["length"]), data["depths"].index(c["depth"])
             axes[2].add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=2))
     fig.colorbar(imd, ax=axes[2], label="accuracy difference")
-    fig.suptitle(f"Figure 5 (small scale): {task}, dashed line = training length {data['train_length']}", fontsize=10)
+    fig.suptitle(f"{task} (Figure 5 layout): accuracy by depth x length, dashed line = training length "
+                 f"{data['train_length']}", fontsize=10)
     _save_figure(fig, path)
 
 
@@ -661,26 +662,46 @@ def decode_tokens(T: int, compress_block: int, compress_stride: int, select_bloc
 
 
 def _decode_measured(bench: Any) -> list[dict[str, Any]] | None:
-    """Rows of a decode benchmark (scripts/bench_decode.py, a later issue): a list of rows, or {"rows": [...]},
-    or {T: {"full": ms, "nsa": ms}}; each row normalised to {T, full_ms, nsa_ms, speedup}. None if unrecognised."""
-    if isinstance(bench, dict) and isinstance(bench.get("rows"), list):
-        bench = bench["rows"]
+    """scripts/bench_decode.py's `attn` section ({"<shape>-B<B>-T<k>k": {"nsa": {"us"}, "full": {"us", "best"},
+    "speedup", "table4_speedup", ...}}) -> rows {shape, B, T, nsa_us, full_us, full_best, speedup, table4_speedup};
+    None when there is no such section."""
+    if not isinstance(bench, dict) or not isinstance(bench.get("attn"), dict):
+        return None
     rows = []
-    if isinstance(bench, list):
-        for r in bench:
-            if not isinstance(r, dict):
-                return None
-            T = r.get("T", r.get("length", r.get("context")))
-            full, nsa = r.get("full_ms", r.get("full")), r.get("nsa_ms", r.get("nsa"))
-            rows.append({"T": T, "full_ms": full, "nsa_ms": nsa})
-    elif isinstance(bench, dict):
-        for k, v in bench.items():
-            if str(k).isdigit() and isinstance(v, dict):
-                rows.append({"T": int(k), "full_ms": v.get("full"), "nsa_ms": v.get("nsa")})
-    for r in rows:
-        ok = all(isinstance(r[k], int | float) and r[k] > 0 for k in ("full_ms", "nsa_ms"))
-        r["speedup"] = r["full_ms"] / r["nsa_ms"] if ok else None
+    for key, r in bench["attn"].items():
+        m = re.fullmatch(r"(\w+)-B(\d+)-T(\d+)k", key)
+        if not m or not isinstance(r, dict) or "us" not in (r.get("nsa") or {}):
+            continue
+        rows.append({"shape": m.group(1), "B": int(m.group(2)), "T": int(m.group(3)) * 1024,
+                     "nsa_us": r["nsa"]["us"], "full_us": (r.get("full") or {}).get("us"),
+                     "full_best": (r.get("full") or {}).get("best"), "speedup": r.get("speedup"),
+                     "table4_speedup": r.get("table4_speedup"), "nsa_bw_fraction": r.get("nsa_bw_fraction")})
     return rows or None
+
+
+def _decode_generate(bench: Any) -> list[dict[str, Any]] | None:
+    """bench_decode.py's `generate` section: end-to-end decode tokens/s of full and NSA per (B, T)."""
+    if not isinstance(bench, dict) or not isinstance(bench.get("generate"), dict):
+        return None
+    by_point: dict[tuple[int, int], dict[str, Any]] = {}
+    for key, r in bench["generate"].items():
+        m = re.fullmatch(r"(full|nsa)-B(\d+)-T(\d+)k", key)
+        if m and isinstance(r, dict) and "decode_tok_s" in r:
+            point = by_point.setdefault((int(m.group(2)), int(m.group(3)) * 1024), {})
+            point[m.group(1)] = r["decode_tok_s"]
+    rows = [{"B": B, "T": T, "full_tok_s": v.get("full"), "nsa_tok_s": v.get("nsa"),
+             "speedup": v["nsa"] / v["full"] if v.get("full") and v.get("nsa") else None}
+            for (B, T), v in sorted(by_point.items())]
+    return rows or None
+
+
+def headline_decode(measured: list[dict[str, Any]] | None) -> dict[int, float]:
+    """Measured decoding-step speed-up by T for the paper-like shape at batch 1 (else the first shape / batch)."""
+    if not measured:
+        return {}
+    pick = [r for r in measured if r["shape"] == "main" and r["B"] == 1] or \
+        [r for r in measured if (r["shape"], r["B"]) == (measured[0]["shape"], measured[0]["B"])]
+    return {r["T"]: r["speedup"] for r in pick if r["speedup"]}
 
 
 def decode_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
@@ -699,25 +720,30 @@ def decode_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
                             "expected_speedup": T / decode_tokens(T, **sizes)})
     throughput = {a: _mean([(out.run(a, x).results or {}).get("throughput", {}).get("decode_tok_s")
                             for x in out.seeds]) for a in ARMS}
-    measured = _decode_measured(out.bench_decode) if out.bench_decode is not None else None
+    b = out.bench_decode
+    measured = _decode_measured(b)
     data = {
         "status": "ok",
         "paper_sizes": paper_rows,
         "trained_sizes": trained,
         "eval_decode_tok_s": throughput,
+        "device": b.get("device") if isinstance(b, dict) else None,
+        "command": b.get("command") if isinstance(b, dict) else None,
+        "shapes": b.get("shapes") if isinstance(b, dict) else None,
         "measured": measured,
-        "measured_note": out.step_note("bench_decode") if out.bench_decode is None else (
-            None if measured else "decode benchmark output not in a recognised format (kept raw)"),
-        "measured_raw": out.bench_decode if out.bench_decode is not None and not measured else None,
+        "headline": headline_decode(measured),
+        "generate": _decode_generate(b),
+        "measured_note": out.step_note("bench_decode") if b is None else (
+            None if measured else "the decode benchmark has no `attn` results"),
     }
     write_json_atomic(report_dir / "decode.json", data)
     fig, ax = plt.subplots(figsize=(7, 3.8))
     x = np.arange(len(paper_rows))
     series = [("expected (this repo's count)", [r["expected_speedup"] for r in paper_rows], None),
               ("paper, Table 4", [r["paper_speedup"] for r in paper_rows], "//")]
-    if measured:
-        by_T = {r["T"]: r["speedup"] for r in measured}
-        series.append(("measured", [by_T.get(r["T"]) or 0 for r in paper_rows], "xx"))
+    if data["headline"]:
+        series.append((f"measured ({data['device']}, decoding step)",
+                       [data["headline"].get(r["T"]) or 0 for r in paper_rows], "xx"))
     width = 0.8 / len(series)
     for i, (label, ys, hatch) in enumerate(series):
         bx = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=label, hatch=hatch,

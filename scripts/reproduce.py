@@ -12,7 +12,7 @@ Full attention and NSA are trained with identical data, tokens, optimizer, model
 attention), then evaluated on the same samples. Steps, each a subprocess whose output goes to WORK/logs/:
   1. per seed: train.py for both models (WORK/runs/<arm>-s<seed>), then eval.py on both (WORK/eval/<arm>-s<seed>)
      over the scale's grids up to twice the training length;
-  2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py when it exists (Table 4);
+  2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py (Table 4);
   3. the report (evaluation/compare.py): figures, each with its JSON, and REPORT.md in REPORT_DIR.
 Resumable: a finished step is skipped (training: its final checkpoint exists; the others: WORK/progress.json
 records them done with the same command and their output is there), training resumes from its newest
@@ -56,6 +56,7 @@ class Scale:
     seeds: tuple[int, ...]
     eval_overrides: tuple[str, ...]  # eval.py overrides (grids up to 2x the training length)
     bench_attention: tuple[str, ...]  # scripts/bench_attention.py arguments (GPU only)
+    bench_decode: tuple[str, ...]  # scripts/bench_decode.py arguments (GPU only)
     nproc_per_node: int = 1  # > 1: training runs under torchrun
     about: str = ""
 
@@ -76,6 +77,7 @@ SCALES = {
             "longbench.local_samples=3",
         ),
         bench_attention=("--sections", "main", "--T", "8192", "16384"),
+        bench_decode=("--sections", "attn", "--T", "8192", "16384"),
         about="CPU pipeline check: tiny model, 256 tokens, 200 steps; evaluated up to 512 tokens",
     ),
     "gpu-small": Scale(
@@ -91,6 +93,7 @@ SCALES = {
             "longbench.local_samples=8", "longbench.max_length=8000",
         ),
         bench_attention=("--sections", "main"),
+        bench_decode=("--sections", "bandwidth", "attn", "generate"),
         about="one H100: 30M-parameter GQA-16 model at 8k context, ~20M tokens per model; evaluated up to 16k",
     ),
     "paper": Scale(
@@ -104,6 +107,7 @@ SCALES = {
             "ruler.samples=20", "mqar.samples=32", "longbench.max_length=8000",
         ),
         bench_attention=("--sections", "main", "paper"),
+        bench_decode=("--sections", "bandwidth", "attn", "generate"),
         nproc_per_node=8,
         about="one 8-GPU node: 118M-parameter GQA-16 model at 8k context on FineWeb-Edu, ~10B tokens per model",
     ),
@@ -208,7 +212,7 @@ class Driver:
                 steps.append(Step(f"eval/{arm}-s{seed}", "eval", cmd, done, out=out, needs=(run_dir, targets[arm])))
         bench = self.work / "bench"
         for name, script, extra in (("attention", "bench_attention.py", self.scale.bench_attention),
-                                    ("decode", "bench_decode.py", ())):
+                                    ("decode", "bench_decode.py", self.scale.bench_decode)):
             out = bench / f"{name}.json"
             cmd = [*self.launcher(f"scripts/{script}"), *extra, "--out", relative(bench / f"{name}.partial.json")]
             steps.append(Step(f"bench_{name}", "bench", cmd, self.recorded(f"bench_{name}", cmd, out), out=out,
@@ -282,7 +286,7 @@ class Driver:
         import torch
 
         inv = {"command": "python " + shlex.join([relative(Path(sys.argv[0])), *sys.argv[1:]]), "started": started,
-               "seconds": round(seconds, 1), "result": result}
+               "seconds": round(seconds, 1), "result": result, "git_commit": git_commit(), "device": device_name()}
         self.manifest.update({
             "scale": self.args.scale,
             "about": self.scale.about,

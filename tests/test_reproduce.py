@@ -140,10 +140,15 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
         "device": "FakeGPU", "torch": "0", "triton": "0", "command": "bench_attention.py",
         "main": {"8192": {"nsa": {"total_fwd": 1.0, "total_fwdbwd": 3.0}, "flash": {"fwd": 2.0, "fwdbwd": 5.0},
                           "cudnn": {"fwd": 1.5, "fwdbwd": 4.5}}}})
+    _json(work / "bench" / "decode.json", {
+        "device": "FakeGPU", "command": "bench_decode.py", "shapes": {"main": {}},
+        "attn": {f"main-B1-T{k}k": {"nsa": {"us": 10.0}, "full": {"us": 10.0 * x, "best": "folded_flash"},
+                                    "speedup": x, "table4_speedup": 4.0} for k, x in ((8, 3.0), (64, 9.5))},
+        "generate": {"full-B1-T8k": {"decode_tok_s": 100.0}, "nsa-B1-T8k": {"decode_tok_s": 150.0}}})
     _json(work / "manifest.json", {"scale": "gpu-small", "seeds": list(seeds), "device": "FakeGPU",
                                    "invocations": [{"command": "python scripts/reproduce.py --scale gpu-small",
                                                     "started": "now", "seconds": 1.0}]})
-    _json(work / "progress.json", {"bench_decode": {"status": "skipped", "note": "skipped: no decode benchmark"}})
+    _json(work / "progress.json", {"eval/full-s0": {"status": "done", "seconds": 12.0, "command": "python eval.py"}})
 
 
 FILES = ["REPORT.md", "summary.json", "loss_curves.png", "loss_curves.json", "niah_heatmaps.png",
@@ -237,7 +242,9 @@ def test_other_sections_match_the_inputs(report):
     assert [r["nsa"] for r in dec["paper_sizes"]] == [2047, 2559, 3583, 5631]
     assert dec["trained_sizes"][0] == {"T": 64, "full": 64, "nsa": 8 + 32 + 16, "expected_speedup": 64 / 56}
     assert dec["eval_decode_tok_s"] == {"full": 100.0, "nsa": 50.0}
-    assert "skipped: no decode benchmark" in text
+    assert dec["headline"] == {"8192": 3.0, "65536": 9.5}
+    assert dec["generate"] == [{"B": 1, "T": 8192, "full_tok_s": 100.0, "nsa_tok_s": 150.0, "speedup": 1.5}]
+    assert "| 64k | 65536 | 5631 | 11.6 | 11.6 | 9.5 |" in text
     sp = json.loads((out / "sparsity.json").read_text())
     assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
 
@@ -248,12 +255,14 @@ def test_report_of_a_partial_run_says_what_is_missing(tmp_path):
     for f in (work / "eval").glob("nsa-s0/results.json"):
         f.unlink()  # the NSA evaluation did not run
     (work / "bench" / "attention.json").unlink()
+    (work / "bench" / "decode.json").unlink()
     result = build(work, tmp_path / "out")
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert "_Not available: no seed has niah predictions for both models._" in text
     assert not (tmp_path / "out" / "kernel_speedup.png").exists()
     assert result["sections"]["loss"]["status"] == "ok"  # training finished: its section is there
     assert "one seed" in text
+    assert "Measured decoding: not run." in text and result["sections"]["decode"]["headline"] == {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
