@@ -10,15 +10,11 @@ Runtime: about a minute on 2 cores.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.interpreted import check_group, run_interpreted
+
 CASES = "tests/_triton_interpret_cases.py"
 
 if importlib.util.find_spec("triton") is None:  # found without importing it here
@@ -27,53 +23,32 @@ if importlib.util.find_spec("triton") is None:  # found without importing it her
 
 @pytest.fixture(scope="module")
 def interpreted_run(tmp_path_factory) -> dict[str, str | None]:
-    """Run the interpreted cases once; return {case name: None if passed, else its failure text}."""
-    report = tmp_path_factory.mktemp("triton_interpret") / "report.xml"
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "pytest", CASES, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if not report.exists():
-        pytest.fail(f"the interpreted cases did not run (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
-                    f"\n{proc.stderr[-4000:]}")
-    results = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-        text = None if problem is None else problem.get("message", "") + "\n" + (problem.text or "")
-        results[case.get("name")] = text
-    assert results, f"no case ran:\n{proc.stdout[-4000:]}"
-    return results
-
-
-def _check_group(results: dict[str, str | None], prefix: str) -> None:
-    group = {name: err for name, err in results.items() if name.startswith(prefix)}
-    assert group, f"no interpreted case named {prefix}*"
-    failed = {name: err for name, err in group.items() if err is not None}
-    assert not failed, "\n\n".join(f"{name}:\n{err[-3000:]}" for name, err in failed.items())
+    return run_interpreted(CASES, tmp_path_factory.mktemp("triton_interpret"), timeout=900)
 
 
 def test_dispatch_goes_to_triton_under_the_interpreter(interpreted_run):
-    _check_group(interpreted_run, "test_dispatch")
+    check_group(interpreted_run, "test_dispatch")
 
 
 def test_compressed_attention_kernel(interpreted_run):
-    _check_group(interpreted_run, "test_compressed_attention")
+    check_group(interpreted_run, "test_compressed_attention")
 
 
 def test_select_blocks_kernel(interpreted_run):
-    _check_group(interpreted_run, "test_select_blocks")
+    check_group(interpreted_run, "test_select_blocks")
 
 
 def test_selected_attention_kernel(interpreted_run):
-    _check_group(interpreted_run, "test_selected_attention")
+    check_group(interpreted_run, "test_selected_attention")
 
 
 def test_window_attention_kernel(interpreted_run):
-    _check_group(interpreted_run, "test_window_attention")
+    check_group(interpreted_run, "test_window_attention")
 
 
 def test_float32_and_torch_compile(interpreted_run):
-    _check_group(interpreted_run, "test_float32")
-    _check_group(interpreted_run, "test_torch_compile")
+    check_group(interpreted_run, "test_float32")
+    check_group(interpreted_run, "test_torch_compile")
 
 
 def test_every_interpreted_case_was_checked(interpreted_run):
