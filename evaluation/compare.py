@@ -273,7 +273,7 @@ def loss_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
 
 def _plot_loss_curves(data: dict[str, Any], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for i, (seed, e) in enumerate(data["per_seed"].items()):
+    for i, e in enumerate(data["per_seed"].values()):
         w = max(1, len(e["step"]) // 25)
         for arm in ARMS:
             label = f"{LABELS[arm]} (train, smoothed)" if i == 0 else None
@@ -282,11 +282,24 @@ def _plot_loss_curves(data: dict[str, Any], path: Path) -> None:
                 top.plot(e["val_step"], e["val_loss"][arm], "o--", color=COLORS[arm], ms=3, lw=1,
                          label=f"{LABELS[arm]} (validation)" if i == 0 else None)
         d = np.subtract(e["train_loss"]["nsa"], e["train_loss"]["full"])
-        bottom.plot(e["step"], _smooth(d, w), color="tab:gray", lw=1.2,
-                    label=f"train, smoothed (seed {seed})" if len(data["per_seed"]) > 1 else "train, smoothed")
+        bottom.plot(e["step"], _smooth(d, w), color="tab:gray", lw=0.8, alpha=0.7,
+                    label="train, smoothed" + (", each seed" if len(data["per_seed"]) > 1 else "") if i == 0 else None)
         if e["val_step"]:
             vd = np.subtract(e["val_loss"]["nsa"], e["val_loss"]["full"])
-            bottom.plot(e["val_step"], vd, "o--", color="black", ms=3, lw=1, label="validation" if i == 0 else None)
+            bottom.plot(e["val_step"], vd, "o", color="black", ms=2.5,
+                        label="validation" + (", each seed" if len(data["per_seed"]) > 1 else "") if i == 0 else None)
+    if len(data["per_seed"]) > 1:  # the mean over seeds, at the steps every seed has
+        runs = list(data["per_seed"].values())
+        for key, steps_key, style, label in (("train_loss", "step", "-", "train, mean over seeds (smoothed)"),
+                                             ("val_loss", "val_step", "o--", "validation, mean over seeds")):
+            common = sorted(set.intersection(*(set(e[steps_key]) for e in runs)))
+            if not common:
+                continue
+            diffs = [[e[key]["nsa"][e[steps_key].index(t)] - e[key]["full"][e[steps_key].index(t)] for t in common]
+                     for e in runs]
+            mean = np.mean(diffs, axis=0)
+            y = _smooth(mean, max(1, len(common) // 25)) if key == "train_loss" else mean
+            bottom.plot(common, y, style, color="black", lw=1.6, ms=4, label=label)
     bottom.axhline(0, color="red", lw=0.8)
     top.set_ylabel("loss (nats)")
     top.set_title("Figure 4 (small scale): loss of full attention and NSA, same data, tokens, optimizer and seed")
@@ -294,7 +307,7 @@ def _plot_loss_curves(data: dict[str, Any], path: Path) -> None:
     top.grid(alpha=0.3)
     bottom.set_ylabel("NSA - full (nats)")
     bottom.set_xlabel("optimizer step")
-    bottom.legend(fontsize=8)
+    bottom.legend(fontsize=7, ncol=2, loc="lower right")
     bottom.grid(alpha=0.3)
     _save_figure(fig, path)
 

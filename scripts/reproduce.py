@@ -126,15 +126,27 @@ def final_step(run_dir: Path) -> int:
     return int(re.search(r"(\d+)", found[-1].stem).group(1)) if found else 0
 
 
+def compose(config_name: str, overrides: list[str], what: str):
+    """The config train.py / eval.py would see: bad overrides fail here, before anything runs, in one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from evaluation.config import register_configs as register_eval
+    from training.config import register_configs as register_train
+
+    register_train()
+    register_eval()
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except Exception as e:  # Hydra's composition / override-parsing errors
+        msg = " ".join(str(e).split())
+        raise SystemExit(f"error: {what}: {msg}") from None
+
+
 def compose_train(experiment: str, overrides: list[str]):
-    """The training config train.py would see (validates the overrides early, with Hydra's message)."""
-    from hydra import compose, initialize_config_dir
-
-    from training.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    return compose("config", [f"experiment={experiment}", *overrides], f"experiment={experiment} with --train-set "
+                   f"{overrides}")
 
 
 @dataclass
@@ -195,6 +207,7 @@ class Driver:
     def plan(self) -> list[Step]:
         steps = []
         targets = {arm: int(compose_train(self.experiment(arm), self.train_overrides).train.steps) for arm in ARMS}
+        compose("eval", ["checkpoint=x", "out_dir=x", *self.eval_overrides], "eval overrides (--eval-set)")
         for seed in self.seeds:
             for arm in ARMS:
                 run_dir = self.work / "runs" / f"{arm}-s{seed}"

@@ -339,8 +339,12 @@ def test_driver_stops_at_the_time_budget_and_continues(driver, monkeypatch):
     assert rc == 0 and calls == ["train.py", "train.py", "eval.py", "eval.py"]
 
 
-def test_driver_refuses_a_work_folder_trained_otherwise(driver):
+def test_driver_refuses_a_work_folder_trained_otherwise_and_bad_overrides(driver):
     run, _, _ = driver
+    with pytest.raises(SystemExit, match=r"^error: experiment=repro_cpu_full with --train-set .*optim\.lrr"):
+        run("--train-set", "optim.lrr=1e-4")
+    with pytest.raises(SystemExit, match=r"^error: eval overrides \(--eval-set\): .*niah\.sampels"):
+        run("--eval-set", "niah.sampels=3")
     assert run()[0] == 0
     with pytest.raises(SystemExit, match="trained with"):
         run("--train-set", "optim.lr=1e-4")
