@@ -85,7 +85,7 @@ SCALES = {
         seeds=(0,),
         eval_overrides=(
             "tasks=[ppl_position,passkey,niah,ruler,mqar,longbench]", "eval.max_length=16384", "eval.batch_size=8",
-            "ppl_position.samples=16", "ppl_position.buckets=16",
+            "ppl_position.samples=8", "ppl_position.buckets=16",  # the val split holds ~9 windows of 16k
             "passkey.lengths=[1024,2048,4096,8192,12288,16384]", f"passkey.depths={GRID_11}", "passkey.samples=4",
             "niah.lengths=[1024,2048,4096,8192,12288,16384]", f"niah.depths={GRID_11}", "niah.samples=4",
             "ruler.lengths=[4096,8192,16384]", "ruler.samples=4", "ruler.max_new_tokens=32",
