@@ -4,11 +4,8 @@
 #   bash /work/shared/tools/gpu-wheels.sh          # here, once: fills .whl/
 #   device run (carry .whl): bash scripts/gpu_bench_train.sh
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_env.sh"
 LOG="$OUT/bench_train.log"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
 bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
   python3 scripts/bench_train.py --out "$OUT/train_$name.json" "$@" 2>&1 | grep -v '%|' | tail -4 | tee -a "$LOG"; }
 # 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled

@@ -7,19 +7,7 @@
 #   TEST_TIMEOUT / BENCH_TIMEOUT: seconds for each step.
 # pytest is installed from .whl_kernels/ (wheels carried by the caller) when the machine lacks it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_check_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-
-if ! $PY -c "import pytest" 2>/dev/null && ls .whl_kernels/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl_kernels/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/gpu_env.sh"
 
 run_tests() {
     if [ -f "$OUT/tiles.json" ]; then export NSA_TRITON_TILES="$OUT/tiles.json"; fi

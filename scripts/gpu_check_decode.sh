@@ -5,14 +5,7 @@
 #   TEST_TIMEOUT / BENCH_TIMEOUT: seconds for each step; BENCH_ARGS: extra arguments for bench_decode.py
 #   (e.g. "--budget-s 150": start no new measurement after that many seconds).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_check_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 timeout "${TEST_TIMEOUT:-110}" $PY -m pytest tests/test_kernels_decode_gpu.py -q -s -p no:cacheprovider \
     --junitxml="$OUT/decode_tests.xml" 2>&1 | tee "$OUT/decode_tests.log"

@@ -3,12 +3,8 @@
 # GPU with the same global batch, and the scaling efficiency of the 124M model. Results under $OUT.
 #   device run (kind nvidia-h100-x2, carry .whl): bash scripts/gpu_check_multi.sh
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # the host's rule
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_env.sh"
 LOG="$OUT/multi.log"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$LOG"
 python3 -m data.prepare 2>&1 | tail -1 | tee -a "$LOG"
 ARGS="model=small train.steps=12 train.batch_tokens=131072 train.micro_batch_size=16 train.val_interval=0 \
   train.log_interval=4 optim.warmup_steps=4"

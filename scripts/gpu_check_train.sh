@@ -5,11 +5,7 @@
 # Trains the tiny model (eager and compiled), then the 124M `small` model at T=1024 for a few compiled steps,
 # and copies the metrics into $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 run() { local name=$1; shift; echo "== $name: $*"; python3 train.py run_dir=/tmp/runs/$name "$@" 2>&1 | grep -v '%|' | tee "$OUT/$name.log"; cp /tmp/runs/$name/metrics.jsonl "$OUT/$name.metrics.jsonl" 2>/dev/null; }
 run tiny_eager train.steps=30 train.log_interval=10
 run tiny_compiled train.steps=30 train.log_interval=10 train.compile=true
