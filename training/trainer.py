@@ -1,8 +1,8 @@
 """`train(cfg)`: the training loop. train.py is only a Hydra wrapper around it.
 
-Order of events: join the process group -> prepare data (rank 0, others wait) -> build the model -> resume
-(model, optimizer, step, data cursor, RNG) -> wrap (DDP / FSDP2) and compile -> loop over optimizer steps
-(gradient accumulation, clipping, non-finite guard) -> validate / log / checkpoint on schedule.
+Order of events: join the process group -> prepare data (rank 0, others wait) -> build and wrap the model
+(DDP / FSDP2) and its optimizer -> resume (model, optimizer, step, data cursor, RNG) -> compile -> loop over
+optimizer steps (gradient accumulation, clipping, non-finite guard) -> validate / log / checkpoint on schedule.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
         count = (y != -1).sum()
         totals += torch.stack([torch.where(count > 0, loss.float() * count, 0.0), count.float()])
     model.train()
+    loader.close()  # stops its prefetch thread (CUDA)
     loss_sum, tokens = all_reduce_sum(totals).tolist()
     return loss_sum / tokens
 
