@@ -267,5 +267,6 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
         if (cfg.train.ckpt_interval and step % cfg.train.ckpt_interval == 0) or step == cfg.train.steps:
             save(step)
 
+    loader.close()
     logger.close()
     return {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "run_dir": str(run_dir)}
