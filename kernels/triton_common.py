@@ -94,3 +94,27 @@ def check_launchable(*tensors: torch.Tensor) -> None:
         if not runs_triton(x):
             raise RuntimeError(f"NSA Triton kernels: got a tensor on {x.device}; they run on CUDA tensors, or on "
                                f"CPU tensors when TRITON_INTERPRET=1 is set before triton is imported")
+
+
+@triton.jit
+def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) [R], [R], [R, BLOCK_DV] for query rows q [R, BLOCK_DK] with the
+    keys kpos [BLOCK_N] (int64 positions, k_ok = which every row attends). Scores are in log2 units
+    (qk_scale includes log2 e); rows that have seen no key yet stay finite (no NaN)."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
+                other=0.0)
+    v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
+                other=0.0)
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    s = tl.where(k_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+    return m_new, l_i, acc

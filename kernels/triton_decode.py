@@ -49,6 +49,7 @@ from kernels.triton_common import (
     INTERPRETED,
     LOG2E,
     acc_dtype,
+    attend_tile,
     bthd,
     dot_precision,
     head_block,
@@ -121,29 +122,6 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # attention: compressed tokens, a key range (window) or selected blocks
-
-
-@triton.jit
-def _attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
-                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
-    """Online-softmax update of (m_i, l_i, acc) [G_PAD], [G_PAD], [G_PAD, BLOCK_DV] with the keys kpos
-    [BLOCK_N] (int64 positions, k_ok = which are attended). Scores are in log2 units."""
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
-                other=0.0)
-    v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
-                other=0.0)
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    s = tl.where(k_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_use[:, None])
-    alpha = tl.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -224,14 +202,14 @@ def _decode_attn_kernel(
         s1 = tl.minimum(s0 + slots_per_split, NSEL)
         for it in range(s0 * N_KT, s1 * N_KT):
             kpos, k_ok = _slot_keys(ids, slots, it // N_KT, it % N_KT, t, SEL, BLOCK_N)
-            m_i, l_i, acc = _attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+            m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     else:
         k0 = lo + pid_s * keys_per_split
         k1 = tl.minimum(k0 + keys_per_split, hi)
         for start in range(k0, k1, BLOCK_N):
             kpos = start + tl.arange(0, BLOCK_N)
-            m_i, l_i, acc = _attend_tile(q, k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t,
+            m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t,
                                          m_i, l_i, acc, qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     if SPLIT:

@@ -26,6 +26,7 @@ from kernels.triton_common import (
     INTERPRETED,
     LOG2E,
     acc_dtype,
+    attend_tile,
     bthd,
     dot_precision,
     gpu_tiles,
@@ -83,19 +84,8 @@ def _selected_fwd_kernel(
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
-                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
-                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        sc = tl.where(k_ok[None, :], sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(sc - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                                    DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
