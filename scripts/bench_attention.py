@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
+from common.files import write_text_atomic  # noqa: E402
 from kernels.reference import num_compressed_tokens  # noqa: E402
 
 NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
@@ -269,10 +269,7 @@ def tune(B, T, Hq, Hkv, D) -> dict:
 
 def save(results: dict, path: str | None) -> None:
     if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(results, indent=1))
 
 
 def attempt(container: dict, key: str, fn, checkpoint) -> None:
