@@ -8,6 +8,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,6 +24,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_gen() -> torch.Generator:
+    """A CUDA generator with a fresh random seed every run (GPU tests print it when they fail)."""
+    return torch.Generator(device="cuda").manual_seed(random.SystemRandom().randrange(2**31))
 
 
 def compose_config(overrides: list[str]):

@@ -17,41 +17,29 @@ import torch
 
 import kernels
 from kernels import reference as ref
+from tests.gpu_utils import DEV, rand, rel_err
 
 pytestmark = pytest.mark.gpu
-BF16, F32 = torch.bfloat16, torch.float32
-DEV = "cuda"
 NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
 
 
-@pytest.fixture
-def gen() -> torch.Generator:
-    return torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
 
 
-def rand(gen, *shape, scale=1.0):
-    return (torch.randn(*shape, generator=gen, device=DEV, dtype=F32) * scale).to(BF16)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def check(a, e, name, gen, tol=1e-2):
+def check(a, e, name, cuda_gen, tol=1e-2):
     assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-    assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {gen.initial_seed()})"
+    assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {cuda_gen.initial_seed()})"
     err = rel_err(a, e)
     print(f"  {name}: relative error {err:.2e}")
-    assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {gen.initial_seed()})"
+    assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {cuda_gen.initial_seed()})"
 
 
-def decode_inputs(gen, B, t, Hq, Hkv, Dk, Dv):
+def decode_inputs(cuda_gen, B, t, Hq, Hkv, Dk, Dv):
     """q at position t, the compressed tokens it sees, and selection/window keys 0..t (slices of longer caches,
     as the model passes them)."""
     S, Tc = t + 1, ref.num_compressed_tokens(t + 1, NSA["block_size"], NSA["stride"])
-    cache = {name: rand(gen, B, S + 100, Hkv, D) for name, D in (("k", Dk), ("v", Dv), ("kw", Dk), ("vw", Dv))}
-    return dict(q=rand(gen, B, 1, Hq, Dk, scale=2.0), k_cmp=rand(gen, B, Tc, Hkv, Dk), v_cmp=rand(gen, B, Tc, Hkv, Dv),
+    cache = {name: rand(cuda_gen, B, S + 100, Hkv, D) for name, D in (("k", Dk), ("v", Dv), ("kw", Dk), ("vw", Dv))}
+    return dict(q=rand(cuda_gen, B, 1, Hq, Dk, scale=2.0), k_cmp=rand(cuda_gen, B, Tc, Hkv, Dk),
+                v_cmp=rand(cuda_gen, B, Tc, Hkv, Dv),
                 **{name: x[:, :S] for name, x in cache.items()})
 
 
@@ -81,19 +69,19 @@ CASES += [pytest.param(SHAPES[i], "kernel", id=f"B{SHAPES[i][0]}-t{SHAPES[i][1]}
 
 
 @pytest.mark.parametrize("shape,combine", CASES)
-def test_decode_step_bf16(gen, shape, combine):
+def test_decode_step_bf16(cuda_gen, shape, combine):
     from kernels import triton_decode as td
 
     B, t, Hq, Hkv, Dk, Dv = shape
     G = Hq // Hkv
-    x = decode_inputs(gen, B, t, Hq, Hkv, Dk, Dv)
+    x = decode_inputs(cuda_gen, B, t, Hq, Hkv, Dk, Dv)
     f32 = {name: v.float() for name, v in x.items()}
     bs, d, ss, n, w = (NSA[k] for k in ("block_size", "stride", "select_size", "num_select", "window"))
     o, lse = td.compressed_attention(x["q"], x["k_cmp"], x["v_cmp"], block_size=bs, stride=d, q_start=t,
                                      combine=combine)
     o_r, lse_r = ref.compressed_attention(f32["q"], f32["k_cmp"], f32["v_cmp"], block_size=bs, stride=d, q_start=t)
-    check(o, o_r, "compressed o", gen)
-    assert (lse - lse_r).abs().max().item() < 2e-2, f"lse differs (seed {gen.initial_seed()})"
+    check(o, o_r, "compressed o", cuda_gen)
+    assert (lse - lse_r).abs().max().item() < 2e-2, f"lse differs (seed {cuda_gen.initial_seed()})"
 
     sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t)
     idx = td.select_blocks(x["q"], x["k_cmp"], lse_r, **sizes, combine=combine)
@@ -110,13 +98,13 @@ def test_decode_step_bf16(gen, shape, combine):
             hi_theirs = max(score[b, h, j].item() for j in theirs - mine)
             assert hi_theirs - lo_mine <= 1e-3 * score[b, h].max().item() + 1e-6, (
                 f"(b={b}, h={h}): kernel chose {sorted(mine - theirs)} over {sorted(theirs - mine)}, scores "
-                f"{lo_mine:.6g} < {hi_theirs:.6g} (seed {gen.initial_seed()})")
+                f"{lo_mine:.6g} < {hi_theirs:.6g} (seed {cuda_gen.initial_seed()})")
 
     o = td.selected_attention(x["q"], x["k"], x["v"], idx_r, select_size=ss, q_start=t, combine=combine)
     check(o, ref.selected_attention(f32["q"], f32["k"], f32["v"], idx_r, select_size=ss, q_start=t),
-          "selected o", gen)
+          "selected o", cuda_gen)
     o = td.window_attention(x["q"], x["kw"], x["vw"], window=w, q_start=t, combine=combine)
-    check(o, ref.window_attention(f32["q"], f32["kw"], f32["vw"], window=w, q_start=t), "window o", gen)
+    check(o, ref.window_attention(f32["q"], f32["kw"], f32["vw"], window=w, q_start=t), "window o", cuda_gen)
 
 
 def nsa_step(x, t):
@@ -130,13 +118,13 @@ def nsa_step(x, t):
     return o_cmp, o_slc, o_win, idx
 
 
-def test_repeated_fused_launches_agree_and_leave_the_counters_zeroed(gen):
+def test_repeated_fused_launches_agree_and_leave_the_counters_zeroed(cuda_gen):
     """The in-launch combine (last program per group) is race-free: 50 launches give bit-identical results,
     and the per-group counters are back at zero after every launch."""
     from kernels import triton_decode as td
 
     t = 65535
-    x = decode_inputs(gen, 1, t, 64, 4, 128, 128)
+    x = decode_inputs(cuda_gen, 1, t, 64, 4, 128, 128)
     first = nsa_step(x, t)
     for _ in range(50):
         again = nsa_step(x, t)
@@ -146,21 +134,21 @@ def test_repeated_fused_launches_agree_and_leave_the_counters_zeroed(gen):
     assert int(td._COUNTERS[torch.device(DEV, torch.cuda.current_device())].abs().sum()) == 0
 
 
-def test_decode_step_in_a_cuda_graph(gen):
+def test_decode_step_in_a_cuda_graph(cuda_gen):
     """A decoding step captured in a CUDA graph and replayed on new queries equals the eager step."""
     t = 30000
-    x = decode_inputs(gen, 2, t, 16, 1, 64, 64)
+    x = decode_inputs(cuda_gen, 2, t, 16, 1, 64, 64)
     nsa_step(x, t)  # warm up (compiles, allocates the counters) before capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = nsa_step(x, t)
     for _ in range(3):
-        x["q"].copy_(rand(gen, *x["q"].shape, scale=2.0))
+        x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
         graph.replay()
         expect = nsa_step(x, t)
         for a, e in zip(out, expect):
-            assert torch.equal(a, e), f"graph replay differs from the eager step (seed {gen.initial_seed()})"
+            assert torch.equal(a, e), f"graph replay differs from the eager step (seed {cuda_gen.initial_seed()})"
 
 
 def test_generate_on_gpu_equals_greedy_full_forwards():

@@ -17,7 +17,6 @@ Imports only torch, pytest and kernels/ (the GPU machine has no hydra/datasets).
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -25,33 +24,20 @@ import torch
 import kernels
 from kernels import chunked
 from kernels import reference as ref
+from tests.gpu_utils import BF16, DEV, F32, rand, rel_err
 
 pytestmark = pytest.mark.gpu
-BF16, F32 = torch.bfloat16, torch.float32
-DEV = "cuda"
 
 
-@pytest.fixture
-def gen() -> torch.Generator:
-    return torch.Generator(device=DEV).manual_seed(random.SystemRandom().randrange(2**31))
 
 
-def rand(gen, *shape, scale=1.0):
-    return (torch.randn(*shape, generator=gen, device=DEV, dtype=F32) * scale).to(BF16)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def check(actual, expected, names, gen, tol):
+def check(actual, expected, names, cuda_gen, tol):
     for a, e, name in zip(actual, expected, names, strict=True):
         assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-        assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {gen.initial_seed()})"
+        assert torch.isfinite(a.float()).all(), f"{name}: non-finite values (seed {cuda_gen.initial_seed()})"
         err = rel_err(a, e)
         print(f"  {name}: relative error {err:.2e} (tolerance {tol})")
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {gen.initial_seed()})"
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol} (seed {cuda_gen.initial_seed()})"
 
 
 def leaves(*xs):
@@ -73,21 +59,21 @@ def reference_module(T: int, Hq: int, S: int):
     pytest.param((2, 2048, 16, 1, 64, 64, 32, 16), id="T2k-Hq16-Hkv1-D64"),
     pytest.param((1, 3001, 32, 2, 192, 128, 32, 16), id="T3001-Dk192-Dv128"),
 ])
-def test_compressed_attention_bf16(gen, shape):
+def test_compressed_attention_bf16(cuda_gen, shape):
     B, T, Hq, Hkv, Dk, Dv, bs, d = shape
     Tc = ref.num_compressed_tokens(T, bs, d)
-    (q, kc, vc), (q32, kc32, vc32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, Tc, Hkv, Dk),
-                                           rand(gen, B, Tc, Hkv, Dv))
+    (q, kc, vc), (q32, kc32, vc32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, Tc, Hkv, Dk),
+                                           rand(cuda_gen, B, Tc, Hkv, Dv))
     o, lse = kernels.compressed_attention(q, kc, vc, block_size=bs, stride=d)
     o_r, lse_r = reference_module(T, Hq, Tc).compressed_attention(q32, kc32, vc32, block_size=bs, stride=d)
     assert o.dtype == BF16 and lse.dtype == F32
     assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r))
     fin = torch.isfinite(lse_r)
-    check([o, lse[fin]], [o_r, lse_r[fin]], ["o", "lse"], gen, 1e-2)
-    w = torch.randn(o.shape, generator=gen, device=DEV)
+    check([o, lse[fin]], [o_r, lse_r[fin]], ["o", "lse"], cuda_gen, 1e-2)
+    w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, kc, vc))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, kc32, vc32))
-    check(g, g_r, ["dq", "dk_cmp", "dv_cmp"], gen, 2e-2)
+    check(g, g_r, ["dq", "dk_cmp", "dv_cmp"], cuda_gen, 2e-2)
 
 
 def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
@@ -108,11 +94,11 @@ def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
     pytest.param((2, 3000, 16, 4, 64), id="T3000-G4"),
     pytest.param((1, 4096, 16, 16, 128), id="T4k-G1"),
 ])
-def test_select_blocks_bf16(gen, shape):
+def test_select_blocks_bf16(cuda_gen, shape):
     B, T, Hq, Hkv, D = shape
     bs, d, ss, n = 32, 16, 64, 16
     G = Hq // Hkv
-    q, kc = rand(gen, B, T, Hq, D, scale=2.0), rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    q, kc = rand(cuda_gen, B, T, Hq, D, scale=2.0), rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
     _, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
     sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n)
     idx = kernels.select_blocks(q, kc, lse, **sizes)
@@ -123,7 +109,7 @@ def test_select_blocks_bf16(gen, shape):
     assert (valid.sum(-1) == torch.clamp(t // ss + 1, max=n)).all(), "wrong number of chosen blocks"
     assert ((idx <= t[..., None] // ss) | ~valid).all(), "a future block was chosen"
     differ = (idx != idx_r).any(-1).nonzero().tolist()
-    assert len(differ) <= 0.01 * B * T * Hkv, f"{len(differ)} rows differ (seed {gen.initial_seed()})"
+    assert len(differ) <= 0.01 * B * T * Hkv, f"{len(differ)} rows differ (seed {cuda_gen.initial_seed()})"
     if differ:  # each differing row must be a near-tie in the reference's own scores
         rows = differ[:512]
         score = _block_scores(q, kc, lse, rows, bs=bs, d=d, ss=ss, G=G)
@@ -134,7 +120,7 @@ def test_select_blocks_bf16(gen, shape):
             hi_theirs = max(score[r, j].item() for j in theirs - mine)
             assert hi_theirs - lo_mine <= 1e-3 * score[r].max().item() + 1e-6, (
                 f"row (b={b}, t={tt}, h={h}): kernel chose {sorted(mine - theirs)} over {sorted(theirs - mine)}, "
-                f"scores {lo_mine:.6g} < {hi_theirs:.6g} (seed {gen.initial_seed()})")
+                f"scores {lo_mine:.6g} < {hi_theirs:.6g} (seed {cuda_gen.initial_seed()})")
 
 
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
@@ -143,20 +129,21 @@ def test_select_blocks_bf16(gen, shape):
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
-def test_selected_attention_bf16(gen, shape):
+def test_selected_attention_bf16(cuda_gen, shape):
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
-    (q, k, v), (q32, k32, v32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, T, Hkv, Dk), rand(gen, B, T, Hkv, Dv))
-    kc = rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, Dk)
+    (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
+                                        rand(cuda_gen, B, T, Hkv, Dv))
+    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, Dk)
     _, lse = kernels.compressed_attention(q.detach(), kc, kc, block_size=bs, stride=d)
     idx = kernels.select_blocks(q.detach(), kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
     o = kernels.selected_attention(q, k, v, idx, select_size=ss)
     o_r = reference_module(T, Hq, T).selected_attention(q32, k32, v32, idx, select_size=ss)
-    check([o], [o_r], ["o"], gen, 1e-2)
-    w = torch.randn(o.shape, generator=gen, device=DEV)
+    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
-    check(g, g_r, ["dq", "dk", "dv"], gen, 2e-2)
+    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, 2e-2)
 
 
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv, window
@@ -165,24 +152,25 @@ def test_selected_attention_bf16(gen, shape):
     pytest.param((1, 2048, 32, 2, 192, 128, 512), id="T2k-Dk192-w512"),
     pytest.param((1, 1024, 8, 8, 128, 128, 2000), id="T1k-G1-w>T"),
 ])
-def test_window_attention_bf16(gen, shape):
+def test_window_attention_bf16(cuda_gen, shape):
     B, T, Hq, Hkv, Dk, Dv, win = shape
-    (q, k, v), (q32, k32, v32) = leaves(rand(gen, B, T, Hq, Dk), rand(gen, B, T, Hkv, Dk), rand(gen, B, T, Hkv, Dv))
+    (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
+                                        rand(cuda_gen, B, T, Hkv, Dv))
     o = kernels.window_attention(q, k, v, window=win)
     o_r = reference_module(T, Hq, T).window_attention(q32, k32, v32, window=win)
-    check([o], [o_r], ["o"], gen, 1e-2)
-    w = torch.randn(o.shape, generator=gen, device=DEV)
+    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
-    check(g, g_r, ["dq", "dk", "dv"], gen, 2e-2)
+    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, 2e-2)
 
 
-def test_torch_compile_fullgraph_pipeline(gen):
+def test_torch_compile_fullgraph_pipeline(cuda_gen):
     B, T, Hq, Hkv, D = 1, 2048, 32, 2, 128
     bs, d, ss, n, win = 32, 16, 64, 16, 512
     Tc = ref.num_compressed_tokens(T, bs, d)
-    xs = [rand(gen, B, T, Hq, D)] + [rand(gen, B, T, Hkv, D) for _ in range(4)] + [rand(gen, B, Tc, Hkv, D)
-                                                                                   for _ in range(2)]
+    xs = ([rand(cuda_gen, B, T, Hq, D)] + [rand(cuda_gen, B, T, Hkv, D) for _ in range(4)]
+          + [rand(cuda_gen, B, Tc, Hkv, D) for _ in range(2)])
     (q, ks, vs, kw, vw, kc, vc), (q32, ks32, vs32, kw32, vw32, kc32, vc32) = leaves(*xs)
 
     def nsa(m, q, ks, vs, kw, vw, kc, vc):
@@ -196,20 +184,20 @@ def test_torch_compile_fullgraph_pipeline(gen):
     o_cmp, _ = ref.compressed_attention(q32, kc32, vc32, block_size=bs, stride=d)
     o_r = (o_cmp + chunked.selected_attention(q32, ks32, vs32, idx, select_size=ss)
            + chunked.window_attention(q32, kw32, vw32, window=win))
-    check([o], [o_r], ["o"], gen, 1e-2)
-    w = torch.randn(o.shape, generator=gen, device=DEV)
+    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, ks, vs, kw, vw, kc, vc))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, ks32, vs32, kw32, vw32, kc32, vc32))
-    check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], gen, 2e-2)
+    check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], cuda_gen, 2e-2)
 
 
-def test_offsets_past_2_pow_31_elements(gen):
+def test_offsets_past_2_pow_31_elements(cuda_gen):
     # q has B*T*Hq*D > 2^31 elements: the last batch element must match a run on its own copy
     B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
     assert B * T * Hq * D > 2**31
     bs, d, ss, n, win = 32, 16, 64, 16, 512
-    q, k, v = rand(gen, B, T, Hq, D), rand(gen, B, T, Hkv, D), rand(gen, B, T, Hkv, D)
-    kc = rand(gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    q, k, v = rand(cuda_gen, B, T, Hq, D), rand(cuda_gen, B, T, Hkv, D), rand(cuda_gen, B, T, Hkv, D)
+    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
     last = [x[-1:].contiguous() for x in (q, k, v, kc)]
     o_cmp, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
     o_cmp1, lse1 = kernels.compressed_attention(last[0], last[3], last[3], block_size=bs, stride=d)
