@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,16 +179,23 @@ def test_killed_rank_restarts_from_newest_checkpoint(tmp_path, data_overrides):
     subprocess.run([*_train_cmd(2), f"run_dir={clean}", *args], check=True, env=env, cwd=tmp_path)
 
     cmd = [*_train_cmd(2)[:3], "--max-restarts=1", *_train_cmd(2)[3:], f"run_dir={faulty}", *args]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    target = faulty / "checkpoints" / "step_0000010.pt"
-    deadline = time.time() + 240
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert target.exists(), "the run never reached its step-10 checkpoint"
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2, workers
-    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies without warning
-    out, _ = proc.communicate(timeout=300)
+    # On this machine the restarted gloo group sometimes cannot connect ("connectFullMesh failed", an issue of
+    # torchrun's restart with gloo, not of resuming); then the whole scenario is tried again from scratch.
+    for _attempt in range(3):
+        shutil.rmtree(faulty, ignore_errors=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+        target = faulty / "checkpoints" / "step_0000010.pt"
+        deadline = time.time() + 240
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert target.exists(), "the run never reached its step-10 checkpoint"
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies without warning
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode == 0 or "connectFullMesh failed" not in out:
+            break
     assert proc.returncode == 0, out[-3000:]
     assert "resumed from step_" in out, "the restarted workers did not resume from a checkpoint"
     a, b = metrics(clean), metrics(faulty)
