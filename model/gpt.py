@@ -82,9 +82,11 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[Any] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx [B, T] token ids (following the caches' tokens if given) -> (logits [B, T, V] float32, loss).
+        """idx [B, T] token ids (following the caches' tokens if given) -> (logits [B, T, V], loss).
 
-        With `targets` [B, T] the mean cross-entropy is returned (targets == -1 ignored).
+        Without `targets` the logits are float32 and loss is None. With `targets` [B, T] the loss is the mean
+        cross-entropy (targets == -1 ignored, computed in float32) and the logits stay in the compute dtype:
+        a float32 copy of [B, T, V] would be the largest tensor of a training step, written and read for nothing.
         """
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
@@ -92,10 +94,10 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, self.rotary, use_reentrant=False)
             else:
                 x = block(x, self.rotary, caches[i] if caches is not None else None)
-        logits = self.lm_head(self.norm(x)).float()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits.float(), None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_caches(self, batch_size: int, max_len: int) -> list[Any]:

@@ -8,12 +8,15 @@ Everything after `--` is a Hydra override of the training config (as for train.p
 1. throughput: `--steps` optimizer steps exactly as train.py runs them (no extra synchronisation), timed as
    a whole -> tokens/s and MFU (dense bf16 peak of the card; FLOPs count attention by the keys attended);
 2. breakdown: `--breakdown-steps` more steps with a device synchronisation after each phase, so
-   data / forward / backward / optimizer times add up (the syncs slow these steps a little).
+   data / forward / backward / optimizer times add up (the syncs slow these steps a little);
+3. with `--profile FILE`: one more step under torch.profiler; FILE gets the ops and kernels by device time
+   (self time, top 60) and FILE's stem + .json.gz the Chrome trace (open it in https://ui.perfetto.dev).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 import time
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first")
     parser.add_argument("--breakdown-steps", type=int, default=5, help="steps timed phase by phase")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--profile", type=Path, help="profile one more step: op/kernel table here (+ a trace)")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
 
@@ -113,6 +117,9 @@ def main() -> None:
     for _ in range(args.breakdown_steps):
         step(phases)
 
+    if args.profile is not None:  # every rank steps (collectives), the main one writes
+        profile_step(step, args.profile if info.is_main else None, cuda)
+
     seq_len = cfg.model.max_seq_len
     tok_per_s = cfg.train.batch_tokens * args.steps / elapsed
     flops_tok = flops_per_token(raw_model, seq_len)
@@ -149,6 +156,29 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
     destroy_distributed()
+
+
+def profile_step(step, path: Path | None, cuda: bool) -> None:
+    """Run step() once under torch.profiler; write the table of ops/kernels by self device time to `path`
+    (nothing when None)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    if path is None:
+        return
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70) + "\n")
+    trace = path.with_suffix(".json")
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as f_in, gzip.open(str(trace) + ".gz", "wb") as f_out:
+        f_out.write(f_in.read())
+    trace.unlink()
+    print(f"profile: {path} (+ {trace.name}.gz)")
 
 
 if __name__ == "__main__":
