@@ -258,7 +258,8 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
 
 
 def inverted_index(idx: torch.Tensor, select_size: int, seg_len: int):
-    """Group the (query, block) pairs of idx [B,T,Hkv,n] by (batch, KV head, block), with torch ops only.
+    """Group the (query, block) pairs of idx [B,T,Hkv,n] by (batch, KV head, block), with torch ops only and
+    no host synchronisation (sizes follow from the shapes, so the op can run ahead of the GPU or in a graph).
 
     Returns (pos, bucket_off, item_bucket, item_seg, n_blocks): bucket u = (b*Hkv + h)*n_blocks + j holds
     the positions pos[bucket_off[u]:bucket_off[u+1]] (ascending) whose row selected block j (valid ids
@@ -269,26 +270,23 @@ def inverted_index(idx: torch.Tensor, select_size: int, seg_len: int):
     dev = idx.device
     n_blocks = triton.cdiv(T, select_size)
     n_buckets = B * Hkv * n_blocks
-    ids = idx.long().sort(dim=-1).values  # sorted per row, so repeats are neighbours
-    repeat = torch.zeros_like(ids, dtype=torch.bool)
-    repeat[..., 1:] = ids[..., 1:] == ids[..., :-1]
+    ids = idx.long()
+    earlier_same = (ids[..., :, None] == ids[..., None, :]).tril(diagonal=-1).any(-1)  # a repeat in its row
     t = torch.arange(T, device=dev).view(1, T, 1, 1)
-    valid = (ids >= 0) & (ids * select_size <= t) & ~repeat
-    bh = (torch.arange(B, device=dev).view(B, 1, 1, 1) * Hkv + torch.arange(Hkv, device=dev).view(1, 1, Hkv, 1))
+    valid = (ids >= 0) & (ids * select_size <= t) & ~earlier_same
+    bh = torch.arange(B * Hkv, device=dev).view(B, 1, Hkv, 1)
     key = torch.where(valid, bh * n_blocks + ids, n_buckets).flatten()
-    order = torch.argsort(key, stable=True)
+    key, order = torch.sort(key, stable=True)  # stable: ascending positions inside a bucket
     pos = ((order // (Hkv * n)) % T).to(torch.int32)  # flat index (b, t, h, slot) -> t
-    counts = torch.bincount(key, minlength=n_buckets + 1)[:n_buckets]
-    bucket_off = torch.zeros(n_buckets + 1, dtype=torch.int64, device=dev)
-    bucket_off[1:] = torch.cumsum(counts, 0)
-    segs = (counts + seg_len - 1) // seg_len
-    seg_end = torch.cumsum(segs, 0)
+    bucket_off = torch.searchsorted(key, torch.arange(n_buckets + 1, device=dev))  # first entry of each bucket
+    segs = (bucket_off.diff() + seg_len - 1) // seg_len
+    seg_end = segs.cumsum(0)
     n_items = triton.cdiv(key.numel(), seg_len) + n_buckets  # >= sum(segs), known without a sync
     item = torch.arange(n_items, device=dev)
     item_bucket = torch.searchsorted(seg_end, item, right=True)
     has = item_bucket < n_buckets
-    first_item = (seg_end - segs)[item_bucket.clamp(max=n_buckets - 1)]
-    item_seg = torch.where(has, item - first_item, 0).to(torch.int32)
+    item_seg = item - (seg_end - segs)[item_bucket.clamp(max=n_buckets - 1)]
+    item_seg = torch.where(has, item_seg, 0).to(torch.int32)
     item_bucket = torch.where(has, item_bucket, -1).to(torch.int32)
     return pos, bucket_off, item_bucket, item_seg, n_blocks
 

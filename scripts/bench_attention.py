@@ -10,6 +10,10 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
 - gsweep: NSA at T=32k, Hq=64, Hkv=Hq/G for G in 1, 2, 4, 8, 16 (small G under-fills the tensor cores).
 - paper: the paper's kernel shape Dk=192, Dv=128, Hq=64 in 4 groups (G=16).
 - profile: CUDA time per kernel of one NSA forward+backward (main shape, T=32k), from torch.profiler.
+- host:  host (CPU) microseconds per call of each op, forward and forward+backward, at a tiny shape
+         (T=1024, the small model's Hq=16, Hkv=1, D=64) where the GPU work is negligible: what the
+         Python side of the ops costs (argument handling, Triton's launcher, the backward's index build),
+         next to an empty Triton kernel's launch and an eager torch op.
 - tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
   kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
   current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
@@ -177,6 +181,49 @@ def profile_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
     return dict(sorted(rows.items(), key=lambda kv: -kv[1][1])[:25])
 
 
+def host_us(fn, calls: int = 200) -> float:
+    """Host microseconds per fn() call: `calls` calls back to back, no synchronisation inside (after warm-up)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return round(1e6 * host / calls, 1)
+
+
+def bench_host() -> dict:
+    """Host cost per call of each op at a tiny shape (small-model heads, T=1024), and two floors."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _empty(X, n):
+        if n < 0:
+            tl.store(X, 0.0)
+
+    x = make_inputs(1, 1024, 16, 1, 64, 64, grad=True)
+    cmp, select, slc, win, total = nsa_branches(x)
+    with torch.no_grad():
+        _, lse = cmp()
+        idx = select(lse)
+    buf = torch.zeros(1, device="cuda")
+    res = {"triton_empty_launch": host_us(lambda: _empty[(1,)](buf, 1)),
+           "torch_add": host_us(lambda: buf.add(1.0))}
+    res["cmp_fwd"] = host_us(lambda: cmp())
+    res["select_fwd"] = host_us(lambda: select(lse))
+    res["slc_fwd"] = host_us(lambda: slc(idx))
+    res["win_fwd"] = host_us(lambda: win())
+    res["total_fwd"] = host_us(total)
+    res["cmp_fwdbwd"] = host_us(fwd_bwd(lambda: cmp()[0], [x["q"], x["k_cmp"], x["v_cmp"]]))
+    res["slc_fwdbwd"] = host_us(fwd_bwd(lambda: slc(idx), [x["q"], x["k_slc"], x["v_slc"]]))
+    res["win_fwdbwd"] = host_us(fwd_bwd(win, [x["q"], x["k_win"], x["v_win"]]))
+    res["total_fwdbwd"] = host_us(fwd_bwd(total, list(x.values())))
+    return res
+
+
 # alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
 TUNE = {
     "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3), dict(rows=64, block_n=64, warps=4, stages=3),
@@ -321,6 +368,9 @@ def table(results: dict) -> str:
         lines.append("\n[tune] T=32768 main shape: first config tried (the default) -> best, ms of its workload")
         for kernel, r in results["tune"]["report"].items():
             lines.append(f"{kernel:>14}: {r['tried'][0]['ms']:8.3f} -> {r['best_ms']:8.3f}  {r['best']}")
+    if results.get("host"):
+        lines.append("\n[host] CPU us per call (T=1024, Hq=16, Hkv=1, D=64): "
+                     + ", ".join(f"{k} {v}" for k, v in results["host"].items() if k != "error"))
     for T, prof in results.get("profile", {}).items():
         lines.append(f"\n[profile] NSA forward+backward at T={T}: CUDA ms per kernel (calls)")
         for name, (calls, ms) in (prof.items() if "error" not in prof else []):
@@ -332,7 +382,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper", "profile"],
-                   choices=["tune", "main", "gsweep", "paper", "profile"])
+                   choices=["tune", "main", "gsweep", "paper", "profile", "host"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
@@ -342,7 +392,7 @@ def main() -> None:
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
-               "main": {}, "gsweep": {}, "paper": {}, "profile": {}}
+               "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}}
     B, Hq = 1, 64
 
     def checkpoint():
@@ -373,6 +423,9 @@ def main() -> None:
     if "profile" in args.sections:
         print("profile T=32768", flush=True)
         attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), checkpoint)
+    if "host" in args.sections:
+        print("host", flush=True)
+        attempt(results, "host", bench_host, checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
 

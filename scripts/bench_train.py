@@ -34,10 +34,12 @@ from training.optim import build_optimizer  # noqa: E402
 from training.trainer import (  # noqa: E402
     autocast_context,
     build_model,
+    compile_model,
     prepare_dataset,
     resolve_vocab,
     setup_backends,
     train_loader,
+    uses_cuda_graphs,
 )
 
 
@@ -70,8 +72,8 @@ def main() -> None:
     raw_model, model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.optim, info.device.type)
     loader = train_loader(cfg, info, dataset_dir)
-    if cfg.train.compile:
-        model.compile()
+    compile_model(model, cfg)
+    graphs = uses_cuda_graphs(cfg)
     accum = grad_accum_steps(cfg, info.world_size)
     cuda = info.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -91,6 +93,8 @@ def main() -> None:
         t = time.perf_counter()
         for micro in range(accum):
             x, y = loader.next_batch()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             t = mark("data", t)
             with gradient_sync(model, enabled=micro == accum - 1), autocast_context(cfg, info.device):
                 _, loss = model(x, y)
@@ -135,6 +139,7 @@ def main() -> None:
         "micro_batch_size": cfg.train.micro_batch_size,
         "grad_accum": accum,
         "compile": cfg.train.compile,
+        "compile_mode": cfg.train.compile_mode,
         "activation_checkpointing": cfg.train.activation_checkpointing,
         "step_time_s": elapsed / args.steps,
         "tokens_per_s": tok_per_s,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Where training time goes on the lent GPU (issue 8): scripts/bench_train.py --profile for the 124M model at
-# T=1024 (compiled) and for full attention vs NSA at 8k (model=small_gqa16), eager and compiled.
+# T=1024 (compiled) and for full attention vs NSA at 8k (model=small_gqa16), eager, compiled, and compiled with
+# CUDA graphs (train.compile_mode=reduce-overhead; runs named *_graphs, not in the default list).
 # Results: $OUT/profile.log and $OUT/profiles.tgz (per run: JSON, op/kernel table, Chrome trace).
 #   device run (carry .whl): bash scripts/gpu_profile.sh
 #   RUNS="nsa_t8192_eager nsa_t8192_compiled" bash scripts/gpu_profile.sh     # a subset
@@ -16,6 +17,7 @@ GQA="model=small_gqa16 model.max_seq_len=8192 train.batch_tokens=32768 train.mic
 for attn in full nsa; do
   ARGS[${attn}_t8192_eager]="--steps 3 --warmup 2 -- $GQA attention=$attn"
   ARGS[${attn}_t8192_compiled]="--steps 3 --warmup 2 -- $GQA attention=$attn train.compile=true"
+  ARGS[${attn}_t8192_graphs]="--steps 3 --warmup 3 -- $GQA attention=$attn train.compile=true train.compile_mode=reduce-overhead"
 done
 for name in ${RUNS:-small_t1024 full_t8192_eager nsa_t8192_eager full_t8192_compiled nsa_t8192_compiled}; do
   echo "== $name: ${ARGS[$name]}" | tee -a "$LOG"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from tests.interpreted import check_group, run_interpreted
 
@@ -56,3 +57,32 @@ def test_every_interpreted_case_was_checked(interpreted_run):
                 "test_window_attention", "test_float32", "test_torch_compile")
     unchecked = [name for name in interpreted_run if not name.startswith(prefixes)]
     assert not unchecked, f"add these interpreted cases to a group above: {unchecked}"
+
+
+def test_inverted_index_groups_queries_by_block():
+    """The selection backward's inverted index (plain torch ops, no interpreter needed) against a Python loop:
+    each (batch, KV head, block) bucket lists, in ascending order, the positions whose row selected that block
+    (valid ids only: >= 0, visible, first occurrence); work items cover each bucket's segments exactly once."""
+    from kernels.triton_selected import inverted_index
+
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    B, T, Hkv, n, sel, seg_len = 2, 37, 3, 5, 8, 4
+    n_blocks = -(-T // sel)
+    idx = torch.randint(-1, n_blocks, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    idx[0, 5, 1] = torch.tensor([0, 0, -1, 0, 1])  # repeats, padding and an invisible block (1 * 8 > 5)
+    pos, bucket_off, item_bucket, item_seg, nb = inverted_index(idx, sel, seg_len)
+    assert nb == n_blocks and bucket_off.shape == (B * Hkv * n_blocks + 1,)
+    expected: dict[int, list[int]] = {}
+    for b in range(B):
+        for t in range(T):
+            for h in range(Hkv):
+                for j in dict.fromkeys(idx[b, t, h].tolist()):  # distinct ids, in order
+                    if 0 <= j and j * sel <= t:
+                        expected.setdefault((b * Hkv + h) * n_blocks + j, []).append(t)
+    items = set()
+    for u in range(B * Hkv * n_blocks):
+        got = pos[bucket_off[u] : bucket_off[u + 1]].tolist()
+        assert got == expected.get(u, []), f"bucket {u}"
+        items |= {(u, s) for s in range(-(-len(got) // seg_len))}
+    done = [(u, s) for u, s in zip(item_bucket.tolist(), item_seg.tolist()) if u >= 0]
+    assert sorted(done) == sorted(items) and len(done) == len(set(done))

@@ -59,6 +59,8 @@ def test_bad_overrides_fail_clearly():
         to_dataclass(compose_config(["train.steps=ten"]))
     with pytest.raises(ValueError, match="optim.schedule='linear'"):
         validate(to_dataclass(compose_config(["optim.schedule=linear", "run_dir=x"])))
+    with pytest.raises(ValueError, match="train.compile_mode='fast' is not one of"):
+        validate(to_dataclass(compose_config(["train.compile_mode=fast", "run_dir=x"])))
     with pytest.raises(ValueError, match="train.batch_tokens"):
         from training.config import grad_accum_steps
 

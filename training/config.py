@@ -43,6 +43,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "bf16" | "fp32"
     compile: bool = False  # torch.compile the model
+    # torch.compile mode: "default" | "reduce-overhead" (CUDA graphs: no per-op host cost, for small or
+    # sparse layers whose GPU work is shorter than the host's launching, e.g. NSA at 8k) | "max-autotune" |
+    # "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     activation_checkpointing: bool = False  # recompute block activations in backward (long contexts)
     parallel: str = "ddp"  # multi-process data parallelism: "ddp" | "fsdp" (FSDP2)
     log_interval: int = 10  # console line every N steps (metrics.jsonl gets every step)
@@ -93,6 +97,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def to_dataclass(cfg: Any) -> Config:
     """OmegaConf DictConfig -> plain, fully resolved `Config` dataclass (what the code below hydra uses)."""
     return OmegaConf.to_object(cfg)
@@ -119,6 +126,7 @@ def validate(cfg: Config) -> None:
         "train.parallel": (cfg.train.parallel, ("ddp", "fsdp")),
         "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
         "train.dtype": (cfg.train.dtype, ("auto", "bf16", "fp32")),
+        "train.compile_mode": (cfg.train.compile_mode, COMPILE_MODES),
         "logger.mode": (cfg.logger.mode, ("online", "offline", "disabled")),
     }
     check_choices(choices)

@@ -70,6 +70,8 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
         x, y = loader.next_batch()
         global_index = info.rank + (b * micro + torch.arange(micro, device=y.device)) * world
         y[global_index >= n_seqs] = -1
+        if uses_cuda_graphs(cfg):
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast_context(cfg, info.device):
             _, loss = model(x, y)
         count = (y != -1).sum()
@@ -135,6 +137,17 @@ def setup_backends(info: DistInfo) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def compile_model(model: torch.nn.Module, cfg: Config) -> None:
+    """torch.compile `model` in place (parameter names and checkpoint keys stay clean) when train.compile."""
+    if cfg.train.compile:
+        model.compile(mode=cfg.train.compile_mode)
+
+
+def uses_cuda_graphs(cfg: Config) -> bool:
+    """Whether the compiled model replays CUDA graphs: each micro-step must then be marked as a new step."""
+    return cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
+
+
 def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
     """Train per the config; returns a summary (final loss, val loss, step, tokens)."""
     cfg = cfg_node if isinstance(cfg_node, Config) else to_dataclass(cfg_node)
@@ -172,8 +185,8 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
         if same_world:
             set_rng_state(ckpt["rng"][info.rank])
         del ckpt
-    if cfg.train.compile:
-        model.compile()  # in place: parameter names and checkpoint keys stay clean
+    compile_model(model, cfg)
+    graphs = uses_cuda_graphs(cfg)
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +230,8 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=info.device)
         for micro in range(accum):
             x, y = loader.next_batch()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with gradient_sync(model, enabled=micro == accum - 1), autocast_context(cfg, info.device):
                 _, loss = model(x, y)
             (loss / accum).backward()
