@@ -36,6 +36,7 @@ from training.trainer import (  # noqa: E402
     build_model,
     compile_model,
     prepare_dataset,
+    reset_grads,
     resolve_vocab,
     setup_backends,
     train_loader,
@@ -103,10 +104,11 @@ def main() -> None:
             t = mark("backward", t)
         torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or float("inf"))
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        reset_grads(optimizer, params, graphs)
         mark("optimizer", t)
 
     model.train()
+    reset_grads(optimizer, params, graphs)
     for _ in range(args.warmup):
         step()
     sync()

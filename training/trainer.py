@@ -148,6 +148,20 @@ def uses_cuda_graphs(cfg: Config) -> bool:
     return cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
 
 
+def reset_grads(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], graphs: bool) -> None:
+    """Clear the gradients before the next accumulation. Normally they are freed (set to None). With CUDA
+    graphs they stay allocated and are zeroed: autograd would otherwise keep the first micro-step's gradient
+    tensor itself as .grad, and that memory belongs to the graph, which the next micro-step's replay overwrites."""
+    if not graphs:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad.zero_()
+
+
 def train(cfg_node: DictConfig | Config) -> dict[str, Any]:
     """Train per the config; returns a summary (final loss, val loss, step, tokens)."""
     cfg = cfg_node if isinstance(cfg_node, Config) else to_dataclass(cfg_node)
@@ -225,6 +239,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
     model.train()
     bad_in_row, last = 0, {}
     params = [p for p in model.parameters() if p.requires_grad]
+    reset_grads(optimizer, params, graphs)
     while step < cfg.train.steps:
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=info.device)
@@ -256,7 +271,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
                     f"{bad_in_row} optimizer steps in a row had a non-finite loss or gradient (last at step "
                     f"{step + 1}): lower optim.lr, check the data, or resume from an earlier checkpoint"
                 )
-        optimizer.zero_grad(set_to_none=True)
+        reset_grads(optimizer, params, graphs)
         step += 1
         dt = time.perf_counter() - t0
         tok_per_s = cfg.train.batch_tokens / dt
