@@ -121,23 +121,31 @@ def nsa_branches(x):
     return cmp, select, slc, win, total
 
 
-def bench_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
-    x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
+def nsa_workloads(x) -> dict:
+    """{name: closure} of the NSA workloads on inputs x: each branch's forward (selection inputs precomputed),
+    the whole forward, and the forward+backward of the three attention branches and of the whole."""
     cmp, select, slc, win, total = nsa_branches(x)
     with torch.no_grad():
         _, lse = cmp()
         idx = select(lse)
-    res = {}
-    res["cmp_fwd"] = timed(lambda: cmp())
-    res["select_fwd"] = timed(lambda: select(lse))
-    res["slc_fwd"] = timed(lambda: slc(idx))
-    res["win_fwd"] = timed(lambda: win())
-    res["total_fwd"] = timed(total)
-    res["cmp_fwdbwd"] = timed(fwd_bwd(lambda: cmp()[0], [x["q"], x["k_cmp"], x["v_cmp"]]))
-    res["slc_fwdbwd"] = timed(fwd_bwd(lambda: slc(idx), [x["q"], x["k_slc"], x["v_slc"]]))
-    res["win_fwdbwd"] = timed(fwd_bwd(win, [x["q"], x["k_win"], x["v_win"]]))
-    run = fwd_bwd(total, list(x.values()))
-    res["total_fwdbwd"] = timed(run)
+    return {
+        "cmp_fwd": lambda: cmp(),
+        "select_fwd": lambda: select(lse),
+        "slc_fwd": lambda: slc(idx),
+        "win_fwd": win,
+        "total_fwd": total,
+        "cmp_fwdbwd": fwd_bwd(lambda: cmp()[0], [x["q"], x["k_cmp"], x["v_cmp"]]),
+        "slc_fwdbwd": fwd_bwd(lambda: slc(idx), [x["q"], x["k_slc"], x["v_slc"]]),
+        "win_fwdbwd": fwd_bwd(win, [x["q"], x["k_win"], x["v_win"]]),
+        "total_fwdbwd": fwd_bwd(total, list(x.values())),
+    }
+
+
+def bench_nsa(B, T, Hq, Hkv, Dk, Dv) -> dict:
+    x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
+    work = nsa_workloads(x)
+    res = {name: timed(fn) for name, fn in work.items()}
+    run = work["total_fwdbwd"]
     res["peak_fwdbwd_mib"] = peak_mib(run)
     # the fraction of keys a query sees (selection + window + compressed tokens), at the last position
     res["keys_per_query_last"] = NSA["num_select"] * NSA["select_size"] + NSA["window"] + x["k_cmp"].shape[1]
@@ -213,10 +221,6 @@ def bench_host() -> dict:
             tl.store(X, 0.0)
 
     x = make_inputs(1, 1024, 16, 1, 64, 64, grad=True)
-    cmp, select, slc, win, total = nsa_branches(x)
-    with torch.no_grad():
-        _, lse = cmp()
-        idx = select(lse)
     buf = torch.zeros(1, device="cuda")
     ints = list(range(3, 33))
     q, k = x["q"].detach(), x["k_win"].detach()
@@ -225,15 +229,7 @@ def bench_host() -> dict:
            "torch_add": host_us(lambda: buf.add(1.0)),
            # the launcher under the window op without the custom-op layer and the input checks
            "band_forward_launcher": host_us(lambda: band_forward(q, k, k, 1, 0, 512, 0.125))}
-    res["cmp_fwd"] = host_us(lambda: cmp())
-    res["select_fwd"] = host_us(lambda: select(lse))
-    res["slc_fwd"] = host_us(lambda: slc(idx))
-    res["win_fwd"] = host_us(lambda: win())
-    res["total_fwd"] = host_us(total)
-    res["cmp_fwdbwd"] = host_us(fwd_bwd(lambda: cmp()[0], [x["q"], x["k_cmp"], x["v_cmp"]]))
-    res["slc_fwdbwd"] = host_us(fwd_bwd(lambda: slc(idx), [x["q"], x["k_slc"], x["v_slc"]]))
-    res["win_fwdbwd"] = host_us(fwd_bwd(win, [x["q"], x["k_win"], x["v_win"]]))
-    res["total_fwdbwd"] = host_us(fwd_bwd(total, list(x.values())))
+    res.update({name: host_us(fn) for name, fn in nsa_workloads(x).items()})
     return res
 
 
