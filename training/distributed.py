@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
@@ -37,8 +38,26 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                **_per_attempt_store(rank, world))
     return DistInfo(rank, local_rank, world, dev)
+
+
+def _per_attempt_store(rank: int, world: int) -> dict:
+    """init_process_group arguments that give each torchrun restart attempt its own key space in the store.
+
+    Under torchrun the workers share the elastic agent's TCP store, and that store outlives a restart
+    (`--max-restarts`): the keys of the dead attempt (gloo's peer addresses, NCCL's unique id) are still there,
+    and the restarted group can read them and connect to processes that no longer exist ("connection refused",
+    or a hang). A PrefixStore per attempt (TORCHELASTIC_RESTART_COUNT) keeps the attempts apart. Outside torchrun's
+    agent store: {} (the default env:// rendezvous).
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=default_pg_timeout)
+    return {"store": dist.PrefixStore(f"attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
 def destroy_distributed() -> None:
