@@ -3,6 +3,7 @@
 #   bash /work/shared/tools/gpu-wheels.sh   # here, once: fills .whl/
 #   device run (carry .whl): bash scripts/gpu_check_train.sh
 # Trains the tiny model (eager and compiled), then the 124M `small` model at T=1024 for a few compiled steps,
+# runs the trainer's GPU tests (tests/test_train.py -m gpu),
 # and copies the metrics into $OUT.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
@@ -11,3 +12,5 @@ run tiny_eager train.steps=30 train.log_interval=10
 run tiny_compiled train.steps=30 train.log_interval=10 train.compile=true
 run small_compiled model=small train.steps=30 train.batch_tokens=262144 train.micro_batch_size=16 \
   train.compile=true train.log_interval=5 train.val_interval=0 train.ckpt_interval=0
+# GPU tests of the trainer (CUDA graphs vs plain compile)
+timeout "${TEST_TIMEOUT:-400}" $PY -m pytest tests/test_train.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/train_gpu_tests.log"
