@@ -71,7 +71,7 @@ def main() -> None:
     dataset_dir = prepare_dataset(cfg, info)
     resolve_vocab(cfg, dataset_dir)
     raw_model, model = build_model(cfg, info)
-    optimizer = build_optimizer(model, cfg.optim, info.device.type)
+    optimizer = build_optimizer(model, cfg.optim)
     loader = train_loader(cfg, info, dataset_dir)
     compile_model(model, cfg)
     graphs = uses_cuda_graphs(cfg)

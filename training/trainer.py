@@ -184,7 +184,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
     resolve_vocab(cfg, dataset_dir)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     raw_model, model = build_model(cfg, info)
-    optimizer = build_optimizer(model, cfg.optim, info.device.type)
+    optimizer = build_optimizer(model, cfg.optim)
     loader = train_loader(cfg, info, dataset_dir)
 
     step, skipped, wandb_id = 0, 0, None
@@ -240,8 +240,53 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
     bad_in_row, last = 0, {}
     params = [p for p in model.parameters() if p.requires_grad]
     reset_grads(optimizer, params, graphs)
+    # No host synchronisation per step: each step's [loss, grad norm] stays on the device until the next flush
+    # (console line, validation, checkpoint, end), which reads all pending steps at once. A non-finite step is
+    # skipped on the device (the fused AdamW's found_inf), so nothing has to be known on the host in time.
+    pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, stats [loss, grad norm])
+    t_flush = time.perf_counter()
+
+    def flush(validate: bool) -> None:
+        """Log the pending steps (one metrics row each; with `validate`, the validation loss goes into the newest)
+        and count the skipped ones."""
+        nonlocal bad_in_row, skipped, last, t_flush
+        values = torch.stack([stats for _, _, stats in pending]).tolist()  # the one host sync
+        now = time.perf_counter()
+        dt = (now - t_flush) / len(pending)  # mean step time since the last flush
+        tok_per_s = cfg.train.batch_tokens / dt
+        val_loss = evaluate(model, dataset_dir, cfg, info) if validate else None
+        for (at, lr, _), (loss_val, norm_val) in zip(pending, values):
+            if math.isfinite(loss_val) and math.isfinite(norm_val):
+                bad_in_row = 0
+            else:  # the optimizer skipped this update; give up after max_bad_steps in a row
+                skipped += 1
+                bad_in_row += 1
+                if bad_in_row >= cfg.train.max_bad_steps:
+                    raise RuntimeError(
+                        f"{bad_in_row} optimizer steps in a row had a non-finite loss or gradient (last at step "
+                        f"{at}): lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
+            last = {
+                "step": at,
+                "tokens": at * cfg.train.batch_tokens,
+                "loss": loss_val,
+                "lr": lr,
+                "grad_norm": norm_val,
+                "tok_per_s": tok_per_s,
+                "mfu": flops_tok * tok_per_s / (peak * info.world_size) if peak else None,
+                "mem_gb": memory_gb(info.device),
+                "step_time": dt,
+                "skipped_steps": skipped,
+            }
+            if at == 1:
+                last.update({f"attn_keys_{k}": v for k, v in sparsity.items()})
+            if at == pending[-1][0] and val_loss is not None:
+                last["val_loss"] = val_loss
+            logger.log(last)
+        pending.clear()
+        t_flush = time.perf_counter()  # validation and logging are not training time
+
     while step < cfg.train.steps:
-        t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=info.device)
         for micro in range(accum):
             x, y = loader.next_batch()
@@ -256,45 +301,23 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
             grad_norm = grad_norm.full_tensor()
         stats = all_reduce_mean(torch.stack([loss_sum / accum, grad_norm.float()]))
-        loss_val, norm_val = stats.tolist()
         lr = lr_at(step, cfg.optim.schedule_steps or cfg.train.steps, cfg.optim)
-        if math.isfinite(loss_val) and math.isfinite(norm_val):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            bad_in_row = 0
-        else:  # skip the update, keep the weights; give up after max_bad_steps in a row
-            skipped += 1
-            bad_in_row += 1
-            if bad_in_row >= cfg.train.max_bad_steps:
-                raise RuntimeError(
-                    f"{bad_in_row} optimizer steps in a row had a non-finite loss or gradient (last at step "
-                    f"{step + 1}): lower optim.lr, check the data, or resume from an earlier checkpoint"
-                )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.found_inf = (~torch.isfinite(stats).all()).float()  # 1: the fused AdamW leaves every state as is
+        optimizer.step()
         reset_grads(optimizer, params, graphs)
         step += 1
-        dt = time.perf_counter() - t0
-        tok_per_s = cfg.train.batch_tokens / dt
-        last = {
-            "step": step,
-            "tokens": step * cfg.train.batch_tokens,
-            "loss": loss_val,
-            "lr": lr,
-            "grad_norm": norm_val,
-            "tok_per_s": tok_per_s,
-            "mfu": flops_tok * tok_per_s / (peak * info.world_size) if peak else None,
-            "mem_gb": memory_gb(info.device),
-            "step_time": dt,
-            "skipped_steps": skipped,
-        }
-        if step == 1:
-            last.update({f"attn_keys_{k}": v for k, v in sparsity.items()})
-        if (cfg.train.val_interval and step % cfg.train.val_interval == 0) or step == cfg.train.steps:
-            last["val_loss"] = evaluate(model, dataset_dir, cfg, info)
-        logger.log(last)
-        if info.is_main and (step % cfg.train.log_interval == 0 or step in (1, cfg.train.steps)):
-            log.info(console_line(last, cfg.train.steps))
-        if (cfg.train.ckpt_interval and step % cfg.train.ckpt_interval == 0) or step == cfg.train.steps:
+        pending.append((step, lr, stats))
+        is_last = step == cfg.train.steps
+        do_val = bool(cfg.train.val_interval and step % cfg.train.val_interval == 0) or is_last
+        do_log = step % cfg.train.log_interval == 0 or step == 1 or is_last
+        do_ckpt = bool(cfg.train.ckpt_interval and step % cfg.train.ckpt_interval == 0) or is_last
+        if do_val or do_log or do_ckpt:
+            flush(do_val)
+            if info.is_main and do_log:
+                log.info(console_line(last, cfg.train.steps))
+        if do_ckpt:
             save(step)
 
     loader.close()
