@@ -31,9 +31,7 @@ from kernels.triton_common import (
     bthd,
     dot_precision,
     gpu_tiles,
-    group_query_rows,
     head_block,
-    load_rows,
     next_pow2,
     tl_acc,
 )
@@ -48,10 +46,20 @@ def _band_fwd_kernel(
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
-    b, kvh, t0, pos, head, row_ok = group_query_rows(T, Hkv, G, NPOS, G_PAD)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = load_rows(Q, b, pos, head, sq_b, sq_t, sq_h, offs_dk, DK, row_ok)
+    q_rows = Q + b * sq_b + pos.to(tl.int64) * sq_t + head * sq_h
+    q = tl.load(q_rows[:, None] + offs_dk[None, :], mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
 
     # keys that any row of the tile can see: first(j) <= last position, first(j) + WIN > first position
     t_last = tl.minimum(t0 + NPOS, T) - 1
@@ -157,8 +165,10 @@ def _band_bwd_dkdv_kernel(
         pos = t0 + rows // G_PAD
         row_ok = (g < G) & (pos < t_hi) & (pos >= t_lo)
         pos64 = pos.to(tl.int64)
-        q = load_rows(Q, b, pos, head, sq_b, sq_t, sq_h, offs_dk, DK, row_ok)
-        do = load_rows(DO, b, pos, head, sdo_b, sdo_t, sdo_h, offs_dv, DV, row_ok)
+        q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                    mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
         lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
         delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
@@ -187,13 +197,24 @@ def _band_bwd_dq_kernel(
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
-    b, kvh, t0, pos, head, row_ok = group_query_rows(T, Hkv, G, NPOS, G_PAD)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
     pos64 = pos.to(tl.int64)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     Hq = Hkv * G
-    q = load_rows(Q, b, pos, head, sq_b, sq_t, sq_h, offs_dk, DK, row_ok)
-    do = load_rows(DO, b, pos, head, sdo_b, sdo_t, sdo_h, offs_dv, DV, row_ok)
+    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)

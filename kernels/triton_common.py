@@ -97,31 +97,6 @@ def check_launchable(*tensors: torch.Tensor) -> None:
 
 
 @triton.jit
-def group_query_rows(T, Hkv, G, NPOS: tl.constexpr, G_PAD: tl.constexpr):
-    """The query rows of program (pid_m, pid_bh) in the group-centric layout: NPOS consecutive positions x G_PAD
-    heads of one KV group (row r = position t0 + r // G_PAD, head kvh*G + r % G_PAD), so that every K/V tile
-    loaded serves all G heads. Returns b (int64), kvh, t0, pos [NPOS*G_PAD], head [..] (int64), row_ok [..]."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * NPOS
-    rows = tl.arange(0, NPOS * G_PAD)
-    pos = t0 + rows // G_PAD
-    g = rows % G_PAD
-    row_ok = (g < G) & (pos < T)
-    head = (kvh * G + g).to(tl.int64)
-    return b, kvh, t0, pos, head, row_ok
-
-
-@triton.jit
-def load_rows(X, b, pos, head, s_b, s_t, s_h, offs, D, row_ok):
-    """x[b, pos[r], head[r], offs] for every row r -> [rows, len(offs)]; 0 outside row_ok and past D."""
-    return tl.load(X + b * s_b + pos.to(tl.int64)[:, None] * s_t + head[:, None] * s_h + offs[None, :],
-                   mask=row_ok[:, None] & (offs[None, :] < D), other=0.0)
-
-
-@triton.jit
 def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):

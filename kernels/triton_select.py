@@ -30,17 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import (
-    LOG2E,
-    bthd,
-    dot_precision,
-    gpu_tiles,
-    group_query_rows,
-    head_block,
-    load_rows,
-    next_pow2,
-    tl_acc,
-)
+from kernels.triton_common import LOG2E, bthd, dot_precision, gpu_tiles, head_block, next_pow2, tl_acc
 
 
 @triton.jit
@@ -52,11 +42,24 @@ def _select_kernel(
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
     PREC: tl.constexpr,
 ):
+    BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
-    b, kvh, t0, pos, head, row_ok = group_query_rows(T, Hkv, G, NPOS, G_PAD)  # NPOS positions x G_PAD heads
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+
+    # query rows: NPOS positions x G_PAD heads
+    rows = tl.arange(0, BM)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    row_ok = (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
     pos64 = pos.to(tl.int64)
     offs_dk = tl.arange(0, BLOCK_DK)
-    q = load_rows(Q, b, pos, head, sq_b, sq_t, sq_h, offs_dk, DK, row_ok)
+    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     lse = tl.load(LSE + b * sl_b + pos64 * sl_t + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
 

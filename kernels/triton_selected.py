@@ -31,7 +31,6 @@ from kernels.triton_common import (
     dot_precision,
     gpu_tiles,
     head_block,
-    load_rows,
     next_pow2,
     tl_acc,
 )
@@ -193,8 +192,10 @@ def _selected_bwd_dkdv_kernel(
                 slot = p0 + rows // G_PAD
                 row_ok = (slot < end) & (g < G)
                 pos = tl.load(POS + slot, mask=row_ok, other=0).to(tl.int64)
-                q = load_rows(Q, b, pos, head, sq_b, sq_t, sq_h, offs_dk, DK, row_ok)
-                do = load_rows(DO, b, pos, head, sdo_b, sdo_t, sdo_h, offs_dv, DV, row_ok)
+                q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                            mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+                do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                             mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
                 lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
                 lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
                 delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
