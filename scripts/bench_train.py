@@ -16,7 +16,6 @@ Everything after `--` is a Hydra override of the training config (as for train.p
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -180,12 +179,9 @@ def profile_step(step, path: Path | None, cuda: bool) -> None:
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70) + "\n")
-    trace = path.with_suffix(".json")
-    prof.export_chrome_trace(str(trace))
-    with open(trace, "rb") as f_in, gzip.open(str(trace) + ".gz", "wb") as f_out:
-        f_out.write(f_in.read())
-    trace.unlink()
-    print(f"profile: {path} (+ {trace.name}.gz)")
+    trace = path.with_suffix(".json.gz")
+    prof.export_chrome_trace(str(trace))  # torch gzips a path ending in .gz
+    print(f"profile: {path} (+ {trace.name})")
 
 
 if __name__ == "__main__":
