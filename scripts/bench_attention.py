@@ -411,24 +411,25 @@ def main() -> None:
         results["tune"] = tune(B, 32768, Hq, 4, 128)
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
+
+    def nsa_vs_sdpa(section: str, T: int, Dk: int) -> None:
+        """results[section][T]: NSA (Hq heads in 4 KV groups) and SDPA flash / cuDNN at head dims Dk / Dv=128."""
+        print(f"{section} T={T}", flush=True)
+        row = results[section].setdefault(str(T), {})
+        attempt(row, "nsa", lambda: bench_nsa(B, T, Hq, 4, Dk, 128), checkpoint)
+        for backend in ("flash", "cudnn"):
+            attempt(row, backend, lambda b=backend: bench_sdpa(B, T, Hq, Dk, 128, b), checkpoint)
+
     if "main" in args.sections:
         for T in args.T:
-            print(f"main T={T}", flush=True)
-            row = results["main"].setdefault(str(T), {})
-            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 128, 128), checkpoint)
-            for backend in ("flash", "cudnn"):
-                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 128, 128, b), checkpoint)
+            nsa_vs_sdpa("main", T, 128)
     if "gsweep" in args.sections:
         for G in (1, 2, 4, 8, 16):
             print(f"gsweep G={G}", flush=True)
             attempt(results["gsweep"], str(G), lambda G=G: bench_nsa(B, 32768, Hq, Hq // G, 128, 128), checkpoint)
     if "paper" in args.sections:
         for T in args.paper_T:
-            print(f"paper T={T}", flush=True)
-            row = results["paper"].setdefault(str(T), {})
-            attempt(row, "nsa", lambda T=T: bench_nsa(B, T, Hq, 4, 192, 128), checkpoint)
-            for backend in ("flash", "cudnn"):
-                attempt(row, backend, lambda T=T, b=backend: bench_sdpa(B, T, Hq, 192, 128, b), checkpoint)
+            nsa_vs_sdpa("paper", T, 192)
     if "profile" in args.sections:
         print("profile T=32768", flush=True)
         attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), checkpoint)
