@@ -65,12 +65,13 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
     )  # fmt: skip
     n_batches = math.ceil(math.ceil(n_seqs / world) / micro)  # the same on every rank (FSDP2 forwards are collective)
     model.eval()
+    graphs = uses_cuda_graphs(cfg)
     totals = torch.zeros(2, device=info.device)  # loss summed over tokens, tokens
     for b in range(n_batches):
         x, y = loader.next_batch()
         global_index = info.rank + (b * micro + torch.arange(micro, device=y.device)) * world
         y[global_index >= n_seqs] = -1
-        if uses_cuda_graphs(cfg):
+        if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast_context(cfg, info.device):
             _, loss = model(x, y)
