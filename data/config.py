@@ -14,13 +14,17 @@ class MixConfig:
     """Long-context synthetic documents mixed into training by the loader (see data/synthetic.py).
 
     A fraction `rate` of the global samples, chosen from (seed, global sample index), is replaced by a freshly
-    generated synthetic document. `length` is that document's length in tokens (None: the whole sample,
-    seq_len + 1 tokens); a shorter document is placed at the end of the sample, after the real tokens it
-    replaces there, so the answer is always the last thing in the sample.
+    generated synthetic document (or, with `min_length`, several). `length` is how many tokens are replaced
+    (None: the whole sample, seq_len + 1 tokens); a shorter region is placed at the end of the sample, after the
+    real tokens, so an answer is always the last thing in the sample.
     """
 
     rate: float = 0.0  # fraction of samples replaced; 0 disables the mix
-    length: int | None = None  # synthetic document length in tokens; None = seq_len + 1
+    length: int | None = None  # tokens replaced at the end of a chosen sample; None = the whole seq_len + 1
+    # None: one document fills those tokens. An int: several documents, back to back, whose lengths are drawn
+    # log-uniformly in [min_length, what is left] (so ~log2(length / min_length) / 2 documents per sample, short
+    # and long alike): many more retrieval answers per sample than one document asking once at the end.
+    min_length: int | None = None
     kinds: list[str] = field(default_factory=lambda: ["passkey", "multikey", "mqar"])  # drawn uniformly
 
 

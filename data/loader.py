@@ -36,6 +36,7 @@ import torch
 from data.config import MixConfig, as_mix_config
 from data.errors import DataError
 from data.shards import open_shard
+from data.synthetic import generate
 from data.tokenizer import META_FILE, load_tokenizer
 
 _U64 = np.uint64
@@ -106,7 +107,7 @@ class TokenLoader:
         self.mix = as_mix_config(mix)
         self.tokenizer = None
         if self.mix is not None:
-            from data.synthetic import GENERATORS, generate
+            from data.synthetic import GENERATORS
 
             bad = [k for k in self.mix.kinds if k not in GENERATORS]
             if bad or not self.mix.kinds:
@@ -114,15 +115,20 @@ class TokenLoader:
                                 f"{', '.join(GENERATORS)}")
             if self.mix.length is not None and not 2 <= self.mix.length <= seq_len + 1:
                 raise DataError(f"data.mix.length={self.mix.length} must be in [2, seq_len+1={seq_len + 1}]")
+            region = self.mix.length or seq_len + 1
+            if self.mix.min_length is not None and not 2 <= self.mix.min_length <= region:
+                raise DataError(f"data.mix.min_length={self.mix.min_length} must be in [2, data.mix.length or "
+                                f"seq_len+1 = {region}], or null for one document per chosen sample")
+            shortest = self.mix.min_length or region
             self.tokenizer = load_tokenizer(self.dir)
             for kind in self.mix.kinds:  # fail now, not mid-training, if a kind does not fit
-                try:  # (a rare draw that still does not fit later keeps its real sample)
+                try:  # (a rare draw that still does not fit later keeps its real tokens)
                     for s in range(4):
-                        generate(kind, self.tokenizer, (self.mix.length or seq_len + 1) - 1, seed=s)
+                        generate(kind, self.tokenizer, shortest - 1, seed=s)
                 except ValueError as e:
-                    raise DataError(f"seq_len={seq_len} / data.mix.length={self.mix.length} is too short for "
-                                    f"synthetic {kind!r} ({e}); raise them or drop {kind!r} from data.mix.kinds"
-                                    ) from None
+                    raise DataError(f"synthetic {kind!r} does not fit in {shortest} tokens ({e}): raise "
+                                    "data.mix.min_length (or data.mix.length / seq_len), or drop "
+                                    f"{kind!r} from data.mix.kinds") from None
             self._mix_key = _key(seed, 0x5EED)
 
         self.cursor = 0  # global sample index of the next global batch
@@ -171,22 +177,37 @@ class TokenLoader:
             self._maybe_synthetic(g, out)
 
     def _maybe_synthetic(self, g: int, out: np.ndarray) -> None:
-        from data.synthetic import generate
-
         h = int(mix64(np.array([self._mix_key ^ g], dtype=_U64))[0])
         if (h >> 11) / float(1 << 53) >= self.mix.rate:
             return
-        length = self.mix.length or len(out)
-        kind = self.mix.kinds[(h & 0xFFFF) % len(self.mix.kinds)]
         eos = self.tokenizer.eos_id
-        haystack = out[out != eos]  # the real text this sample replaces, for needles in real text
-        try:
-            doc = generate(kind, self.tokenizer, length - 1, seed=_key(self.seed, g) & 0x7FFFFFFF,
-                           haystack=haystack.tolist() if len(haystack) else None)
-        except ValueError:  # this draw's pieces encode longer than the length allows: keep the real sample
-            return
-        out[len(out) - length] = eos  # a document boundary, as prepare puts before every document
-        out[len(out) - length + 1:] = doc.tokens
+        haystack = out[out != eos].tolist() or None  # the real text this sample replaces, for needles in real text
+        region = self.mix.length or len(out)
+        for j, (start, n) in enumerate(self._doc_spans(g, region)):
+            kind = self.mix.kinds[((_key(h, j) if j else h) & 0xFFFF) % len(self.mix.kinds)]
+            try:
+                doc = generate(kind, self.tokenizer, n - 1, seed=_key(self.seed, g, j) & 0x7FFFFFFF,
+                               haystack=haystack)
+            except ValueError:  # this draw's pieces encode longer than n allows: keep the real tokens there
+                continue
+            at = len(out) - region + start
+            out[at] = eos  # a document boundary, as prepare puts before every document
+            out[at + 1:at + n] = doc.tokens
+
+    def _doc_spans(self, g: int, region: int) -> list[tuple[int, int]]:
+        """(start, length) of the synthetic documents (eos included) that fill `region` tokens of sample g."""
+        lo = self.mix.min_length
+        if lo is None:
+            return [(0, region)]
+        rng = np.random.default_rng(_key(self.seed, g, 0xD0C5))
+        spans, start = [], 0
+        while region - start > 0:
+            left = region - start
+            n = left if left < 2 * lo else int(np.exp(rng.uniform(np.log(lo), np.log(left))))
+            n = left if left - n < lo else n  # no piece shorter than min_length at the end
+            spans.append((start, n))
+            start += n
+        return spans
 
     def _build(self, cursor: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)

@@ -173,13 +173,17 @@ def test_mix_config_errors(real_ds):
         TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.1, kinds=["nope"]))
     with pytest.raises(DataError, match="mix.length"):
         TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.1, length=500))
-    with pytest.raises(DataError, match="too short for synthetic 'passkey'"):
+    with pytest.raises(DataError, match="synthetic 'passkey' does not fit in 65 tokens"):
         TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.1))
+    with pytest.raises(DataError, match="synthetic 'passkey' does not fit in 40 tokens"):
+        TokenLoader(real_ds, "train", seq_len=256, batch_size=1, mix=MixConfig(rate=0.1, min_length=40))
+    with pytest.raises(DataError, match="mix.min_length=300 must be in"):
+        TokenLoader(real_ds, "train", seq_len=256, batch_size=1, mix=MixConfig(rate=0.1, min_length=300))
     assert TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.0)).mix is None
 
 
 def test_mix_draw_that_does_not_fit_keeps_the_real_sample(real_ds, monkeypatch):
-    import data.synthetic
+    import data.loader
 
     plain = TokenLoader(real_ds, "train", seq_len=256, batch_size=4, seed=3)
     mixed = TokenLoader(real_ds, "train", seq_len=256, batch_size=4, seed=3, mix=MixConfig(rate=1.0))
@@ -187,5 +191,33 @@ def test_mix_draw_that_does_not_fit_keeps_the_real_sample(real_ds, monkeypatch):
     def too_long(*args, **kwargs):
         raise ValueError("passkey: n_tokens=256 is too short")
 
-    monkeypatch.setattr(data.synthetic, "generate", too_long)
+    monkeypatch.setattr(data.loader, "generate", too_long)
     assert torch.equal(plain.next_batch()[0], mixed.next_batch()[0])
+
+
+def test_mix_min_length_packs_several_answered_documents(real_ds):
+    tok = load_tokenizer(real_ds)
+    seq, lo = 1023, 192
+    mix = MixConfig(rate=1.0, min_length=lo, kinds=["passkey", "mqar"])
+    ld = TokenLoader(real_ds, "train", seq_len=seq, batch_size=8, seed=4, mix=mix)
+    x, y = ld.next_batch()
+    windows = torch.cat([x, y[:, -1:]], 1)  # the seq+1 tokens of each sample
+    n_docs = []
+    for row in windows.tolist():
+        assert row[0] == tok.eos_id  # the first document starts the sample
+        cuts = [i for i, t in enumerate(row) if t == tok.eos_id] + [len(row)]
+        lengths = [b - a for a, b in zip(cuts, cuts[1:])]
+        assert all(n >= lo for n in lengths) and sum(lengths) == seq + 1
+        for a, b in zip(cuts, cuts[1:]):
+            text = tok.decode(row[a + 1:b])
+            if "The pass key is" in text:  # every document ends with its own correct answer
+                key = re.search(r"The pass key is (\d{5})\.", text).group(1)
+                assert text.endswith(f"What is the pass key? The pass key is {key}")
+            else:
+                block, queries = text.split("Recall the values:")
+                pairs = dict(re.findall(r" (\w{4})=(\d{3})", block))
+                assert queries and all(pairs[k] == v for k, v in re.findall(r" (\w{4})=(\d{3})", queries))
+        n_docs.append(len(lengths))
+    assert max(n_docs) > 1 and sum(n_docs) / len(n_docs) > 1.5  # log-uniform in [192, 1024]: ~2 on average
+    again = TokenLoader(real_ds, "train", seq_len=seq, batch_size=8, seed=4, mix=mix)
+    assert torch.equal(again.next_batch()[0], x)  # a pure function of (seed, sample)
