@@ -2,6 +2,7 @@
 
     python scripts/reproduce.py --scale cpu                           # minutes on 2 CPU cores -> docs/results/cpu/
     python scripts/reproduce.py --scale gpu-small --time-budget 540   # one H100; re-run until it says "complete"
+    python scripts/reproduce.py --scale gpu-small --seeds 0 1 --parallel 4 --time-budget 560   # 4 GPUs, a step on each
     python scripts/reproduce.py --scale paper --nproc-per-node 8 --longbench-dir /data/LongBench/data
     python scripts/reproduce.py --scale cpu --seeds 0 1 2             # more seeds (finished ones are kept)
     python scripts/reproduce.py --scale cpu --report-only             # figures + REPORT.md from existing outputs
@@ -14,6 +15,9 @@ attention), then evaluated on the same samples. Steps, each a subprocess whose o
      over the scale's grids up to twice the training length;
   2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py (Table 4);
   3. the report (evaluation/compare.py): figures, each with its JSON, and REPORT.md in REPORT_DIR.
+One step at a time, in that order; --parallel N runs up to N steps at once, each on its own GPU
+(CUDA_VISIBLE_DEVICES): an eval starts once its own training run has finished, and the benchmarks once every
+train and eval step has (so that nothing else runs on the GPUs while they time kernels).
 Resumable: a finished step is skipped (training: its final checkpoint exists; the others: WORK/progress.json
 records them done with the same command and their output is there), training resumes from its newest
 checkpoint, and --time-budget stops cleanly before the budget runs out (exit code 3: run the command again).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -189,6 +194,10 @@ class Driver:
         self.manifest: dict[str, Any] = read_json(self.work / "manifest.json") or {}
         self.deadline = time.monotonic() + args.time_budget if args.time_budget else None
         self.nproc = args.nproc_per_node or self.scale.nproc_per_node
+        self.gpus = gpu_slots(args.parallel) if args.parallel > 1 else [None]  # slot -> CUDA_VISIBLE_DEVICES
+        # steps running side by side save progress.json one at a time: the atomic write's temp file is named per
+        # process, and the dict must not change while it is dumped
+        self.lock = threading.Lock()
 
     # -- the plan ------------------------------------------------------------------------------------------
     def experiment(self, arm: str) -> str:
@@ -247,23 +256,29 @@ class Driver:
         return None
 
     # -- running -------------------------------------------------------------------------------------------
-    def save_progress(self, step: Step, status: str, seconds: float = 0.0, note: str | None = None) -> None:
-        old = self.progress.get(step.id) or {}
-        same = old.get("command") == step.text
-        self.progress[step.id] = {
-            "kind": step.kind, "status": status, "command": step.text,
-            # time is summed over resumed attempts of the same command (a run split by --time-budget)
-            "seconds": (old.get("seconds", 0.0) if same and old.get("status") != "done" else 0.0) + seconds,
-            "note": note, "log": relative(self.work / "logs" / f"{step.id.replace('/', '_')}.log"),
-            "updated": now(),
-        }
-        write_json_atomic(self.work / "progress.json", self.progress)
+    def save_progress(self, step: Step, status: str, seconds: float = 0.0, note: str | None = None,
+                      gpu: str | None = None) -> None:
+        with self.lock:
+            old = self.progress.get(step.id) or {}
+            same = old.get("command") == step.text
+            entry = {
+                "kind": step.kind, "status": status, "command": step.text,
+                # time is summed over resumed attempts of the same command (a run split by --time-budget)
+                "seconds": (old.get("seconds", 0.0) if same and old.get("status") != "done" else 0.0) + seconds,
+                "note": note, "log": relative(self.work / "logs" / f"{step.id.replace('/', '_')}.log"),
+                "updated": now(),
+            }
+            if gpu is not None:  # --parallel: the CUDA_VISIBLE_DEVICES it ran with
+                entry["gpu"] = gpu
+            self.progress[step.id] = entry
+            write_json_atomic(self.work / "progress.json", self.progress)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def execute(self, step: Step, index: int, count: int) -> str:
-        """Run one step; returns its status: done | failed | stopped."""
+    def execute(self, step: Step, index: int, count: int, slot: int = 0) -> str:
+        """Run one step on GPU slot `slot` (--parallel); returns its status: done | failed | stopped."""
+        gpu = self.gpus[slot]
         log = self.work / "logs" / f"{step.id.replace('/', '_')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         if step.kind == "eval" and step.out.exists():
@@ -273,33 +288,86 @@ class Driver:
             results = read_json(step.out / "results.json") or {}
             if entry.get("command") != step.text or results.get("step") not in (None, step.needs[1]):
                 shutil.rmtree(step.out)
-        tqdm.write(f"[{index}/{count}] {step.id}: {step.text}")
+        tqdm.write(f"[{index}/{count}] {step.id}{'' if gpu is None else f' (GPU {gpu})'}: {step.text}")
         remaining = self.remaining()
         timeout = None if remaining is None else max(1.0, remaining - self.args.reserve)
         t0 = time.monotonic()
-        rc = run_logged(step.command, log, total=step.total, desc=step.id, timeout=timeout, verbose=self.args.verbose)
+        rc = run_logged(step.command, log, total=step.total, desc=step.id, timeout=timeout, verbose=self.args.verbose,
+                        position=None if gpu is None else slot, env=None if gpu is None else {
+                            "CUDA_VISIBLE_DEVICES": gpu})
         seconds = time.monotonic() - t0
         if rc is None:
-            self.save_progress(step, "stopped", seconds, "time budget reached; re-run to continue")
+            self.save_progress(step, "stopped", seconds, "time budget reached; re-run to continue", gpu)
             return "stopped"
         if rc != 0:
             tail = log.read_text(errors="replace").splitlines()[-15:]
             tqdm.write(f"    {step.id} FAILED (exit {rc}); last lines of {relative(log)}:\n      "
                        + "\n      ".join(tail))
-            self.save_progress(step, "failed", seconds, f"exit code {rc}; see {relative(log)}")
+            self.save_progress(step, "failed", seconds, f"exit code {rc}; see {relative(log)}", gpu)
             return "failed"
         if step.kind == "bench":
             partial = Path(step.command[-1])
             os.replace(partial if partial.is_absolute() else REPO / partial, step.out)
-        self.save_progress(step, "done", seconds)
-        tqdm.write(f"    done in {seconds:.0f} s")
+        self.save_progress(step, "done", seconds, gpu=gpu)
+        tqdm.write(f"    {'' if gpu is None else step.id + ' '}done in {seconds:.0f} s")
         return "done"
+
+    def schedule(self, steps: list[Step], todo: list[Step], statuses: dict[str, str]) -> bool:
+        """Run `todo` (the unfinished part of `steps`), each step as soon as a GPU slot is free and what it needs
+        has finished: an eval its own training run, a benchmark every train and eval step. With one slot this is
+        plan order, one after another. Fills `statuses`; returns whether the time budget stopped the run."""
+        trainer = {s.out: s.id for s in steps if s.kind == "train"}
+        gpu_work = [s.id for s in steps if s.kind in ("train", "eval")]
+        finished: queue.Queue[tuple[Step, int, str | BaseException]] = queue.Queue()
+        pending, free, running, stopped = list(todo), list(range(len(self.gpus))), 0, False
+
+        def ready(step: Step) -> bool:
+            if step.kind == "bench":
+                return all(i in statuses for i in gpu_work)
+            return step.needs is None or trainer[step.needs[0]] in statuses
+
+        def work(step: Step, index: int, slot: int) -> None:
+            try:
+                result = self.execute(step, index, len(todo), slot)
+            except BaseException as e:  # raised again below, as if the step had run in this thread
+                result = e
+            finished.put((step, slot, result))
+
+        while pending or running:
+            while free and not stopped and (step := next((s for s in pending if ready(s)), None)):
+                pending.remove(step)
+                index = todo.index(step) + 1
+                reason = self.skip_reason(step)
+                if reason:
+                    tqdm.write(f"[{index}/{len(todo)}] {step.id}: {reason}")
+                    self.save_progress(step, "skipped", note=reason)
+                    statuses[step.id] = "skipped"
+                    continue
+                rem = self.remaining()
+                if rem is not None and rem < self.args.reserve:
+                    tqdm.write(f"[{index}/{len(todo)}] {step.id}: not started, {rem:.0f} s left of the time budget")
+                    stopped = True
+                    break
+                running += 1
+                threading.Thread(target=work, args=(step, index, free.pop(0)), daemon=True).start()
+            if not running:
+                break  # nothing left that may start (stopped by the time budget)
+            step, slot, result = finished.get()
+            if isinstance(result, BaseException):
+                raise result
+            statuses[step.id] = result
+            running -= 1
+            free.append(slot)
+            free.sort()  # the lowest free slot next: its tqdm bar sits nearest the top
+            stopped = stopped or statuses[step.id] == "stopped"
+        return stopped
 
     def write_manifest(self, started: str, seconds: float, result: str) -> None:
         import torch
 
         inv = {"command": "python " + shlex.join([relative(Path(sys.argv[0])), *sys.argv[1:]]), "started": started,
-               "seconds": round(seconds, 1), "result": result, "git_commit": git_commit(), "device": device_name()}
+               "seconds": round(seconds, 1), "result": result, "parallel": self.args.parallel,
+               "git_commit": git_commit(), "device": device_name()}
         self.manifest.update({
             "scale": self.args.scale,
             "about": self.scale.about,
@@ -343,23 +411,7 @@ class Driver:
             if s.done:
                 statuses[s.id] = "done"
                 tqdm.write(f"[done] {s.id} (skipped: finished earlier)")
-        stopped = False
-        for i, step in enumerate(todo, 1):
-            reason = self.skip_reason(step)
-            if reason:
-                tqdm.write(f"[{i}/{len(todo)}] {step.id}: {reason}")
-                self.save_progress(step, "skipped", note=reason)
-                statuses[step.id] = "skipped"
-                continue
-            rem = self.remaining()
-            if rem is not None and rem < self.args.reserve:
-                tqdm.write(f"[{i}/{len(todo)}] {step.id}: not started, {rem:.0f} s left of the time budget")
-                stopped = True
-                break
-            statuses[step.id] = self.execute(step, i, len(todo))
-            if statuses[step.id] == "stopped":
-                stopped = True
-                break
+        stopped = self.schedule(steps, todo, statuses)
         failed = [k for k, v in statuses.items() if v == "failed"]
         result = "stopped" if stopped else "failed" if failed else "complete"
         self.manifest["invocations"].pop()  # replaced by the final record of this invocation
@@ -392,18 +444,19 @@ TRAIN_STEP = re.compile(rb"step\s+(\d+)/(\d+)")
 
 
 def run_logged(cmd: list[str], log: Path, total: int | None, desc: str, timeout: float | None,
-               verbose: bool) -> int | None:
-    """Run cmd in the repo root with its output appended to log; a tqdm bar follows training steps (or shows the
-    newest output line). Returns the exit code, or None when it was stopped at `timeout` seconds (SIGTERM to its
-    process group, SIGKILL 30 s later: checkpoints are written atomically, so a run stopped anywhere resumes)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+               verbose: bool, position: int | None = None, env: dict[str, str] | None = None) -> int | None:
+    """Run cmd in the repo root with its output appended to log and `env` added to its environment; a tqdm bar
+    (on line `position`, for steps running side by side) follows training steps (or shows the newest output line).
+    Returns the exit code, or None when it was stopped at `timeout` seconds (SIGTERM to its process group, SIGKILL
+    30 s later: checkpoints are written atomically, so a run stopped anywhere resumes)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable if i == 0 and c == "python" else c for i, c in enumerate(cmd)]
     with open(log, "ab") as f:
         f.write(f"\n==== {now()} {shlex.join(cmd)}\n".encode())
         f.flush()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-        bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+        bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, position=position,
                    bar_format=None if total else "{desc}: {elapsed} {postfix}")
 
         def pump() -> None:
@@ -437,6 +490,18 @@ def run_logged(cmd: list[str], log: Path, total: int | None, desc: str, timeout:
         reader.join()
         bar.close()
     return rc
+
+
+def gpu_slots(n: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each of n slots: the i-th entry of the one already set, else GPU i."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(n)]
+    listed = [d.strip() for d in visible.split(",") if d.strip()]
+    if len(listed) < n:
+        raise SystemExit(f"error: --parallel {n} needs {n} GPUs but CUDA_VISIBLE_DEVICES={visible!r} lists "
+                         f"{len(listed)}: pass --parallel {max(1, len(listed))} or list more GPUs")
+    return listed[:n]
 
 
 def now() -> str:
@@ -480,6 +545,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-set", action="append", metavar="KEY=VALUE", help="extra eval.py override for both models")
     p.add_argument("--longbench-dir", help="LongBench's data folder (<task>.jsonl files): adds the real tasks")
     p.add_argument("--nproc-per-node", type=int, help="GPUs for training (torchrun when > 1; default: the scale's)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run up to N steps at once, one per GPU (CUDA_VISIBLE_DEVICES=slot); default 1: one after "
+                        "another")
     p.add_argument("--work-dir", help="where runs, evals, benchmarks and logs go (default: runs/repro-<scale>)")
     p.add_argument("--report-dir", help="where figures, JSON and REPORT.md go (default: docs/results/<scale>)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -496,6 +564,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         if torch.cuda.is_available() and torch.cuda.device_count() < SCALES[args.scale].nproc_per_node:
             args.nproc_per_node = torch.cuda.device_count()
+    if args.parallel < 1:
+        raise SystemExit(f"error: --parallel {args.parallel}: pass 1 (one step after another) or more")
+    if args.parallel > 1:
+        import torch
+
+        nproc = args.nproc_per_node or SCALES[args.scale].nproc_per_node
+        if nproc > 1:
+            raise SystemExit(f"error: --parallel {args.parallel} runs each step on one GPU, but training uses "
+                             f"{nproc} (torchrun): pass --nproc-per-node 1, or drop --parallel")
+        if torch.cuda.is_available() and args.parallel > torch.cuda.device_count():
+            raise SystemExit(f"error: --parallel {args.parallel} but only {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"are visible: pass --parallel {torch.cuda.device_count()} or fewer")
     return args
 
 

@@ -4,12 +4,14 @@ The report is built from fabricated outputs whose every number is known, so the 
 REPORT.md can be checked against the inputs. The driver is run with its train/eval/bench commands replaced by a
 fake script that writes the same kind of outputs in milliseconds: a second run skips the finished steps, a changed
 eval setting re-runs only the evals, a time budget stops cleanly and the next run continues, and a work folder
-trained with other settings is refused.
+trained with other settings is refused. With --parallel the fake also logs when each step starts and ends and on
+which GPU, so the order and the GPU of every step can be checked.
 """
 
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -272,19 +274,38 @@ FAKE = r'''
 import json, os, sys, time
 from pathlib import Path
 script, args = sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:] if "=" in a and not a.startswith("-"))
+step = {"train.py": "train/" + Path(args.get("run_dir", "")).name,
+        "eval.py": "eval/" + Path(args.get("out_dir", "")).name}.get(script, Path(script).stem)
+
+
+def event(what):
+    if "FAKE_EVENTS" in os.environ:  # one short append per line: lines of concurrent steps do not mix
+        with open(os.environ["FAKE_EVENTS"], "a") as f:
+            f.write(json.dumps({"event": what, "step": step, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+
+
+event("start")
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(script + "\n")
+if os.environ.get("FAKE_FAIL") == step:
+    event("end")
+    sys.exit(1)
+if os.environ.get("FAKE_SLOW") == step:
+    time.sleep(1.5)
 if script == "train.py":
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     ckpt = Path(args["run_dir"]) / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / ("step_%07d.pt" % int(args["train.steps"]))).write_bytes(b"")
 elif script == "eval.py":
-    step = max(int(p.stem[5:]) for p in (Path(args["checkpoint"]) / "checkpoints").glob("step_*.pt"))
+    last = max(int(p.stem[5:]) for p in (Path(args["checkpoint"]) / "checkpoints").glob("step_*.pt"))
     Path(args["out_dir"]).mkdir(parents=True, exist_ok=True)
-    (Path(args["out_dir"]) / "results.json").write_text(json.dumps({"step": step}))
-elif "--out" in sys.argv:
-    Path(sys.argv[sys.argv.index("--out") + 1]).write_text("{}")
+    (Path(args["out_dir"]) / "results.json").write_text(json.dumps({"step": last}))
+elif "--out" in sys.argv:  # a benchmark (run only where CUDA is, or is faked)
+    out = Path(sys.argv[sys.argv.index("--out") + 1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("{}")
+event("end")
 '''
 
 
@@ -317,6 +338,8 @@ def test_driver_runs_every_step_then_skips_finished_ones(driver, capsys):
     assert {k: v["status"] for k, v in progress.items() if k.startswith(("train", "eval"))} == {
         "train/full-s0": "done", "train/nsa-s0": "done", "eval/full-s0": "done", "eval/nsa-s0": "done"}
     assert (out / "REPORT.md").is_file() and (work / "manifest.json").is_file()
+    assert "gpu" not in progress["train/full-s0"]  # one step after another: no GPU pinned
+    assert json.loads((work / "manifest.json").read_text())["invocations"][-1]["parallel"] == 1
     rc, calls = run()
     assert rc == 0 and calls == []  # everything finished earlier is skipped
     assert "[done] train/nsa-s0 (skipped: finished earlier)" in capsys.readouterr().out
@@ -358,3 +381,118 @@ def test_driver_report_only_needs_outputs(driver, tmp_path):
     (out / "REPORT.md").unlink()
     rc, calls = run("--report-only")
     assert rc == 0 and calls == [] and (out / "REPORT.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the driver with --parallel: steps side by side, one per GPU slot
+
+RUNS = [f"{arm}-s{seed}" for seed in (0, 1) for arm in ("full", "nsa")]
+
+
+def _fake_gpus(monkeypatch, n: int) -> None:
+    """torch.cuda as on a host with n GPUs (n = 0: none), for the driver's checks and its benchmark steps."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "FakeGPU")
+
+
+def _events(monkeypatch, tmp_path):
+    """Turns on the fake's start/end log; returns a function that reads it."""
+    path = tmp_path / "events.jsonl"
+    monkeypatch.setenv("FAKE_EVENTS", str(path))
+    return lambda: [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_parallel_runs_steps_side_by_side_each_on_its_own_gpu(driver, monkeypatch, tmp_path):
+    run, work, out = driver
+    _fake_gpus(monkeypatch, 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FAKE_SLEEP", "1")  # each training run takes a second: the four overlap
+    monkeypatch.setenv("FAKE_SLOW", "eval/nsa-s1")  # GPU slots are free while it runs: the benchmarks must wait
+    events = _events(monkeypatch, tmp_path)
+    rc, calls = run("--seeds", "0", "1", "--parallel", "4")
+    assert rc == 0 and sorted(calls) == ["eval.py"] * 4 + ["train.py"] * 4
+    progress = json.loads((work / "progress.json").read_text())
+    runs = [f"{kind}/{r}" for kind in ("train", "eval") for r in RUNS]
+    assert {k: v["status"] for k, v in progress.items()} == dict.fromkeys([*runs, "bench_attention", "bench_decode"],
+                                                                          "done")
+    assert (out / "REPORT.md").is_file() and (work / "bench" / "attention.json").is_file()
+    assert json.loads((work / "manifest.json").read_text())["invocations"][-1]["parallel"] == 4
+
+    log = events()
+    at = {(e["event"], e["step"]): i for i, e in enumerate(log)}
+    assert len(at) == len(log) == 2 * len(progress)  # every step started and ended once
+    for r in RUNS:
+        assert at["start", f"eval/{r}"] > at["end", f"train/{r}"]
+    last_gpu_work = max(at["end", s] for s in runs)
+    assert at["start", "bench_attention"] > last_gpu_work and at["start", "bench_decode"] > last_gpu_work
+    running, peak = {}, 0
+    for e in log:
+        assert e["gpu"] == progress[e["step"]]["gpu"]  # the GPU recorded is the one the step saw
+        if e["event"] == "start":
+            assert e["gpu"] in ("0", "1", "2", "3") and e["gpu"] not in running.values(), (e, running)
+            running[e["step"]] = e["gpu"]
+            peak = max(peak, len(running))
+        else:
+            del running[e["step"]]
+    assert peak == 4
+
+
+def test_parallel_failed_training_skips_only_its_eval_on_the_listed_gpus(driver, monkeypatch, tmp_path, capsys):
+    run, work, _ = driver
+    _fake_gpus(monkeypatch, 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # slot i runs on the i-th GPU listed
+    monkeypatch.setenv("FAKE_FAIL", "train/nsa-s0")
+    events = _events(monkeypatch, tmp_path)
+    rc, calls = run("--seeds", "0", "1", "--parallel", "2")
+    assert rc == 1 and sorted(calls) == ["eval.py"] * 3 + ["train.py"] * 4
+    progress = json.loads((work / "progress.json").read_text())
+    status = {k: v["status"] for k, v in progress.items()}
+    assert status.pop("train/nsa-s0") == "failed" and status.pop("eval/nsa-s0") == "skipped"
+    assert status == {**{f"{kind}/{r}": "done" for kind in ("train", "eval") for r in RUNS if r != "nsa-s0"},
+                      "bench_attention": "skipped", "bench_decode": "skipped"}
+    assert re.fullmatch(r"skipped: .*nsa-s0 has no checkpoint of step 3 \(training failed\)",
+                        progress["eval/nsa-s0"]["note"])
+    assert "gpu" not in progress["eval/nsa-s0"]
+    assert {v["gpu"] for v in progress.values() if v["status"] != "skipped"} == {"5", "7"}
+    assert {e["gpu"] for e in events()} == {"5", "7"} and "eval/nsa-s0" not in {e["step"] for e in events()}
+    assert "train/nsa-s0 FAILED (exit 1)" in capsys.readouterr().out
+
+
+def test_parallel_stops_at_the_time_budget_and_continues(driver, monkeypatch):
+    run, work, _ = driver
+    _fake_gpus(monkeypatch, 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FAKE_SLEEP", "60")
+    rc, calls = run("--parallel", "2", "--time-budget", "5", "--reserve", "1")
+    assert rc == 3 and calls == ["train.py", "train.py"]  # both runs stopped; their evals never started
+    progress = json.loads((work / "progress.json").read_text())
+    assert {k: (v["status"], v["gpu"]) for k, v in progress.items()} == {
+        "train/full-s0": ("stopped", "0"), "train/nsa-s0": ("stopped", "1")}
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    rc, calls = run("--parallel", "2")
+    assert rc == 0 and sorted(calls) == ["eval.py", "eval.py", "train.py", "train.py"]
+
+
+def test_parallel_refuses_bad_arguments(driver, monkeypatch):
+    run, work, _ = driver
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for args, message in [
+        (["--parallel", "2", "--nproc-per-node", "2"],
+         r"error: --parallel 2 runs each step on one GPU, but training uses 2 \(torchrun\): "
+         r"pass --nproc-per-node 1, or drop --parallel"),
+        (["--parallel", "0"], r"error: --parallel 0: pass 1 \(one step after another\) or more"),
+        (["--parallel", "4"], r"error: --parallel 4 but only 2 CUDA GPU\(s\) are visible: pass --parallel 2 or fewer"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            run(*args)
+        assert re.fullmatch(message, str(e.value)), str(e.value)
+    _fake_gpus(monkeypatch, 0)  # no CUDA: the number of GPUs listed still bounds the slots
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(SystemExit, match=r"^error: --parallel 2 needs 2 GPUs but CUDA_VISIBLE_DEVICES='3' lists 1: "
+                                         r"pass --parallel 1 or list more GPUs$"):
+        run("--parallel", "2")
+    assert not work.exists()  # refused before anything ran
