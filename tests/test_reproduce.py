@@ -321,12 +321,13 @@ def driver(tmp_path, monkeypatch):
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
     monkeypatch.setattr(mod.Driver, "launcher", lambda self, script: ["python", str(fake), script])
+    monkeypatch.setattr(mod.Driver, "prepare_data", lambda self: calls.open("a").write("prepare\n"))
     work, out = tmp_path / "work", tmp_path / "report"
 
     def run(*extra):
         calls.write_text("")
         rc = mod.main(["--scale", "cpu", "--steps", "3", "--work-dir", str(work), "--report-dir", str(out), *extra])
-        return rc, [c for c in calls.read_text().split() if c in ("train.py", "eval.py")]
+        return rc, [c for c in calls.read_text().split() if c in ("prepare", "train.py", "eval.py")]
     return run, work, out
 
 
@@ -413,7 +414,8 @@ def test_parallel_runs_steps_side_by_side_each_on_its_own_gpu(driver, monkeypatc
     monkeypatch.setenv("FAKE_SLOW", "eval/nsa-s1")  # GPU slots are free while it runs: the benchmarks must wait
     events = _events(monkeypatch, tmp_path)
     rc, calls = run("--seeds", "0", "1", "--parallel", "4")
-    assert rc == 0 and sorted(calls) == ["eval.py"] * 4 + ["train.py"] * 4
+    assert rc == 0 and calls[0] == "prepare"  # the data once, before the trainings that share it
+    assert sorted(calls[1:]) == ["eval.py"] * 4 + ["train.py"] * 4
     progress = json.loads((work / "progress.json").read_text())
     runs = [f"{kind}/{r}" for kind in ("train", "eval") for r in RUNS]
     assert {k: v["status"] for k, v in progress.items()} == dict.fromkeys([*runs, "bench_attention", "bench_decode"],
@@ -447,7 +449,7 @@ def test_parallel_failed_training_skips_only_its_eval_on_the_listed_gpus(driver,
     monkeypatch.setenv("FAKE_FAIL", "train/nsa-s0")
     events = _events(monkeypatch, tmp_path)
     rc, calls = run("--seeds", "0", "1", "--parallel", "2")
-    assert rc == 1 and sorted(calls) == ["eval.py"] * 3 + ["train.py"] * 4
+    assert rc == 1 and sorted(calls) == ["eval.py"] * 3 + ["prepare"] + ["train.py"] * 4
     progress = json.loads((work / "progress.json").read_text())
     status = {k: v["status"] for k, v in progress.items()}
     assert status.pop("train/nsa-s0") == "failed" and status.pop("eval/nsa-s0") == "skipped"
@@ -467,13 +469,13 @@ def test_parallel_stops_at_the_time_budget_and_continues(driver, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("FAKE_SLEEP", "60")
     rc, calls = run("--parallel", "2", "--time-budget", "5", "--reserve", "1")
-    assert rc == 3 and calls == ["train.py", "train.py"]  # both runs stopped; their evals never started
+    assert rc == 3 and calls == ["prepare", "train.py", "train.py"]  # both runs stopped; their evals never started
     progress = json.loads((work / "progress.json").read_text())
     assert {k: (v["status"], v["gpu"]) for k, v in progress.items()} == {
         "train/full-s0": ("stopped", "0"), "train/nsa-s0": ("stopped", "1")}
     monkeypatch.setenv("FAKE_SLEEP", "0")
     rc, calls = run("--parallel", "2")
-    assert rc == 0 and sorted(calls) == ["eval.py", "eval.py", "train.py", "train.py"]
+    assert rc == 0 and sorted(calls) == ["eval.py", "eval.py", "prepare", "train.py", "train.py"]
 
 
 def test_parallel_refuses_bad_arguments(driver, monkeypatch):
