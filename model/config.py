@@ -43,6 +43,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    # Training loss: 0 -> cross-entropy over the full [B*T, V] logits; > 0 -> fused lm_head + cross-entropy over
+    # this many rows at a time (model/loss.py): the full logits never exist (GPT.forward returns None for them).
+    loss_chunk: int = 0
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent shape (checked once at start-up)."""
@@ -58,6 +61,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                 "set model.head_dim explicitly or change n_head"
+            )
+        if self.loss_chunk < 0:
+            raise ValueError(
+                f"model.loss_chunk={self.loss_chunk} is negative: set 0 (loss on the full logits) "
+                "or the number of rows per chunk of the fused loss (e.g. 8192)"
             )
         if self.head_size % 2:
             raise ValueError(f"head size {self.head_size} must be even for RoPE: set model.head_dim to an even value")

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.attention import Attention, attention_class, build_attention
 from model.config import AttentionConfig, ModelConfig
+from model.loss import linear_cross_entropy
 from model.rope import Rotary
 
 
@@ -81,12 +82,14 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[Any] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx [B, T] token ids (following the caches' tokens if given) -> (logits [B, T, V], loss).
 
         Without `targets` the logits are float32 and loss is None. With `targets` [B, T] the loss is the mean
-        cross-entropy (targets == -1 ignored, computed in float32) and the logits stay in the compute dtype:
+        cross-entropy (targets == -1 ignored, computed in float32 or float64) and the logits stay in the compute dtype:
         a float32 copy of [B, T, V] would be the largest tensor of a training step, written and read for nothing.
+        With `targets` and `cfg.loss_chunk > 0` the logits are None: the loss comes from the fused lm_head +
+        cross-entropy (model/loss.py), which never builds them.
         """
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
@@ -94,10 +97,16 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, self.rotary, use_reentrant=False)
             else:
                 x = block(x, self.rotary, caches[i] if caches is not None else None)
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
+        if targets is not None and self.cfg.loss_chunk > 0:
+            # self.lm_head.weight is the embedding matrix when tied: its gradient flows to the shared parameter.
+            h, y = x.flatten(0, 1), targets.reshape(-1)
+            return None, linear_cross_entropy(h, self.lm_head.weight, y, self.cfg.loss_chunk)
+        logits = self.lm_head(x)
         if targets is None:
             return logits.float(), None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1), ignore_index=-1)
+        logits_f = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays
+        loss = F.cross_entropy(logits_f, targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_caches(self, batch_size: int, max_len: int) -> list[Any]:

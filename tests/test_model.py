@@ -150,6 +150,8 @@ def test_bad_model_configs_fail_clearly():
         make(tiny(n_embd=66, n_head=4))
     with pytest.raises(ValueError, match="attention.name"):
         make(attn=AttentionConfig(name="nope"))
+    with pytest.raises(ValueError, match="model.loss_chunk=-1 is negative"):
+        make(tiny(loss_chunk=-1))
 
 
 def test_caches_follow_autocast_dtype():
@@ -176,3 +178,26 @@ def test_activation_checkpointing_gives_same_loss_and_grads():
     torch.testing.assert_close(l1, l0, rtol=0, atol=0)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_loss_gives_same_loss_and_grads(tie, dtype):
+    """loss_chunk > 0 (fused lm_head + cross-entropy, 80 rows in chunks of 24) = the plain loss on the full logits,
+    with ignored targets; the tied embedding gets both of its gradients."""
+    idx = torch.randint(0, 100, (2, 40))
+    targets = torch.randint(0, 100, (2, 40))
+    targets[:, -7:] = -1
+    results = []
+    for chunk in (0, 24):
+        model = make(tiny(tie_embeddings=tie, loss_chunk=chunk), seed=5).to(dtype).train()
+        logits, loss = model(idx, targets)
+        assert (logits is None) == (chunk > 0)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(l1, l0, **tol)
+    assert g1.keys() == g0.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], **tol, msg=name)
