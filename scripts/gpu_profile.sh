@@ -11,7 +11,7 @@ LOG="$OUT/profile.log"
 P=/tmp/profiles
 mkdir -p "$P"
 declare -A ARGS=(
-  [small_t1024]="--steps 6 --warmup 3 -- model=small train.batch_tokens=524288 train.micro_batch_size=32 train.compile=true"
+  [small_t1024]="--steps 6 --warmup 3 -- model=small model.loss_chunk=8192 train.batch_tokens=524288 train.micro_batch_size=32 train.compile=true"
 )
 GQA="model=small_gqa16 model.max_seq_len=8192 train.batch_tokens=32768 train.micro_batch_size=1"
 for attn in full nsa; do
