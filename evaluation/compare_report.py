@@ -213,6 +213,14 @@ def _missing(section: dict[str, Any]) -> str:
     return f"_Not available: {section.get('reason', 'not run')}._"
 
 
+
+def _mix_layout(mix: dict[str, Any]) -> str:
+    """How the synthetic documents fill a chosen sample (data.mix.length / min_length)."""
+    where = f"its last {mix['length']} tokens" if mix.get("length") else "the whole sample"
+    if mix.get("min_length"):
+        return f"several per sample, back to back over {where}, lengths log-uniform from {mix['min_length']} tokens"
+    return f"one filling {where}"
+
 def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
     m = out.manifest
     lines = ["## What was run", ""]
@@ -232,8 +240,7 @@ def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
             f"- model: {mo['n_layer']} layers, width {mo['n_embd']}, {mo['n_head']} query / {mo['n_kv_head']} KV "
             f"heads, context {mo['max_seq_len']} tokens, vocabulary {mo['vocab_size']}",
             f"- data: `{da['name']}` ({da['path']}), long-context mix: {mix.get('rate', 0):.0%} of samples replaced "
-            f"by synthetic {'/'.join(mix.get('kinds', []))} documents "
-            + (f"of {mix['length']} tokens" if mix.get("length") else "filling the whole sample"),
+            f"by synthetic {'/'.join(mix.get('kinds', []))} documents: {_mix_layout(mix)}",
             f"- optimizer: AdamW, {op['schedule']} schedule, peak lr {op['lr']}, warmup {op['warmup_steps']}, "
             f"weight decay {op['weight_decay']}, grad clip {tr['grad_clip']}",
             f"- budget: {tr['steps']} steps x {tr['batch_tokens']:,} tokens = {tr['steps'] * tr['batch_tokens']:,} "
