@@ -15,9 +15,10 @@ attention), then evaluated on the same samples. Steps, each a subprocess whose o
      over the scale's grids up to twice the training length;
   2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py (Table 4);
   3. the report (evaluation/compare.py): figures, each with its JSON, and REPORT.md in REPORT_DIR.
-One step at a time, in that order; --parallel N runs up to N steps at once, each on its own GPU
-(CUDA_VISIBLE_DEVICES): an eval starts once its own training run has finished, and the benchmarks once every
-train and eval step has (so that nothing else runs on the GPUs while they time kernels).
+One step at a time, in that order; --parallel N runs up to N steps at once, each on its own GPU (its own
+--nproc-per-node GPUs with torchrun; CUDA_VISIBLE_DEVICES): an eval starts once its own training run has
+finished, and the benchmarks once every train and eval step has (so that nothing else runs on the GPUs while
+they time kernels). `--parallel 2 --nproc-per-node 2` on 4 GPUs trains both models at once, each on two.
 Resumable: a finished step is skipped (training: its final checkpoint exists; the others: WORK/progress.json
 records them done with the same command and their output is there), training resumes from its newest
 checkpoint, and --time-budget stops cleanly before the budget runs out (exit code 3: run the command again).
@@ -195,7 +196,8 @@ class Driver:
         self.manifest: dict[str, Any] = read_json(self.work / "manifest.json") or {}
         self.deadline = time.monotonic() + args.time_budget if args.time_budget else None
         self.nproc = args.nproc_per_node or self.scale.nproc_per_node
-        self.gpus = gpu_slots(args.parallel) if args.parallel > 1 else [None]  # slot -> CUDA_VISIBLE_DEVICES
+        # slot -> CUDA_VISIBLE_DEVICES: nproc GPUs each, so a torchrun training has a slot to itself
+        self.gpus = gpu_slots(args.parallel, self.nproc) if args.parallel > 1 else [None]
         # steps running side by side save progress.json one at a time: the atomic write's temp file is named per
         # process, and the dict must not change while it is dumped
         self.lock = threading.Lock()
@@ -504,16 +506,17 @@ def run_logged(cmd: list[str], log: Path, total: int | None, desc: str, timeout:
     return rc
 
 
-def gpu_slots(n: int) -> list[str]:
-    """CUDA_VISIBLE_DEVICES for each of n slots: the i-th entry of the one already set, else GPU i."""
+def gpu_slots(n: int, per_slot: int = 1) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each of n slots with per_slot GPUs each (a torchrun training takes a whole slot):
+    slot i gets GPUs i*per_slot .. (i+1)*per_slot - 1, counted in the CUDA_VISIBLE_DEVICES already set if any."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return [str(i) for i in range(n)]
-    listed = [d.strip() for d in visible.split(",") if d.strip()]
-    if len(listed) < n:
-        raise SystemExit(f"error: --parallel {n} needs {n} GPUs but CUDA_VISIBLE_DEVICES={visible!r} lists "
-                         f"{len(listed)}: pass --parallel {max(1, len(listed))} or list more GPUs")
-    return listed[:n]
+    listed = [str(i) for i in range(n * per_slot)] if visible is None else \
+        [d.strip() for d in visible.split(",") if d.strip()]
+    if len(listed) < n * per_slot:
+        each = f" ({per_slot} per step)" if per_slot > 1 else ""
+        raise SystemExit(f"error: --parallel {n} needs {n * per_slot} GPUs{each} but CUDA_VISIBLE_DEVICES={visible!r} "
+                         f"lists {len(listed)}: pass --parallel {max(1, len(listed) // per_slot)} or list more GPUs")
+    return [",".join(listed[i * per_slot:(i + 1) * per_slot]) for i in range(n)]
 
 
 def now() -> str:
@@ -558,8 +561,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--longbench-dir", help="LongBench's data folder (<task>.jsonl files): adds the real tasks")
     p.add_argument("--nproc-per-node", type=int, help="GPUs for training (torchrun when > 1; default: the scale's)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="run up to N steps at once, one per GPU (CUDA_VISIBLE_DEVICES=slot); default 1: one after "
-                        "another")
+                   help="run up to N steps at once, each on its own --nproc-per-node GPUs (CUDA_VISIBLE_DEVICES); "
+                        "default 1: one after another")
     p.add_argument("--work-dir", help="where runs, evals, benchmarks and logs go (default: runs/repro-<scale>)")
     p.add_argument("--report-dir", help="where figures, JSON and REPORT.md go (default: docs/results/<scale>)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -581,13 +584,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.parallel > 1:
         import torch
 
-        nproc = args.nproc_per_node or SCALES[args.scale].nproc_per_node
-        if nproc > 1:
-            raise SystemExit(f"error: --parallel {args.parallel} runs each step on one GPU, but training uses "
-                             f"{nproc} (torchrun): pass --nproc-per-node 1, or drop --parallel")
-        if torch.cuda.is_available() and args.parallel > torch.cuda.device_count():
-            raise SystemExit(f"error: --parallel {args.parallel} but only {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"are visible: pass --parallel {torch.cuda.device_count()} or fewer")
+        nproc = args.nproc_per_node or SCALES[args.scale].nproc_per_node  # GPUs per slot
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else None
+        if n_gpus is not None and args.parallel * nproc > n_gpus:
+            raise SystemExit(f"error: --parallel {args.parallel} x {nproc} GPU(s) per step but only {n_gpus} CUDA "
+                             f"GPU(s) are visible: pass --parallel {max(1, n_gpus // nproc)} or fewer"
+                             + (" (or a smaller --nproc-per-node)" if nproc > 1 else ""))
     return args
 
 

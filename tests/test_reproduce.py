@@ -484,10 +484,11 @@ def test_parallel_refuses_bad_arguments(driver, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for args, message in [
         (["--parallel", "2", "--nproc-per-node", "2"],
-         r"error: --parallel 2 runs each step on one GPU, but training uses 2 \(torchrun\): "
-         r"pass --nproc-per-node 1, or drop --parallel"),
+         r"error: --parallel 2 x 2 GPU\(s\) per step but only 2 CUDA GPU\(s\) are visible: pass --parallel 1 or "
+         r"fewer \(or a smaller --nproc-per-node\)"),
         (["--parallel", "0"], r"error: --parallel 0: pass 1 \(one step after another\) or more"),
-        (["--parallel", "4"], r"error: --parallel 4 but only 2 CUDA GPU\(s\) are visible: pass --parallel 2 or fewer"),
+        (["--parallel", "4"],
+         r"error: --parallel 4 x 1 GPU\(s\) per step but only 2 CUDA GPU\(s\) are visible: pass --parallel 2 or fewer"),
     ]:
         with pytest.raises(SystemExit) as e:
             run(*args)
@@ -498,3 +499,16 @@ def test_parallel_refuses_bad_arguments(driver, monkeypatch):
                                          r"pass --parallel 1 or list more GPUs$"):
         run("--parallel", "2")
     assert not work.exists()  # refused before anything ran
+
+
+def test_parallel_gives_a_torchrun_training_a_group_of_gpus(driver, monkeypatch, tmp_path):
+    run, work, _ = driver
+    _fake_gpus(monkeypatch, 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FAKE_SLEEP", "1")  # the two trainings overlap
+    events = _events(monkeypatch, tmp_path)
+    rc, calls = run("--parallel", "2", "--nproc-per-node", "2")
+    assert rc == 0 and sorted(calls) == ["eval.py", "eval.py", "prepare", "train.py", "train.py"]
+    starts = {e["step"]: e["gpu"] for e in events() if e["event"] == "start"}
+    assert {starts["train/full-s0"], starts["train/nsa-s0"]} == {"0,1", "2,3"}  # two GPUs each, no overlap
+    assert all(g in ("0,1", "2,3") for g in starts.values())
