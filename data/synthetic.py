@@ -6,6 +6,7 @@ Three kinds, each a pure function of (tokenizer, n_tokens, seed[, haystack]):
             haystack you pass, as text or token ids); one of them is asked for at the end (the others distract).
 - mqar:     multi-query associative recall: a block of key=value pairs, filler, then queries "key=" whose
             values must be recalled (several answers per document).
+- copy:     a random word sequence, filler, the same sequence again: dense copying practice for training only.
 
 Each returns a SyntheticDoc whose `tokens` are exactly n_tokens long, whose `answers` and `needles` are token
 spans into them, and whose last answer ends the document, so `tokens[:answers[-1].start]` is the prompt an
@@ -198,7 +199,29 @@ def mqar(tok: Tokenizer, n_tokens: int, seed: int, n_pairs: int | None = None,
     return SyntheticDoc("mqar", b.tokens, answers, needles, seed, tok)
 
 
-GENERATORS: dict[str, Callable[..., SyntheticDoc]] = {"passkey": passkey, "multikey": multikey, "mqar": mqar}
+def copying(tok: Tokenizer, n_tokens: int, seed: int, n_words: int | None = None) -> SyntheticDoc:
+    """A random sequence of `n_words` words, filler, then the same sequence again (the answer).
+
+    Not an evaluation task: a training aid. Every token of the repeat is a copy target, against one short answer
+    per pass key, and a random sequence cannot be memorised, so it trains the copying that every retrieval task
+    needs (docs/results/gpu-small/NOTES.md: a small model needs ~20k pass keys before it starts copying)."""
+    rng = random.Random(seed)
+    n_words = n_words or max(4, min(32, n_tokens // 16))
+    words = "".join(f" {rng.choice(WORDS)}" for _ in range(n_words))
+    intro, ask = "Memorise this sequence:", "\nRepeat the sequence:"
+    n_fill = n_tokens - len(_encode(tok, intro)) - 2 * len(_encode(tok, words)) - len(_encode(tok, ask))
+    if n_fill < 0:
+        raise _too_short("copy", n_tokens, n_tokens - n_fill)
+    b = _Builder(tok)
+    b.add(intro)
+    needle = b.add(words)
+    b.add(_tile(_encode(tok, FILLER), n_fill))
+    b.add(ask)
+    return SyntheticDoc("copy", b.tokens, [b.add(words)], [needle], seed, tok)
+
+
+GENERATORS: dict[str, Callable[..., SyntheticDoc]] = {"passkey": passkey, "multikey": multikey, "mqar": mqar,
+                                                      "copy": copying}
 
 
 def generate(kind: str, tok: Tokenizer, n_tokens: int, seed: int,

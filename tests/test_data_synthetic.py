@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from data import DataConfig, DataError, MixConfig, TokenLoader, load_tokenizer, prepare  # noqa: E402
-from data.synthetic import generate, mqar, multikey, passkey  # noqa: E402
+from data.synthetic import copying, generate, mqar, multikey, passkey  # noqa: E402
 from data.tokenizer import train_bpe  # noqa: E402
 
 REAL_TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
@@ -76,6 +76,16 @@ def test_mqar(tok):
         key = re.search(r" (\w{4})=$", tok.decode(doc.tokens[:a.start])).group(1)  # the query before it
         assert pairs[key] == a.text
     assert len(re.findall(r" \w{4}=\d{3}", queries)) == 4
+
+
+@pytest.mark.parametrize("n", [200, 400, 1000])
+def test_copy(tok, n):
+    doc = copying(tok, n, seed=2)
+    check_spans(doc, tok, n)
+    assert doc.answer == doc.needles[0].text and len(doc.answer.split()) == max(4, min(32, n // 16))
+    assert doc.text.startswith("Memorise this sequence:" + doc.answer)
+    assert doc.text.endswith("Repeat the sequence:" + doc.answer)
+    assert copying(tok, n, seed=2).tokens == doc.tokens and copying(tok, n, seed=3).answer != doc.answer
 
 
 def test_generator_errors(tok):
