@@ -18,6 +18,7 @@ import torch
 from data import Tokenizer, dataset_dir, load_tokenizer
 from data.config import as_data_config
 from model import GPT, AttentionConfig, ModelConfig, num_params
+from model.attention.nsa import nsa_layers, nsa_sparsity
 from training import checkpoint as ckpt_io
 
 
@@ -136,13 +137,19 @@ def load(checkpoint: str | None, device: str = "auto", dtype: str = "auto", data
     )
 
 
-def sparsity(model: GPT, lengths: list[int]) -> dict[str, Any]:
+def sparsity(model: GPT, lengths: list[int], tokens: torch.Tensor | None = None) -> dict[str, Any]:
     """Keys each query attends to (mean over positions, per the attention module's own accounting) and the
-    fraction of what full causal attention would see, at each length: the GPT interface only."""
+    fraction of what full causal attention would see, at each length: the GPT interface only. For an NSA model
+    with `tokens` [B, T] (held-out text), also "measured": what one forward of them really selected (keys per
+    branch, blocks per query, and the distinct blocks per query if 4 neighbouring queries shared their loads)."""
     attn = model.blocks[0].attn
     out: dict[str, Any] = {"attention": model.attn_cfg.name}
     for n in sorted(set(lengths)):
         keys = attn.attended_keys(n)
         dense = (n + 1) / 2
         out[str(n)] = {"keys_per_query": keys, "dense_keys_per_query": dense, "fraction": keys["total"] / dense}
+    if tokens is not None and nsa_layers(model):
+        stats = nsa_sparsity(model, tokens.shape[1], tokens)
+        out["measured"] = {"length": tokens.shape[1], **{k[len("measured_"):]: v for k, v in stats.items()
+                                                         if k.startswith("measured_")}}
     return out

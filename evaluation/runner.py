@@ -16,7 +16,7 @@ import torch
 
 from evaluation import longbench as lb
 from evaluation.config import EvalConfig, validate
-from evaluation.loading import EvalError, load, sparsity
+from evaluation.loading import EvalError, Loaded, load, sparsity
 from evaluation.report import Results, markdown_table
 from evaluation.tasks import TASKS, EvalContext
 
@@ -30,6 +30,19 @@ def score_only(cfg: EvalConfig) -> dict[str, Any]:
     log.info("LongBench scores (%s/result.json):\n%s", cfg.longbench.score_only,
              markdown_table(["task", "score"], [[t, s] for t, s in result.items()]))
     return {"longbench": result}
+
+
+def held_out_window(loaded: Loaded) -> torch.Tensor | None:
+    """One window [1, train_length] of the val split, for the selection NSA really makes; None without one."""
+    from evaluation.text_sources import corpus_tokens
+
+    try:
+        tokens = corpus_tokens(loaded.dataset_dir, loaded.train_length)
+    except EvalError:
+        return None
+    if len(tokens) < loaded.train_length:
+        return None
+    return torch.from_numpy(tokens)[None].to(loaded.device)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -46,6 +59,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = EvalContext(loaded, cfg, out_dir, max_length)
+    with loaded.autocast():  # the selection as the evaluated model makes it (bf16 on GPU)
+        sparsity_stats = sparsity(loaded.model, [loaded.train_length, max_length], held_out_window(loaded))
     results = Results(out_dir, {
         "model": loaded.describe(),
         "checkpoint": str(loaded.checkpoint),
@@ -53,7 +68,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "tokens": loaded.tokens,
         "seed": cfg.seed,
         "max_length": max_length,
-        "sparsity": sparsity(loaded.model, [loaded.train_length, max_length]),
+        "sparsity": sparsity_stats,
     })
     log.info(f"evaluating {loaded.checkpoint} ({loaded.model.attn_cfg.name} attention, step {loaded.step}) on "
              f"{loaded.device} up to {max_length} tokens: {cfg.tasks} -> {out_dir}")

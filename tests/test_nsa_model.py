@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import GPT, AttentionConfig, ModelConfig
-from model.attention.nsa import NativeSparseAttention, nsa_layers, nsa_sparsity
+from model.attention.nsa import NativeSparseAttention, _blocks_shared, nsa_layers, nsa_sparsity
 from tests.conftest import compose_config
 
 # Small sizes that still exercise every rule: overlapping compression blocks (l = 2d), selection blocks larger
@@ -203,7 +203,20 @@ def test_measured_keys_agree_with_attended_keys():
         model(torch.randint(0, 100, (1, 99)), caches=caches)
         model.blocks[1].attn.record_stats = True
         model(torch.randint(0, 100, (1, 1)), caches=caches)
-    assert model.blocks[1].attn.last_stats == {"cmp": 24.0, "slc": 28.0, "win": 16.0, "total": 68.0}
+    stats = model.blocks[1].attn.last_stats
+    assert {k: stats[k] for k in ("cmp", "slc", "win", "total")} == {"cmp": 24.0, "slc": 28.0, "win": 16.0,
+                                                                      "total": 68.0}
+    assert stats["slc_blocks"] == 4.0 and stats["slc_blocks_shared4"] == 4.0  # one query: nothing to share
+
+
+def test_blocks_shared_counts_distinct_blocks_per_tile():
+    # tile 2: positions 0 and 1 chose the same two blocks, 2 and 3 one block each (-1 = none, repeats ignored)
+    ids = torch.tensor([[0, 1], [1, 0], [2, -1], [3, 3]]).view(1, 4, 1, 2)
+    assert _blocks_shared(ids, 2) == (2 + 2) / 4 and _blocks_shared(ids, 1) == (2 + 2 + 1 + 1) / 4
+    assert _blocks_shared(ids[:, :3], 2) == (2 + 1) / 3  # a last, partial tile
+    stats = nsa_sparsity(make(), 100, torch.randint(0, 100, (2, 100)))
+    blocks, shared = stats["measured_slc_blocks"], stats["measured_slc_blocks_shared4"]
+    assert blocks / 4 <= shared <= blocks and blocks > 1
 
 
 def test_nsa_sparsity_needs_an_nsa_model():

@@ -116,7 +116,9 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
                           "train_length": TRAIN_LENGTH},
                 "step": 20, "tokens": 20480, "seed": 0, "max_length": 128,
                 "sparsity": {"attention": arm, "64": {"keys_per_query": {"total": 32.5 * fraction},
-                                                      "dense_keys_per_query": 32.5, "fraction": fraction}},
+                                                      "dense_keys_per_query": 32.5, "fraction": fraction},
+                             **({"measured": {"length": 64, "total": 13.0, "slc": 6.0, "slc_blocks": 2.0,
+                                              "slc_blocks_shared4": 0.75}} if arm == "nsa" else {})},
                 "throughput": {"decode_tok_s": 100.0 if arm == "full" else 50.0},
                 "niah": {"haystack": "corpus"},
                 "longbench": {"local_passage_retrieval": 0.0 if arm == "full" else 100.0,
@@ -249,6 +251,8 @@ def test_other_sections_match_the_inputs(report):
     assert "| 64k | 65536 | 5631 | 11.6 | 11.6 | 9.5 |" in text
     sp = json.loads((out / "sparsity.json").read_text())
     assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
+    assert sp["arms"]["nsa"]["measured"]["slc_blocks_shared4"] == 0.75
+    assert "2.00 selected blocks per query" in text and "each would load 0.75 (38% of the loads)" in text
 
 
 def test_report_of_a_partial_run_says_what_is_missing(tmp_path):

@@ -278,11 +278,14 @@ class NativeSparseAttention(Attention):
         repeat = torch.zeros_like(ids, dtype=torch.bool)
         repeat[..., 1:] = ids[..., 1:] == ids[..., :-1]  # a block chosen twice is attended once
         in_block = (t[None, :, None, None] - ids * ls + 1).clamp(0, ls)  # its keys at or before t
-        slc = torch.where((ids >= 0) & ~repeat, in_block, 0).sum(-1).double().mean().item()
+        chosen = (ids >= 0) & ~repeat & (ids * ls <= t[None, :, None, None])
+        slc = torch.where(chosen, in_block, 0).sum(-1).double().mean().item()
         analytic = self._keys_per_position(t)  # cmp and win do not depend on the data
         out = {"cmp": analytic["cmp"].double().mean().item(), "slc": slc,
                "win": analytic["win"].double().mean().item()}
         out["total"] = sum(out[b] for b in BRANCHES)
+        out["slc_blocks"] = chosen.sum(-1).double().mean().item()
+        out[f"slc_blocks_shared{SHARE_TILE}"] = _blocks_shared(torch.where(chosen, ids, -1), SHARE_TILE)
         return out
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -317,13 +320,30 @@ def nsa_layers(model: nn.Module) -> list[NativeSparseAttention]:
     return [m for m in model.modules() if isinstance(m, NativeSparseAttention)]
 
 
+SHARE_TILE = 4  # consecutive query positions that would share their selected blocks' loads
+
+
+def _blocks_shared(ids: torch.Tensor, tile: int) -> float:
+    """Distinct selected blocks per query when `tile` consecutive positions load the union of their blocks once:
+    ids [B, T, Hkv, n] (-1 = none). Equal to the blocks per query when neighbours never agree, 1/tile of it when
+    they always do: how much a selected-attention kernel that shares loads across positions could save."""
+    B, T, H, n = ids.shape
+    pad = -T % tile
+    x = torch.cat([ids, ids.new_full((B, pad, H, n), -1)], 1) if pad else ids
+    x = x.permute(0, 2, 1, 3).reshape(B, H, (T + pad) // tile, tile * n).sort(-1).values
+    distinct = (x[..., :1] >= 0).sum(-1) + ((x[..., 1:] != x[..., :-1]) & (x[..., 1:] >= 0)).sum(-1)
+    return distinct.sum().item() / (B * H * T)
+
+
 def nsa_sparsity(model: nn.Module, seq_len: int, tokens: torch.Tensor | None = None) -> dict[str, float]:
     """How sparse a GPT's NSA attention is at length `seq_len`.
 
     Returns the analytic mean keys per query 'cmp', 'slc', 'win', 'total' (as `attended_keys`), 'dense' =
     (seq_len + 1) / 2 (full causal attention) and 'fraction' = total / dense. With `tokens` [B, seq_len]
     it also runs one no-grad forward with `record_stats` on every NSA layer and adds the measured
-    'measured_<branch>', 'measured_total', 'measured_fraction' (mean over layers).
+    'measured_<branch>', 'measured_total', 'measured_fraction' (mean over layers), and the selected blocks per
+    query 'measured_slc_blocks' next to 'measured_slc_blocks_shared4' (the distinct blocks per query when 4
+    consecutive positions share their loads: what a load-sharing kernel could save).
     """
     layers = nsa_layers(model)
     if not layers:
@@ -344,7 +364,7 @@ def nsa_sparsity(model: nn.Module, seq_len: int, tokens: torch.Tensor | None = N
     finally:
         for layer in layers:
             layer.record_stats = False
-    for key in (*BRANCHES, "total"):
+    for key in (*BRANCHES, "total", "slc_blocks", f"slc_blocks_shared{SHARE_TILE}"):
         out[f"measured_{key}"] = sum(s[key] for s in stats) / len(stats)
     out["measured_fraction"] = out["measured_total"] / out["dense"]
     return out
