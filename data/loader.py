@@ -36,7 +36,7 @@ import torch
 from data.config import MixConfig, as_mix_config
 from data.errors import DataError
 from data.shards import open_shard
-from data.synthetic import generate
+from data.synthetic import GENERATORS, generate
 from data.tokenizer import META_FILE, load_tokenizer
 
 _U64 = np.uint64
@@ -107,8 +107,6 @@ class TokenLoader:
         self.mix = as_mix_config(mix)
         self.tokenizer = None
         if self.mix is not None:
-            from data.synthetic import GENERATORS
-
             bad = [k for k in self.mix.kinds if k not in GENERATORS]
             if bad or not self.mix.kinds:
                 raise DataError(f"data.mix.kinds={self.mix.kinds} has unknown kinds {bad}; choose from "

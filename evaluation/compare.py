@@ -590,8 +590,7 @@ def sparsity_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
                  "attention_config": (cfg or {}).get("attention") or ((res or {}).get("model") or {}).get(
                      "attention_config")}
         if res:
-            entry["by_length"] = {k: v for k, v in res["sparsity"].items() if isinstance(v, dict) and k != "measured"}
-            entry["measured"] = res["sparsity"].get("measured")
+            entry["by_length"] = {k: v for k, v in res["sparsity"].items() if isinstance(v, dict)}
             data["status"] = "ok"
         data["arms"][arm] = entry
     nsa = data["arms"]["nsa"].get("by_length") or {}

@@ -213,13 +213,13 @@ def _missing(section: dict[str, Any]) -> str:
     return f"_Not available: {section.get('reason', 'not run')}._"
 
 
-
 def _mix_layout(mix: dict[str, Any]) -> str:
     """How the synthetic documents fill a chosen sample (data.mix.length / min_length)."""
     where = f"its last {mix['length']} tokens" if mix.get("length") else "the whole sample"
     if mix.get("min_length"):
         return f"several per sample, back to back over {where}, lengths log-uniform from {mix['min_length']} tokens"
     return f"one filling {where}"
+
 
 def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
     m = out.manifest
@@ -556,15 +556,16 @@ def _sparsity_md(s: dict[str, Any]) -> list[str]:
         "fraction of what full causal attention reads. Data: `sparsity.json`.", "",
         table(["model", "length", "cmp", "slc", "win", "total", "full causal", "fraction"], rows), "",
         "Training log (first metrics row, layer 0): " + (", ".join(f"{k} {v:.1f}" for k, v in log.items()) or "-"),
-        *_selection_md(s["arms"]["nsa"].get("measured"))]
+        *(line for n, v in (s["arms"]["nsa"].get("by_length") or {}).items() for line in _selection_md(n, v))]
 
 
-def _selection_md(m: dict[str, Any] | None) -> list[str]:
+def _selection_md(length: str, by_length: dict[str, Any]) -> list[str]:
     """What NSA selected on held-out text, and how much of it neighbouring queries share (kernel design)."""
+    m = by_length.get("measured")
     if not m or not m.get("slc_blocks"):
         return []
     shared = m["slc_blocks_shared4"]
-    return ["", f"Measured on one held-out window of {m['length']} tokens (mean over layers): {fmt(m['total'], 1)} "
+    return ["", f"Measured on one held-out window of {length} tokens (mean over layers): {fmt(m['total'], 1)} "
             f"keys per query ({fmt(m['slc'], 1)} in selected blocks), {fmt(m['slc_blocks'], 2)} selected blocks per "
             f"query. If 4 neighbouring queries loaded the union of their blocks once, each would load "
             f"{fmt(shared, 2)} ({shared / m['slc_blocks']:.0%} of the loads): the saving a selected-attention "

@@ -140,16 +140,18 @@ def load(checkpoint: str | None, device: str = "auto", dtype: str = "auto", data
 def sparsity(model: GPT, lengths: list[int], tokens: torch.Tensor | None = None) -> dict[str, Any]:
     """Keys each query attends to (mean over positions, per the attention module's own accounting) and the
     fraction of what full causal attention would see, at each length: the GPT interface only. For an NSA model
-    with `tokens` [B, T] (held-out text), also "measured": what one forward of them really selected (keys per
-    branch, blocks per query, and the distinct blocks per query if 4 neighbouring queries shared their loads)."""
+    with `tokens` [B, T] (held-out text), length T also gets "measured": what one forward of them really selected
+    (keys per branch, blocks per query, and the distinct blocks per query if 4 neighbouring queries shared loads)."""
     attn = model.blocks[0].attn
     out: dict[str, Any] = {"attention": model.attn_cfg.name}
+    if tokens is not None:
+        lengths = [*lengths, tokens.shape[1]]
     for n in sorted(set(lengths)):
         keys = attn.attended_keys(n)
         dense = (n + 1) / 2
         out[str(n)] = {"keys_per_query": keys, "dense_keys_per_query": dense, "fraction": keys["total"] / dense}
     if tokens is not None and nsa_layers(model):
         stats = nsa_sparsity(model, tokens.shape[1], tokens)
-        out["measured"] = {"length": tokens.shape[1], **{k[len("measured_"):]: v for k, v in stats.items()
-                                                         if k.startswith("measured_")}}
+        out[str(tokens.shape[1])]["measured"] = {k[len("measured_"):]: v for k, v in stats.items()
+                                                 if k.startswith("measured_")}
     return out

@@ -51,7 +51,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"seed {results.get('seed')}",
     ]
     for n, s in (results.get("sparsity") or {}).items():
-        if isinstance(s, dict) and n != "measured":
+        if isinstance(s, dict):
             out.append(f"- attention at {n} tokens: {s['keys_per_query']['total']:.1f} keys per query, "
                        f"{s['fraction']:.1%} of full causal attention")
     tp = results.get("throughput")

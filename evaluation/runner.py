@@ -19,6 +19,7 @@ from evaluation.config import EvalConfig, validate
 from evaluation.loading import EvalError, Loaded, load, sparsity
 from evaluation.report import Results, markdown_table
 from evaluation.tasks import TASKS, EvalContext
+from evaluation.text_sources import corpus_tokens
 
 log = logging.getLogger("eval")
 
@@ -34,8 +35,6 @@ def score_only(cfg: EvalConfig) -> dict[str, Any]:
 
 def held_out_window(loaded: Loaded) -> torch.Tensor | None:
     """One window [1, train_length] of the val split, for the selection NSA really makes; None without one."""
-    from evaluation.text_sources import corpus_tokens
-
     try:
         tokens = corpus_tokens(loaded.dataset_dir, loaded.train_length)
     except EvalError:

@@ -115,10 +115,10 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
                 "model": {"name": f"{arm}-s{seed}", "attention": arm, "params": 1000 if arm == "full" else 1200,
                           "train_length": TRAIN_LENGTH},
                 "step": 20, "tokens": 20480, "seed": 0, "max_length": 128,
-                "sparsity": {"attention": arm, "64": {"keys_per_query": {"total": 32.5 * fraction},
-                                                      "dense_keys_per_query": 32.5, "fraction": fraction},
-                             **({"measured": {"length": 64, "total": 13.0, "slc": 6.0, "slc_blocks": 2.0,
-                                              "slc_blocks_shared4": 0.75}} if arm == "nsa" else {})},
+                "sparsity": {"attention": arm, "64": {
+                    "keys_per_query": {"total": 32.5 * fraction}, "dense_keys_per_query": 32.5, "fraction": fraction,
+                    **({"measured": {"total": 13.0, "slc": 6.0, "slc_blocks": 2.0, "slc_blocks_shared4": 0.75}}
+                       if arm == "nsa" else {})}},
                 "throughput": {"decode_tok_s": 100.0 if arm == "full" else 50.0},
                 "niah": {"haystack": "corpus"},
                 "longbench": {"local_passage_retrieval": 0.0 if arm == "full" else 100.0,
@@ -251,7 +251,7 @@ def test_other_sections_match_the_inputs(report):
     assert "| 64k | 65536 | 5631 | 11.6 | 11.6 | 9.5 |" in text
     sp = json.loads((out / "sparsity.json").read_text())
     assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
-    assert sp["arms"]["nsa"]["measured"]["slc_blocks_shared4"] == 0.75
+    assert sp["arms"]["nsa"]["by_length"]["64"]["measured"]["slc_blocks_shared4"] == 0.75
     assert "2.00 selected blocks per query" in text and "each would load 0.75 (38% of the loads)" in text
 
 
