@@ -322,14 +322,23 @@ def grid_section(out: Outputs, task: str, report_dir: Path) -> dict[str, Any]:
     if not seeds:
         return {"status": "missing", "reason": f"no seed has {task} predictions for both models"}
     pairs: dict[tuple[int, float], list[tuple[float, float]]] = {}
+    seed_pairs: dict[int, list[tuple[int, float, float]]] = {}  # seed -> (length, full, nsa) per needle
     for s in seeds:
         hit = {a: {(r["length"], float(r["depth"]), r["sample"]): float(r["correct"])
                    for r in out.run(a, s).eval_rows(task)} for a in ARMS}
         for key in sorted(set(hit["full"]) & set(hit["nsa"])):
             pairs.setdefault(key[:2], []).append((hit["full"][key], hit["nsa"][key]))
+            seed_pairs.setdefault(s, []).append((key[0], hit["full"][key], hit["nsa"][key]))
     lengths = sorted({L for L, _ in pairs})
     depths = sorted({d for _, d in pairs})
     train_length = out.train_length or max(lengths)
+    # pooled tests treat every needle of every seed as independent; the seed-to-seed spread is only visible here
+    per_seed_within = []
+    for s, rows in seed_pairs.items():
+        w = [(f, n) for L, f, n in rows if L <= train_length]
+        if w:
+            per_seed_within.append({"seed": s, "n": len(w), "full": sum(f for f, _ in w) / len(w),
+                                    "nsa": sum(n for _, n in w) / len(w)})
     cells = []
     for d in depths:
         for L in lengths:
@@ -354,6 +363,7 @@ def grid_section(out: Outputs, task: str, report_dir: Path) -> dict[str, Any]:
         "by_length": by_length,
         "within": _accuracy_block(within) if within else None,
         "beyond": _accuracy_block(beyond) if beyond else None,
+        "per_seed_within": per_seed_within,
         "min_nsa_cell_within": min((c["nsa"] for c in within_cells), default=None),
         "cells_full_beats_nsa": [[c["length"], c["depth"]] for c in cells if c["full_beats_nsa"]],
         "haystack": (out.run("nsa", seeds[0]).results.get(task) or {}).get("haystack"),

@@ -344,10 +344,19 @@ def _why(out: Outputs, sections: dict[str, Any], summary: dict[str, Any], report
         g = sections[task]
         if g.get("status") == "ok" and g.get("within"):
             w = g["within"]
+            per_seed = g.get("per_seed_within") or []
+            signs = {(r["nsa"] > r["full"]) - (r["nsa"] < r["full"]) for r in per_seed}
             if max(w["full"] or 0, w["nsa"] or 0) < 0.05:
                 lines.append(f"- {task}: neither model retrieves within the training length (full {fmt(w['full'])}, "
                              f"NSA {fmt(w['nsa'])} over {w['n']} needles): the models have not learnt retrieval, so "
                              "this task cannot separate them here.")
+            elif len(per_seed) > 1 and len(signs) > 1:
+                seeds_txt = "; ".join(f"seed {r['seed']}: full {fmt(r['full'])}, NSA {fmt(r['nsa'])}" for r in per_seed)
+                lines.append(f"- {task}: the seeds disagree on which model retrieves more within the training length "
+                             f"({seeds_txt}). Pooled, full {fmt(w['full'])} vs NSA {fmt(w['nsa'])} (McNemar p = "
+                             f"{w['mcnemar']['p']:.2g}), but that test treats the needles of all seeds as independent "
+                             f"and ignores the spread between seeds, which dominates here: no conclusion from "
+                             f"{len(per_seed)} seeds.")
             elif w["mcnemar"]["p"] >= 0.05:
                 lines.append(f"- {task}: within the training length full {fmt(w['full'])} vs NSA {fmt(w['nsa'])}: "
                              f"not significantly different (McNemar p = {w['mcnemar']['p']:.2g}, {w['n']} needles).")

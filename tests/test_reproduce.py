@@ -217,6 +217,9 @@ def test_needle_cells_paired_statistics_and_targets(report):
     assert niah["beyond"]["mcnemar"]["b_only"] == 24 and niah["min_nsa_cell_within"] == 0.0
     assert niah["grid"]["nsa"][1] == [1.0, 0.0, 1.0]  # depth 50%: lengths 32, 64, 128
     assert "64 tokens / 50%" in text
+    assert [(r["seed"], r["n"], r["full"]) for r in niah["per_seed_within"]] == [(0, 24, 1.0), (1, 24, 1.0)]
+    assert all(r["nsa"] == pytest.approx(1 - 4 / 24) for r in niah["per_seed_within"])
+    assert "- niah: full attention retrieves more within the training length" in text  # both seeds agree
     t = {r["target"]: r for r in result["targets"]}
     assert t["niah: no cell where full beats NSA beyond the 95% interval"]["pass"] is False
     assert t["niah within the training length: NSA >= 95% in every cell"]["pass"] is False
@@ -253,6 +256,26 @@ def test_other_sections_match_the_inputs(report):
     assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
     assert sp["arms"]["nsa"]["by_length"]["64"]["measured"]["slc_blocks_shared4"] == 0.75
     assert "2.00 selected blocks per query" in text and "each would load 0.75 (38% of the loads)" in text
+
+
+def test_seeds_that_disagree_on_retrieval_give_no_conclusion(tmp_path):
+    """Pooled over seeds, NSA looks significantly better; per seed, each model wins once: the report must say
+    that the seeds disagree instead of trusting the pooled test (it ignores the spread between seeds)."""
+    work = tmp_path / "work"
+    fabricate(work)
+    planted = {("full", 0): 1.0, ("nsa", 0): 0.75, ("full", 1): 0.0, ("nsa", 1): 1.0}  # right: samples < 4 * rate
+    for (arm, seed), rate in planted.items():
+        _jsonl(work / "eval" / f"{arm}-s{seed}" / "passkey" / "predictions.jsonl", [
+            {"length": L, "depth": d, "sample": s, "correct": s < SAMPLES * rate}
+            for L in LENGTHS for d in DEPTHS for s in range(SAMPLES)])
+    result = build(work, tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    per_seed = result["sections"]["passkey"]["per_seed_within"]
+    assert [(r["seed"], r["full"], r["nsa"]) for r in per_seed] == [(0, 1.0, 0.75), (1, 0.0, 1.0)]
+    assert result["sections"]["passkey"]["within"]["mcnemar"]["p"] < 0.05  # the pooled test alone would claim NSA
+    assert "- passkey: the seeds disagree on which model retrieves more" in text
+    assert "seed 0: full 1.000, NSA 0.750; seed 1: full 0.000, NSA 1.000" in text
+    assert "passkey: NSA retrieves more" not in text
 
 
 def test_report_of_a_partial_run_says_what_is_missing(tmp_path):
