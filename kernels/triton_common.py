@@ -36,10 +36,12 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "select": {"small": dict(rows=64, warps=4, stages=2),
                "big": dict(rows=64, warps=4, stages=2)},
-    "selected_fwd": {"small": dict(warps=4, stages=3),
-                     "big": dict(warps=4, stages=3)},
-    "selected_dq": {"small": dict(warps=4, stages=2),
-                    "big": dict(warps=4, stages=2)},
+    # share = query positions per program that load the union of their selected blocks once (1: one position
+    # per program, the paper's kernel; see kernels/triton_selected.py). Untimed so far, hence off.
+    "selected_fwd": {"small": dict(warps=4, stages=3, share=1),
+                     "big": dict(warps=4, stages=3, share=1)},
+    "selected_dq": {"small": dict(warps=4, stages=2, share=1),
+                    "big": dict(warps=4, stages=2, share=1)},
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256),
                       "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256)},
 }
@@ -103,6 +105,16 @@ def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_sca
     """Online-softmax update of (m_i, l_i, acc) [R], [R], [R, BLOCK_DV] for query rows q [R, BLOCK_DK] with the
     keys kpos [BLOCK_N] (int64 positions, k_ok = which every row attends). Scores are in log2 units
     (qk_scale includes log2 e); rows that have seen no key yet stay finite (no NaN)."""
+    return attend_tile_rows(q, k_base, v_base, kpos, k_ok, k_ok[None, :], sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                            DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+
+
+@triton.jit
+def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     ACC: tl.constexpr, PREC: tl.constexpr):
+    """attend_tile with a per-row mask: k_ok [BLOCK_N] = which keys are loaded, vis [R, BLOCK_N] (or anything
+    that broadcasts to it) = which of them each row attends."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
@@ -110,7 +122,7 @@ def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_sca
     v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
                 other=0.0)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    s = tl.where(k_ok[None, :], s, float("-inf"))
+    s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(s - m_use[:, None])

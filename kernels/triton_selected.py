@@ -5,6 +5,14 @@ heads of one KV group (G rows, padded to >= 16 for the tensor cores), and walks 
 blocks in tiles of BLOCK_N keys, so each selected KV block is loaded once for the G heads. Block ids
 that are negative, past the position, or repeated in the same row select nothing (the reference's rule).
 
+With `share` = P > 1 ("selected_fwd"/"selected_dq" tiles), forward and dQ instead give each program P
+consecutive positions x G heads and the union of their selected blocks (built with torch ops: sort the
+tile's P*n ids, drop repeats): each block of the union is loaded once for the tile and attended by the rows
+whose position chose it (a per-row mask). Neighbouring queries of a trained model choose mostly the same
+blocks (eval.py's `slc_blocks_shared4`: 4 positions load 41% of their separate loads), so this trades
+masked MMA work for fewer K/V loads and M = P*G rows per MMA instead of G. On random selections (what
+the benchmarks feed) the union is nearly P*n blocks and it only adds work.
+
 dK/dV use an inverted index instead of atomics on every (query, block) pair: the launcher sorts the
 (query, block) pairs by (batch, KV head, block) with torch ops, giving each block the list of query
 positions that selected it. One program then owns one selection block and a segment of at most
@@ -27,6 +35,7 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     attend_tile,
+    attend_tile_rows,
     bthd,
     dot_precision,
     gpu_tiles,
@@ -213,6 +222,131 @@ def _selected_bwd_dkdv_kernel(
                           mask=k_ok[:, None] & (offs_dv[None, :] < DV))
 
 
+@triton.jit
+def _tile_rows(t0, T, G, kvh, P: tl.constexpr, G_PAD: tl.constexpr):
+    """Rows of a shared tile, position-major (row = p * G_PAD + g): int64 positions, heads, valid rows."""
+    rows = tl.arange(0, P * G_PAD)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    return pos.to(tl.int64), (kvh * G + g).to(tl.int64), (g < G) & (pos < T)
+
+
+@triton.jit
+def _union_keys(ids, j, kt, t0, T, pos, row_ok, SEL, P: tl.constexpr, G_PAD: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """Key tile kt of block j for a shared tile: int64 key positions [BLOCK_N], which to load (in the block and
+    at or before the tile's last position), and vis [P*G_PAD, BLOCK_N]: the rows whose position chose j
+    (ids [P, NSEL_PAD]) and sees the key."""
+    chosen = tl.sum((ids == j).to(tl.int32), axis=1) > 0  # [P]: repeats in a row count once
+    chosen_rows = tl.reshape(tl.broadcast_to(chosen[:, None], [P, G_PAD]), [P * G_PAD])
+    koff = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    kpos = j.to(tl.int64) * SEL + koff
+    k_ok = (koff < SEL) & (kpos < tl.minimum(t0 + P, T))
+    vis = (chosen_rows & row_ok)[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
+    return kpos, k_ok, vis
+
+
+@triton.jit
+def _selected_fwd_shared_kernel(
+    Q, K, V, IDX, UNION, COUNT, OUT, LSE,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
+    T, Hkv, G, NSEL, NUNI, N_TILES, qk_scale, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, P: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * P
+    pos, head, row_ok = _tile_rows(t0, T, G, kvh, P, G_PAD)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    ppos = (t0 + tl.arange(0, P)).to(tl.int64)
+    slots = tl.arange(0, NSEL_PAD)
+    ids = tl.load(IDX + b * si_b + ppos[:, None] * si_t + kvh.to(tl.int64) * si_h + slots[None, :],
+                  mask=(ppos[:, None] < T) & (slots[None, :] < NSEL), other=-1)
+    tile = (b * N_TILES + pid_m) * Hkv + kvh
+    n_union = tl.load(COUNT + tile)
+    union = UNION + tile * NUNI
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+
+    m_i = tl.full([P * G_PAD], float("-inf"), ACC)
+    l_i = tl.zeros([P * G_PAD], ACC)
+    acc = tl.zeros([P * G_PAD, BLOCK_DV], ACC)
+    for it in range(n_union * N_KT):
+        j = tl.load(union + it // N_KT)
+        kpos, k_ok, vis = _union_keys(ids, j, it % N_KT, t0, T, pos, row_ok, SEL, P, G_PAD, BLOCK_N)
+        m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                                         DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+
+    nonempty = l_i > 0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(OUT + b * so_b + pos[:, None] * so_t + head[:, None] * so_h + offs_dv[None, :],
+             o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE + (b * T + pos) * (Hkv * G) + head, lse, mask=row_ok)
+
+
+@triton.jit
+def _selected_bwd_dq_shared_kernel(
+    Q, K, V, IDX, UNION, COUNT, DO, LSE, DELTA, DQ,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+    si_b, si_t, si_h,
+    T, Hkv, G, NSEL, NUNI, N_TILES, qk_scale, sm_scale, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    G_PAD: tl.constexpr, P: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * P
+    Hq = Hkv * G
+    pos, head, row_ok = _tile_rows(t0, T, G, kvh, P, G_PAD)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
+    ppos = (t0 + tl.arange(0, P)).to(tl.int64)
+    slots = tl.arange(0, NSEL_PAD)
+    ids = tl.load(IDX + b * si_b + ppos[:, None] * si_t + kvh.to(tl.int64) * si_h + slots[None, :],
+                  mask=(ppos[:, None] < T) & (slots[None, :] < NSEL), other=-1)
+    tile = (b * N_TILES + pid_m) * Hkv + kvh
+    n_union = tl.load(COUNT + tile)
+    union = UNION + tile * NUNI
+    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+
+    dq = tl.zeros([P * G_PAD, BLOCK_DK], ACC)
+    for it in range(n_union * N_KT):
+        j = tl.load(union + it // N_KT)
+        kpos, k_ok, vis = _union_keys(ids, j, it % N_KT, t0, T, pos, row_ok, SEL, P, G_PAD, BLOCK_N)
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
+                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
+                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+        p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + b * sdq_b + pos[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 
@@ -231,9 +365,36 @@ def _clean_idx(idx: torch.Tensor) -> torch.Tensor:
     return idx.contiguous()
 
 
+def shared_positions(share: int, G: int) -> int:
+    """Positions per shared tile: `share` rounded up to a power of two, and enough for 16 MMA rows."""
+    return next_pow2(max(share, 16 // next_pow2(G)))
+
+
+def tile_union(idx: torch.Tensor, positions: int, select_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks that each tile of `positions` consecutive queries selected, with torch ops only (no host sync).
+
+    idx [B,T,Hkv,n] int32 -> union [B, n_tiles, Hkv, positions*n] int32 (ascending distinct valid ids: >= 0 and
+    visible to some position of the tile, then -1) and count [B, n_tiles, Hkv] int32 (how many are valid).
+    """
+    B, T, Hkv, n = idx.shape
+    n_tiles = triton.cdiv(T, positions)
+    ids = idx.long()
+    t = torch.arange(T, device=idx.device).view(1, T, 1, 1)
+    none = torch.iinfo(torch.int32).max  # sorts last
+    ids = torch.where((ids >= 0) & (ids * select_size <= t), ids, none)
+    ids = torch.nn.functional.pad(ids, (0, 0, 0, 0, 0, n_tiles * positions - T), value=none)
+    ids = ids.view(B, n_tiles, positions, Hkv, n).transpose(2, 3).reshape(B, n_tiles, Hkv, positions * n)
+    ids = ids.sort(-1).values
+    repeat = torch.nn.functional.pad(ids[..., 1:] == ids[..., :-1], (1, 0), value=False)
+    ids = torch.where(repeat, none, ids).sort(-1).values
+    count = (ids != none).sum(-1, dtype=torch.int32)
+    return torch.where(ids == none, -1, ids).to(torch.int32).contiguous(), count.contiguous()
+
+
 def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, select_size: int,
-                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [B,T,Hq,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv], idx [B,T,Hkv,n] -> o [B,T,Hq,Dv], lse [B,T,Hq]."""
+                     scale: float, share: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B,T,Hq,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv], idx [B,T,Hkv,n] -> o [B,T,Hq,Dv], lse [B,T,Hq].
+    share: positions per program that share their blocks' loads (None: the "selected_fwd" tile's)."""
     q, k, v = bthd(q), bthd(k), bthd(v)
     idx = _clean_idx(idx)
     B, T, Hq, Dk = q.shape
@@ -244,6 +405,21 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     bdk, bdv = head_block(Dk), head_block(Dv)
     block_n, n_kt = _block_tile(select_size)
     cfg = gpu_tiles("selected_fwd", max(bdk, bdv) > 128)
+    share = cfg.get("share", 1) if share is None else share
+    if share > 1:
+        P = shared_positions(share, G)
+        union, count = tile_union(idx, P, select_size)
+        _selected_fwd_shared_kernel[(union.shape[1], B * Hkv)](
+            q, k, v, idx, union, count, o, lse,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            idx.stride(0), idx.stride(1), idx.stride(2),
+            T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, select_size,
+            DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)),
+            BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
+        return o, lse
     _selected_fwd_kernel[(T, B * Hkv)](
         q, k, v, idx, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -292,9 +468,10 @@ def inverted_index(idx: torch.Tensor, select_size: int, seg_len: int):
 
 
 def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
-                      o: torch.Tensor, lse: torch.Tensor, select_size: int,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) of selected attention given do [B,T,Hq,Dv]."""
+                      o: torch.Tensor, lse: torch.Tensor, select_size: int, scale: float,
+                      share: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of selected attention given do [B,T,Hq,Dv] (share: as selected_forward, for dQ;
+    None: the "selected_dq" tile's)."""
     q, k, v, do = bthd(q), bthd(k), bthd(v), bthd(do)
     idx = _clean_idx(idx)
     B, T, Hq, Dk = q.shape
@@ -311,15 +488,29 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     big = max(bdk, bdv) > 128
     cfg = gpu_tiles("selected_dq", big)
     dq = torch.empty_like(q)
-    _selected_bwd_dq_kernel[(T, B * Hkv)](
-        q, k, v, idx, do, lse, delta, dq,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
-        T, Hkv, G, n, scale * LOG2E, scale, select_size,
-        G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common,
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )
+    share = cfg.get("share", 1) if share is None else share
+    if share > 1:
+        P = shared_positions(share, G)
+        union, count = tile_union(idx, P, select_size)
+        _selected_bwd_dq_shared_kernel[(union.shape[1], B * Hkv)](
+            q, k, v, idx, union, count, do, lse, delta, dq,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+            T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, scale, select_size,
+            G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)), **common,
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
+    else:
+        _selected_bwd_dq_kernel[(T, B * Hkv)](
+            q, k, v, idx, do, lse, delta, dq,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+            T, Hkv, G, n, scale * LOG2E, scale, select_size,
+            G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common,
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
 
     # dK/dV: query rows = NPOS positions x G_PAD heads (32 rows keep the accumulators in registers)
     cfg = gpu_tiles("selected_dkdv", big)

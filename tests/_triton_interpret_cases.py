@@ -161,6 +161,44 @@ def test_selected_attention(gen, case):
     close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
 
 
+@pytest.mark.parametrize("share", [2, 4])
+@pytest.mark.parametrize("case", SELECTED_CASES)
+def test_selected_attention_shared_tiles(gen, case, share):
+    """The block-sharing kernels (P positions per program load the union of their blocks once) give the
+    reference's output and dq; lse equals the one-position kernel's (dk/dv: the shared inverted-index kernel)."""
+    from kernels.triton_selected import selected_backward, selected_forward
+
+    B, T, Hkv, G, Dk, Dv, ss, n = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    idx[..., 1] = idx[..., 0]
+    idx[:, 1::2] = idx[:, 0::2][:, : T // 2]  # neighbours with the same choices, as trained models make
+    o, lse = selected_forward(q.detach(), k.detach(), v.detach(), idx, ss, 0.7, share=share)
+    _, lse_one = selected_forward(q.detach(), k.detach(), v.detach(), idx, ss, 0.7, share=1)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    close([o, finite(lse)], [o_r, finite(lse_one)], "o, lse", gen)
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_one))
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    dq, dk, dv = selected_backward(w, q.detach(), k.detach(), v.detach(), idx, o, lse, ss, 0.7, share=share)
+    close([dq, dk, dv], grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
+
+
+def test_selected_attention_shared_tiles_through_the_op(gen, monkeypatch):
+    """The public op (autograd included) takes the sharing kernels when the tile config asks for them."""
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("selected_fwd", "selected_dq"):
+        monkeypatch.setitem(GPU_TILES[name]["small"], "share", 4)
+    B, T, Hkv, G, D, ss, n = 1, 45, 1, 4, 16, 8, 3
+    q, k, v = randn(gen, B, T, Hkv * G, D), randn(gen, B, T, Hkv, D), randn(gen, B, T, Hkv, D)
+    idx = torch.randint(0, -(-T // ss), (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss)
+    close([o], [o_r], "o", gen)
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
+
+
 def test_selected_attention_with_selected_blocks_and_no_valid_block(gen):
     # the real pipeline's idx (from select_blocks), plus rows whose every slot is -1 (zero output, zero grad)
     B, T, Hkv, G, D, bs, d, ss, n = 1, 60, 1, 4, 16, 8, 4, 16, 3

@@ -86,3 +86,23 @@ def test_inverted_index_groups_queries_by_block():
         items |= {(u, s) for s in range(-(-len(got) // seg_len))}
     done = [(u, s) for u, s in zip(item_bucket.tolist(), item_seg.tolist()) if u >= 0]
     assert sorted(done) == sorted(items) and len(done) == len(set(done))
+
+
+def test_tile_union_lists_each_tiles_distinct_visible_blocks():
+    """tile_union (torch ops, so it runs anywhere): for every tile of P positions, the ascending distinct ids
+    that some position of the tile may attend (>= 0, block start <= the position), -1 after them."""
+    from kernels.triton_selected import tile_union
+
+    gen = torch.Generator().manual_seed(3)
+    B, T, Hkv, n, ss, P = 2, 23, 2, 3, 4, 4
+    idx = torch.randint(-1, T // ss + 3, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    union, count = tile_union(idx, P, ss)
+    n_tiles = -(-T // P)
+    assert union.shape == (B, n_tiles, Hkv, P * n) and count.shape == (B, n_tiles, Hkv)
+    for b in range(B):
+        for i in range(n_tiles):
+            for h in range(Hkv):
+                want = sorted({int(j) for t in range(i * P, min(i * P + P, T)) for j in idx[b, t, h]
+                               if j >= 0 and j * ss <= t})
+                got = union[b, i, h].tolist()
+                assert count[b, i, h] == len(want) and got == want + [-1] * (P * n - len(want)), (b, i, h)
