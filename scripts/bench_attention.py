@@ -14,6 +14,13 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          (T=1024, the small model's Hq=16, Hkv=1, D=64) where the GPU work is negligible: what the
          Python side of the ops costs (argument handling, Triton's launcher, the backward's index build),
          next to an empty Triton kernel's launch and an eager torch op.
+- share: selected attention alone (forward, forward+backward) with the block-sharing kernels (share = P
+         positions per program load the union of their blocks once; kernels/triton_selected.py) against the
+         one-position kernel (share 1), on the random inputs' selections and on selections made to agree
+         between neighbours (each position copies its predecessor's blocks with probability `keep`), next
+         to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
+         measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, and the small model's
+         shape (Hq=16, Hkv=1, D=64) at 8k.
 - tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
   kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
   current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
@@ -233,6 +240,52 @@ def bench_host() -> dict:
     return res
 
 
+def agree_with_neighbours(idx: torch.Tensor, keep: float, gen: torch.Generator) -> torch.Tensor:
+    """idx [B,T,Hkv,n] where each position takes its predecessor's row with probability `keep` (runs of equal
+    choices, as trained models make; a copied row stays valid: its blocks start before the earlier position)."""
+    T = idx.shape[1]
+    reset = torch.rand(T, generator=gen, device=idx.device) >= keep
+    reset[0] = True
+    src = torch.where(reset, torch.arange(T, device=idx.device), 0).cummax(0).values
+    return idx[:, src]
+
+
+def bench_share(B, T, Hq, Hkv, D) -> dict:
+    """The share section (module docstring): {keep: {sharing statistics, share P: fwd / fwdbwd ms, error}}."""
+    from kernels import triton_common
+    from model.attention.nsa import _blocks_shared
+    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
+    cmp, select, slc, _, _ = nsa_branches(x)
+    with torch.no_grad():
+        _, lse = cmp()
+        idx = select(lse)
+    gen = torch.Generator(device=idx.device).manual_seed(1)
+    tiles = [triton_common.GPU_TILES[k]["small" if D <= 128 else "big"] for k in ("selected_fwd", "selected_dq")]
+    saved = [t["share"] for t in tiles]
+    res = {}
+    try:
+        for keep in (0.0, 0.5, 0.8, 0.9):
+            ids = agree_with_neighbours(idx, keep, gen) if keep else idx
+            row = {"slc_blocks": _blocks_shared(ids, 1), "slc_blocks_shared4": _blocks_shared(ids, 4)}
+            base = None
+            for share in (1, 2, 4, 8):
+                for t in tiles:
+                    t["share"] = share
+
+                def fwd(ids=ids):
+                    return slc(ids)
+                out = fwd()
+                base = out if base is None else base
+                row[f"share{share}"] = {"fwd": timed(fwd), "fwdbwd": timed(fwd_bwd(fwd, [x["q"], x["k_slc"],
+                                                                                      x["v_slc"]])),
+                                        "rel_err_vs_share1": _rel(out, base)}
+            res[str(keep)] = row
+    finally:
+        for t, share in zip(tiles, saved):
+            t["share"] = share
+    return res
+
+
 # alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
 TUNE = {
     "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3), dict(rows=64, block_n=64, warps=4, stages=3),
@@ -391,7 +444,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper", "profile"],
-                   choices=["tune", "main", "gsweep", "paper", "profile", "host"])
+                   choices=["tune", "main", "gsweep", "paper", "profile", "host", "share"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
@@ -401,7 +454,7 @@ def main() -> None:
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
-               "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}}
+               "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}, "share": {}}
     B, Hq = 1, 64
 
     def checkpoint():
@@ -436,6 +489,11 @@ def main() -> None:
     if "host" in args.sections:
         print("host", flush=True)
         attempt(results, "host", bench_host, checkpoint)
+    if "share" in args.sections:
+        for name, (T, hq, hkv, d) in {"main-8k": (8192, Hq, 4, 128), "main-32k": (32768, Hq, 4, 128),
+                                      "small-8k": (8192, 16, 1, 64)}.items():
+            print(f"share {name}", flush=True)
+            attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
 

@@ -129,7 +129,13 @@ def test_select_blocks_bf16(cuda_gen, shape):
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
-def test_selected_attention_bf16(cuda_gen, shape):
+@pytest.mark.parametrize("share", [1, 4])  # the one-position kernels, and the block-sharing ones (4 positions)
+def test_selected_attention_bf16(cuda_gen, shape, share, monkeypatch):
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("selected_fwd", "selected_dq"):
+        for size in ("small", "big"):
+            monkeypatch.setitem(GPU_TILES[name][size], "share", share)
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
