@@ -142,28 +142,44 @@ def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
 @triton.jit
 def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
                   DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
-                  ACC: tl.constexpr):
+                  ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
     """Merge the nsplit partial states of KV group pid_bh (PM, PL [B*Hkv, nsplit, G_PAD], PACC [..., BLOCK_DV])
-    and store the group's output rows. Loads bypass L1 (.cg): other programs wrote the partials."""
+    and store the group's output rows. Every split's state is read in one vectorised load per tensor ([S_PAD,
+    G_PAD] maxima and sums, [S_PAD, G_PAD, DV_CHUNK] chunks of the accumulators, the chunks unrolled), not
+    split after split: a loop over the splits waits for each load in turn, and those round trips were most
+    of a decode op's time. Loads bypass L1 (.cg): other programs wrote the partials."""
     b = (pid_bh // Hkv).to(tl.int64)
     kvh = pid_bh % Hkv
     g = tl.arange(0, G_PAD)
     row_ok = g < G
     head = (kvh * G + g).to(tl.int64)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    base = pid_bh.to(tl.int64) * nsplit
-    m_tot = tl.full([G_PAD], float("-inf"), ACC)
-    for s in range(nsplit):
-        m_tot = tl.maximum(m_tot, tl.load(PM + (base + s) * G_PAD + g, cache_modifier=".cg"))
+    s = tl.arange(0, S_PAD)
+    s_ok = s < nsplit
+    rows = (pid_bh.to(tl.int64) * nsplit + s)[:, None] * G_PAD + g[None, :]  # [S_PAD, G_PAD]
+    pm = tl.load(PM + rows, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
+    pl = tl.load(PL + rows, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
+    m_tot = tl.max(pm, axis=0)
     m_use = tl.where(m_tot == float("-inf"), 0.0, m_tot)
-    l_tot = tl.zeros([G_PAD], ACC)
-    acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
-    for s in range(nsplit):
-        row = (base + s) * G_PAD + g
-        w = tl.exp2(tl.load(PM + row, cache_modifier=".cg") - m_use)
-        l_tot += tl.load(PL + row, cache_modifier=".cg") * w
-        acc += tl.load(PACC + row[:, None] * BLOCK_DV + offs_dv[None, :], cache_modifier=".cg") * w[:, None]
-    _attn_finish(m_tot, l_tot, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hkv * G, DV, BLOCK_DV, WRITE_LSE)
+    w = tl.exp2(pm - m_use[None, :])  # 0 for splits (and padded ones) that saw no key
+    l_tot = tl.sum(pl * w, axis=0)
+    nonempty = l_tot > 0
+    l_safe = tl.where(nonempty, l_tot, 1.0)
+    for c in tl.static_range(0, BLOCK_DV, DV_CHUNK):
+        offs = c + tl.arange(0, DV_CHUNK)
+        part = tl.load(PACC + rows[:, :, None] * BLOCK_DV + offs[None, None, :], mask=s_ok[:, None, None],
+                       other=0.0, cache_modifier=".cg")
+        o = tl.sum(part * w[:, :, None], axis=0) / l_safe[:, None]
+        tl.store(OUT + b * so_b + head[:, None] * so_h + offs[None, :], o.to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs[None, :] < DV))
+    if WRITE_LSE:
+        lse = tl.where(nonempty, (m_tot + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+        tl.store(LSE + b * Hkv * G + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+def combine_tiles(splits: int, g_pad: int, block_dv: int) -> tuple[int, int]:
+    """(S_PAD, DV_CHUNK) of _attn_combine: all splits at once, accumulator chunks of <= 8192 floats."""
+    s_pad = next_pow2(max(splits, 2))
+    return s_pad, max(1, min(block_dv, 8192 // (s_pad * g_pad)))
 
 
 @triton.jit
@@ -174,7 +190,7 @@ def _decode_attn_kernel(
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
 ):
     """Program (split, b * Hkv + kvh): the G query heads of KV group kvh of sequence b against one split of
     its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx (repeats
@@ -223,7 +239,7 @@ def _decode_attn_kernel(
             if done == nsplit - 1:  # the last split of this group to finish combines them all
                 tl.debug_barrier()
                 _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
-                              DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC)
+                              DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK)
                 tl.atomic_xchg(COUNT + pid_bh, 0, sem="release", scope="gpu")
     else:
         _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hkv * G, DV, BLOCK_DV, WRITE_LSE)
@@ -232,9 +248,9 @@ def _decode_attn_kernel(
 @triton.jit
 def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, Hkv, G, so_b, so_h,
                          DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
-                         ACC: tl.constexpr):
+                         ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
     _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), nsplit, Hkv, G, so_b, so_h,
-                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC)
+                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK)
 
 
 def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype, device: torch.device,
@@ -301,6 +317,7 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
     count = _counters(dev, B * Hkv) if fused else o
     idx_arg = idx if idx is not None else o
     si = (idx.stride(0), idx.stride(2)) if idx is not None else (0, 0)
+    s_pad, dv_chunk = combine_tiles(splits, g_pad, bdv)
     _decode_attn_kernel[(splits, B * Hkv)](
         q, k, v, idx_arg, o, lse, pm, pl, pacc, count,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -310,13 +327,14 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
         SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse,
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, BLOCK_N=block_n,
         N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)),
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), S_PAD=s_pad, DV_CHUNK=dv_chunk,
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
     )
     if split and not fused:
         _attn_combine_kernel[(B * Hkv,)](
             pm, pl, pacc, o, lse, splits, Hkv, G, o.stride(0), o.stride(2),
-            DV=Dv, BLOCK_DV=bdv, G_PAD=g_pad, WRITE_LSE=write_lse, ACC=tl_acc(q.dtype),
-            num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+            DV=Dv, BLOCK_DV=bdv, G_PAD=g_pad, WRITE_LSE=write_lse, ACC=tl_acc(q.dtype), S_PAD=s_pad,
+            DV_CHUNK=dv_chunk, num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
         )
     return o, (lse if write_lse else None)
 

@@ -200,6 +200,26 @@ def test_window_attention_decode(gen, case, combine):
     close(o, ref.window_attention(q, k, v, window=w, q_start=t), "o", gen)
 
 
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+def test_combine_of_a_split_count_that_is_not_a_power_of_two(gen, combine):
+    """The combine loads every split's state as one padded tile: 3 splits (padded to 4) must give the reference,
+    with and without lse (the compressed op writes it)."""
+    B, Hkv, G, D, w, t = 2, 1, 4, 16, 40, 150
+    q, k, v = randn(gen, B, 1, Hkv * G, D), randn(gen, B, t + 1, Hkv, D), randn(gen, B, t + 1, Hkv, D)
+    cfg = dict(split_factor=8.0, max_splits=3)
+    assert td.attn_plan(w, B * Hkv, D, D, G, F64, CPU, cfg)["splits"] == 3
+    o = td.window_attention(q, k, v, window=w, q_start=t, cfg=cfg, combine=combine)
+    close(o, ref.window_attention(q, k, v, window=w, q_start=t), "o", gen)
+    bs, d = 8, 4
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    kc, vc = randn(gen, B, Tc, Hkv, D), randn(gen, B, Tc, Hkv, D)
+    assert td.attn_plan(kc.shape[1], B * Hkv, D, D, G, F64, CPU, cfg)["splits"] == 3
+    o, lse = td.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t, cfg=cfg, combine=combine)
+    o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t)
+    close(o, o_r, "compressed o", gen)
+    close(lse, lse_r.to(lse.dtype), "lse", gen)
+
+
 # ----------------------------------------------------------------------------------------------
 # the public ops in float32 on strided cache views, and generation
 
