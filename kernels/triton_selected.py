@@ -223,12 +223,35 @@ def _selected_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _tile_rows(t0, T, G, kvh, P: tl.constexpr, G_PAD: tl.constexpr):
-    """Rows of a shared tile, position-major (row = p * G_PAD + g): int64 positions, heads, valid rows."""
+def _tile_queries(Q, pid_m, pid_bh, T, Hkv, G, sq_b, sq_t, sq_h, DK: tl.constexpr, BLOCK_DK: tl.constexpr,
+                  P: tl.constexpr, G_PAD: tl.constexpr):
+    """A shared tile's rows, position-major (row = p * G_PAD + g): batch, KV head, first position, int64
+    positions and heads [P*G_PAD], which rows are real, and their queries [P*G_PAD, BLOCK_DK]."""
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * P
     rows = tl.arange(0, P * G_PAD)
-    pos = t0 + rows // G_PAD
+    pos = (t0 + rows // G_PAD).to(tl.int64)
     g = rows % G_PAD
-    return pos.to(tl.int64), (kvh * G + g).to(tl.int64), (g < G) & (pos < T)
+    head = (kvh * G + g).to(tl.int64)
+    row_ok = (g < G) & (pos < T)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    return b, kvh, t0, pos, head, row_ok, q
+
+
+@triton.jit
+def _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES, si_b, si_t, si_h,
+                    P: tl.constexpr, NSEL_PAD: tl.constexpr):
+    """A shared tile's choices: ids [P, NSEL_PAD] of its positions (-1 past T or past NSEL), a pointer to the
+    union of their blocks (tile_union) and how many blocks it holds."""
+    ppos = (pid_m * P + tl.arange(0, P)).to(tl.int64)
+    slots = tl.arange(0, NSEL_PAD)
+    ids = tl.load(IDX + b * si_b + ppos[:, None] * si_t + kvh.to(tl.int64) * si_h + slots[None, :],
+                  mask=(ppos[:, None] < T) & (slots[None, :] < NSEL), other=-1)
+    tile = (b * N_TILES + pid_m) * Hkv + kvh
+    return ids, UNION + tile * NUNI, tl.load(COUNT + tile)
 
 
 @triton.jit
@@ -256,22 +279,11 @@ def _selected_fwd_shared_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * P
-    pos, head, row_ok = _tile_rows(t0, T, G, kvh, P, G_PAD)
-    offs_dk = tl.arange(0, BLOCK_DK)
+    b, kvh, t0, pos, head, row_ok, q = _tile_queries(Q, pid_m, tl.program_id(1), T, Hkv, G, sq_b, sq_t, sq_h,
+                                                      DK, BLOCK_DK, P, G_PAD)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    ppos = (t0 + tl.arange(0, P)).to(tl.int64)
-    slots = tl.arange(0, NSEL_PAD)
-    ids = tl.load(IDX + b * si_b + ppos[:, None] * si_t + kvh.to(tl.int64) * si_h + slots[None, :],
-                  mask=(ppos[:, None] < T) & (slots[None, :] < NSEL), other=-1)
-    tile = (b * N_TILES + pid_m) * Hkv + kvh
-    n_union = tl.load(COUNT + tile)
-    union = UNION + tile * NUNI
+    ids, union, n_union = _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES,
+                                          si_b, si_t, si_h, P, NSEL_PAD)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
 
@@ -304,28 +316,18 @@ def _selected_bwd_dq_shared_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * P
+    b, kvh, t0, pos, head, row_ok, q = _tile_queries(Q, pid_m, tl.program_id(1), T, Hkv, G, sq_b, sq_t, sq_h,
+                                                      DK, BLOCK_DK, P, G_PAD)
     Hq = Hkv * G
-    pos, head, row_ok = _tile_rows(t0, T, G, kvh, P, G_PAD)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
-    ppos = (t0 + tl.arange(0, P)).to(tl.int64)
-    slots = tl.arange(0, NSEL_PAD)
-    ids = tl.load(IDX + b * si_b + ppos[:, None] * si_t + kvh.to(tl.int64) * si_h + slots[None, :],
-                  mask=(ppos[:, None] < T) & (slots[None, :] < NSEL), other=-1)
-    tile = (b * N_TILES + pid_m) * Hkv + kvh
-    n_union = tl.load(COUNT + tile)
-    union = UNION + tile * NUNI
+    ids, union, n_union = _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES,
+                                          si_b, si_t, si_h, P, NSEL_PAD)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
 

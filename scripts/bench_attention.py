@@ -250,15 +250,21 @@ def agree_with_neighbours(idx: torch.Tensor, keep: float, gen: torch.Generator) 
     return idx[:, src]
 
 
+def selection_inputs(B, T, Hq, Hkv, D):
+    """Random inputs x (with gradients), their branch closures, and the compression lse and block choices."""
+    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
+    branches = nsa_branches(x)
+    with torch.no_grad():
+        _, lse = branches[0]()
+        idx = branches[1](lse)
+    return x, branches, lse, idx
+
+
 def bench_share(B, T, Hq, Hkv, D) -> dict:
     """The share section (module docstring): {keep: {sharing statistics, share P: fwd / fwdbwd ms, error}}."""
     from kernels import triton_common
     from model.attention.nsa import _blocks_shared
-    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
-    cmp, select, slc, _, _ = nsa_branches(x)
-    with torch.no_grad():
-        _, lse = cmp()
-        idx = select(lse)
+    x, (_, _, slc, _, _), _, idx = selection_inputs(B, T, Hq, Hkv, D)
     gen = torch.Generator(device=idx.device).manual_seed(1)
     tiles = [triton_common.GPU_TILES[k]["small" if D <= 128 else "big"] for k in ("selected_fwd", "selected_dq")]
     saved = [t["share"] for t in tiles]
@@ -314,11 +320,7 @@ def _rel(a, b) -> float:
 def tune(B, T, Hq, Hkv, D) -> dict:
     """Greedy per-kernel tile search (see the module docstring); returns the measurements and the winners."""
     from kernels import triton_common
-    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
-    cmp, select, slc, win, _ = nsa_branches(x)
-    with torch.no_grad():
-        _, lse = cmp()
-        idx = select(lse)
+    x, (cmp, select, slc, win, _), lse, idx = selection_inputs(B, T, Hq, Hkv, D)
     grad = torch.randn(B, T, Hq, D, device="cuda", dtype=torch.bfloat16)
 
     def band(backward):
