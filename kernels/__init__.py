@@ -5,6 +5,9 @@
                   num_init=1, num_local=2, scale=None, q_start=0) -> idx
     selected_attention(q, k, v, idx, *, select_size, scale=None, q_start=0) -> o
     window_attention(q, k, v, *, window, scale=None, q_start=0) -> o
+and, for the model's convenience, the last two together (one launch for a decoding step, else the two ops):
+    selected_and_window_attention(q, k_slc, v_slc, idx, k_win, v_win, *, select_size, window, scale=None,
+                                  q_start=0) -> (o_slc, o_win)
 
 `q_start`: q's rows are the queries at positions q_start .. q_start+T-1 and the keys cover positions
 0 .. q_start+T-1 (queries after a cached prefix: chunked prefill, decoding); see kernels/reference.py.
@@ -45,6 +48,7 @@ __all__ = [
     "select_blocks",
     "selected_attention",
     "window_attention",
+    "selected_and_window_attention",
     "check_nsa_sizes",
     "num_compressed_tokens",
     "reference",
@@ -74,12 +78,21 @@ def _register_triton_ops() -> None:
     TRITON_DECODE_OPS.update(triton_decode.TRITON_DECODE_OPS)
 
 
+def _wants_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _decode_impl(name: str, x: torch.Tensor) -> Callable | None:
+    """The decode kernel of op `name` when x is one decoding step (T == 1) it can run, else None."""
+    return TRITON_DECODE_OPS.get(name) if _wants_triton(x) and x.shape[1] == 1 else None
+
+
 def _impl(name: str, x: torch.Tensor, q_start: int = 0) -> Callable:
     """The function that runs op `name` for tensors like `x` (q_start already bound when non-zero)."""
-    wants_triton = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if wants_triton and x.shape[1] == 1 and name in TRITON_DECODE_OPS:  # one decoding step
-        return functools.partial(TRITON_DECODE_OPS[name], q_start=q_start)
-    fn = TRITON_OPS.get(name) if wants_triton else None
+    decode = _decode_impl(name, x)
+    if decode is not None:  # one decoding step
+        return functools.partial(decode, q_start=q_start)
+    fn = TRITON_OPS.get(name) if _wants_triton(x) else None
     if fn is None or (q_start and not _takes_q_start(fn)):
         fn = getattr(chunked, name)
     return functools.partial(fn, q_start=q_start) if q_start else fn
@@ -150,6 +163,32 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     check_q_start("window_attention", q_start)
     check_attention_inputs("window_attention", q, k, v, num_keys=q_start + q.shape[1], q_start=q_start)
     return _impl("window_attention", q, q_start)(q, k, v, window=window, scale=scale)
+
+
+
+def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
+                                  k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
+                                  scale: float | None = None,
+                                  q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selected_attention(q, k_slc, v_slc, idx, ...), window_attention(q, k_win, v_win, ...)), same shapes and
+    rules. The two branches are independent: a decoding step on the Triton path runs both in one launch (a
+    step is a chain of short, latency-bound launches, so one fewer link matters); anything else calls the two
+    ops."""
+    decode = _decode_impl("selected_and_window_attention", q)
+    if decode is None:
+        return (selected_attention(q, k_slc, v_slc, idx, select_size=select_size, scale=scale, q_start=q_start),
+                window_attention(q, k_win, v_win, window=window, scale=scale, q_start=q_start))
+    check_nsa_sizes(select_size=select_size, window=window)
+    check_q_start("selected_and_window_attention", q_start)
+    check_attention_inputs("selected_attention", q, k_slc, v_slc, num_keys=q_start + 1, q_start=q_start)
+    check_attention_inputs("window_attention", q, k_win, v_win, num_keys=q_start + 1, q_start=q_start)
+    check_block_indices("selected_attention", idx, q, k_slc)
+    if (k_win.shape[3], v_win.shape[3]) != (k_slc.shape[3], v_slc.shape[3]):
+        raise ValueError(f"selected_and_window_attention: the window branch's head dims {k_win.shape[3]}/"
+                         f"{v_win.shape[3]} differ from the selected branch's {k_slc.shape[3]}/{v_slc.shape[3]}: "
+                         "call selected_attention and window_attention separately")
+    return decode(q, k_slc, v_slc, idx, k_win, v_win, select_size=select_size, window=window, scale=scale,
+                  q_start=q_start)
 
 
 _register_triton_ops()

@@ -183,20 +183,21 @@ def combine_tiles(splits: int, g_pad: int, block_dv: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _decode_attn_kernel(
-    Q, K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
-    sq_b, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    Hkv, G, NSEL, qk_scale, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+def _attn_split(
+    pid_s, pid_bh, Q, sq_b, sq_h, Hkv, G, qk_scale,
+    K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+    sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
-    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
 ):
-    """Program (split, b * Hkv + kvh): the G query heads of KV group kvh of sequence b against one split of
-    its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx (repeats
-    and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to hi."""
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Split pid_s of KV group pid_bh (= b * Hkv + kvh): the G query heads of that group of sequence b against
+    one split of its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx
+    (repeats and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to
+    hi. With one split it writes the output; with several, its partial state, and (FUSED) the last split of the
+    group to finish combines them."""
     b = (pid_bh // Hkv).to(tl.int64)
     kvh = pid_bh % Hkv
     g = tl.arange(0, G_PAD)
@@ -246,6 +247,63 @@ def _decode_attn_kernel(
 
 
 @triton.jit
+def _decode_attn_kernel(
+    Q, sq_b, sq_h, Hkv, G, qk_scale,
+    K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+    sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
+    BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+):
+    """One attention branch: program (split, b * Hkv + kvh) runs _attn_split."""
+    _attn_split(tl.program_id(0), tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
+                K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+                sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+                NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+                DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK)
+
+
+@triton.jit
+def _decode_attn_pair_kernel(
+    Q, sq_b, sq_h, Hkv, G, qk_scale,
+    K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+    sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
+    sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
+    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
+    BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+    SELECTED2: tl.constexpr, SPLIT2: tl.constexpr, FUSED2: tl.constexpr, WRITE_LSE2: tl.constexpr,
+    BLOCK_N2: tl.constexpr, N_KT2: tl.constexpr, NSEL_PAD2: tl.constexpr, S_PAD2: tl.constexpr,
+    DV_CHUNK2: tl.constexpr,
+):
+    """Two independent attention branches of the same queries in one launch (selected and window attention of a
+    decoding step): programs 0 .. nsplit-1 along axis 0 run the first branch, the next nsplit2 the second. A
+    decoding step is a chain of latency-bound launches; this removes one link."""
+    pid_s = tl.program_id(0)
+    if pid_s < nsplit:
+        _attn_split(pid_s, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
+                    K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
+                    sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
+                    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK)
+    else:
+        _attn_split(pid_s - nsplit, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
+                    K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
+                    sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
+                    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2,
+                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2)
+
+
+@triton.jit
 def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, Hkv, G, so_b, so_h,
                          DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
                          ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
@@ -281,14 +339,16 @@ def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype
     return dict(splits=splits, per_split=per_split, block_n=block_n, cfg=cfg)
 
 
-def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
-                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused"):
-    """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
-    [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
-    None)."""
+def _check_combine(combine: str) -> None:
     if combine not in COMBINE_MODES:
         raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
-    q, k, v = bthd(q), bthd(k), bthd(v)
+
+
+def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
+            cfg: dict | None = None, combine: str = "fused", counter_base: int = 0) -> dict:
+    """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
+    plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
+    constexprs). Counters start at counter_base (two branches of one launch must not share them)."""
     B, _, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -297,14 +357,14 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
     lse = torch.empty(B, 1, Hq, dtype=torch.float32, device=dev) if write_lse else o
     if k.shape[1] == 0:  # nothing to attend: every load is masked, but pass real buffers
         k, v = q.new_zeros(B, 1, Hkv, Dk), q.new_zeros(B, 1, Hkv, Dv)
-    bdk, bdv, g_pad = head_block(Dk), head_block(Dv), max(16, next_pow2(G))
+    bdv, g_pad = head_block(Dv), max(16, next_pow2(G))
     nsel = 1
     if idx is not None:
         idx = _clean_idx(idx)
         nsel = idx.shape[3]
     plan = attn_plan(nsel if idx is not None else hi - lo, B * Hkv, Dk, Dv, G, q.dtype, dev, cfg,
                      select_size=select_size if idx is not None else 0)
-    splits, per_split, block_n, cfg = plan["splits"], plan["per_split"], plan["block_n"], plan["cfg"]
+    splits, per_split, block_n = plan["splits"], plan["per_split"], plan["block_n"]
     split = splits > 1
     acc_t = acc_dtype(q.dtype)
     if split:
@@ -314,29 +374,80 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
     else:
         pm = pl = pacc = o
     fused = split and combine == "fused"
-    count = _counters(dev, B * Hkv) if fused else o
-    idx_arg = idx if idx is not None else o
+    count = _counters(dev, counter_base + B * Hkv)[counter_base:] if fused else o
     si = (idx.stride(0), idx.stride(2)) if idx is not None else (0, 0)
     s_pad, dv_chunk = combine_tiles(splits, g_pad, bdv)
-    _decode_attn_kernel[(splits, B * Hkv)](
-        q, k, v, idx_arg, o, lse, pm, pl, pacc, count,
-        q.stride(0), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(2), *si,
-        Hkv, G, nsel, scale * LOG2E, hi - 1, lo, hi,
-        per_split if idx is None else 0, per_split if idx is not None else 0, splits, select_size,
-        SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse,
-        DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, BLOCK_N=block_n,
-        N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)),
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), S_PAD=s_pad, DV_CHUNK=dv_chunk,
-        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+    args = [k, v, idx if idx is not None else o, o, lse, pm, pl, pacc, count,
+            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(2),
+            *si, nsel, hi - 1, lo, hi, per_split if idx is None else 0, per_split if idx is not None else 0, splits,
+            select_size]
+    consts = dict(SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse, BLOCK_N=block_n,
+                  N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)), S_PAD=s_pad,
+                  DV_CHUNK=dv_chunk)
+    return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts)
+
+
+def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
+    """The arguments both branches of a launch share: the queries, and the head-dim constexprs."""
+    Hq, Dk = q.shape[2], q.shape[3]
+    Hkv, Dv = k.shape[2], v.shape[3]
+    args = [q, q.stride(0), q.stride(2), Hkv, Hq // Hkv, scale * LOG2E]
+    consts = dict(DK=Dk, DV=Dv, BLOCK_DK=head_block(Dk), BLOCK_DV=head_block(Dv), G_PAD=max(16, next_pow2(Hq // Hkv)),
+                  ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
+    return args, consts
+
+
+def _combine_separately(q, br: dict, shared: dict, cfg: dict) -> None:
+    """combine="kernel": merge a split branch's partial states in a second launch."""
+    B, Hq = q.shape[0], q.shape[2]
+    Hkv = br["args"][0].shape[2]
+    o, lse = br["o"], br["lse"] if br["lse"] is not None else br["o"]
+    _attn_combine_kernel[(B * Hkv,)](
+        br["args"][5], br["args"][6], br["args"][7], o, lse, br["plan"]["splits"], Hkv, Hq // Hkv,
+        o.stride(0), o.stride(2), DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"],
+        WRITE_LSE=br["lse"] is not None, ACC=shared["ACC"], S_PAD=br["consts"]["S_PAD"],
+        DV_CHUNK=br["consts"]["DV_CHUNK"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
     )
-    if split and not fused:
-        _attn_combine_kernel[(B * Hkv,)](
-            pm, pl, pacc, o, lse, splits, Hkv, G, o.stride(0), o.stride(2),
-            DV=Dv, BLOCK_DV=bdv, G_PAD=g_pad, WRITE_LSE=write_lse, ACC=tl_acc(q.dtype), S_PAD=s_pad,
-            DV_CHUNK=dv_chunk, num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
-        )
-    return o, (lse if write_lse else None)
+
+
+def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
+                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused"):
+    """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
+    [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
+    None)."""
+    _check_combine(combine)
+    q, k, v = bthd(q), bthd(k), bthd(v)
+    br = _branch(q, k, v, lo=lo, hi=hi, idx=idx, select_size=select_size, write_lse=write_lse, cfg=cfg,
+                 combine=combine)
+    args, consts = _shared_args(q, k, v, scale)
+    cfg = br["plan"]["cfg"]
+    _decode_attn_kernel[(br["plan"]["splits"], q.shape[0] * k.shape[2])](
+        *args, *br["args"], **consts, **br["consts"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+    if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
+        _combine_separately(q, br, consts, cfg)
+    return br["o"], br["lse"]
+
+
+def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
+                            t: int, cfg: dict | None = None, combine: str = "fused"):
+    """Selected and window attention of one decoding step in one launch (_decode_attn_pair_kernel) -> (o_slc,
+    o_win), each [B,1,Hq,Dv]: the same results as the two separate launches."""
+    _check_combine(combine)
+    q, k_slc, v_slc, k_win, v_win = (bthd(x) for x in (q, k_slc, v_slc, k_win, v_win))
+    n_groups = q.shape[0] * k_slc.shape[2]
+    slc = _branch(q, k_slc, v_slc, lo=0, hi=t + 1, idx=idx, select_size=select_size, cfg=cfg, combine=combine)
+    win = _branch(q, k_win, v_win, lo=max(0, t - window + 1), hi=t + 1, cfg=cfg, combine=combine,
+                  counter_base=n_groups)
+    args, consts = _shared_args(q, k_slc, v_slc, scale)
+    second = {f"{name}2": value for name, value in win["consts"].items()}
+    cfg = slc["plan"]["cfg"]
+    _decode_attn_pair_kernel[(slc["plan"]["splits"] + win["plan"]["splits"], n_groups)](
+        *args, *slc["args"], *win["args"], **consts, **slc["consts"], **second,
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+    for br in (slc, win):
+        if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
+            _combine_separately(q, br, consts, cfg)
+    return slc["o"], win["o"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,10 +683,25 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
                              hi=q_start + 1, cfg=cfg, combine=combine)[0]
 
 
+def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
+                                  k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
+                                  scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
+                                  combine: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of selected_attention(q, k_slc, v_slc, idx) and window_attention(q, k_win, v_win) in
+    one launch -> (o_slc, o_win)."""
+    if _use_chunked(q, k_slc, v_slc, k_win, v_win):
+        return (chunked.selected_attention(q, k_slc, v_slc, idx, select_size=select_size, scale=scale,
+                                           q_start=q_start),
+                chunked.window_attention(q, k_win, v_win, window=window, scale=scale, q_start=q_start))
+    return _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, scale=resolve_scale(scale, q.shape[-1]),
+                                   select_size=select_size, window=window, t=q_start, cfg=cfg, combine=combine)
+
+
 # op name -> decode function with the op's public signature (kernels/__init__.py dispatches T == 1 calls here)
 TRITON_DECODE_OPS: dict[str, Callable] = {
     "compressed_attention": compressed_attention,
     "select_blocks": select_blocks,
     "selected_attention": selected_attention,
     "window_attention": window_attention,
+    "selected_and_window_attention": selected_and_window_attention,
 }

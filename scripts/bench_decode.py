@@ -8,8 +8,9 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   second) and a read-only pass (sum of 1 GiB).
 - attn: one decoding step (one query per sequence at position T - 1, keys 0..T-1) for each shape (main:
   Hq=64, Hkv=4, D=128; small: Hq=16, Hkv=1, D=64, the small_gqa16 model's), batch B and context T.
-  NSA = the four public ops as the model calls them (compressed attention -> block selection -> selected
-  attention, and window attention), dispatched to the decode kernels of kernels/triton_decode.py; also with
+  NSA = the public ops as the model calls them (compressed attention -> block selection -> selected and
+  window attention in one launch, kernels.selected_and_window_attention), dispatched to the decode kernels of
+  kernels/triton_decode.py; also as four launches ("4 ops": selected and window attention separately), with
   the splits combined by a second launch ("kernel") instead of inside the launch, and per op. Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
@@ -192,17 +193,24 @@ def nsa_ops(x: dict, T: int, cfg: dict | None = None, combine: str | None = None
     def win():
         return m.window_attention(q, x["k_win"], x["v_win"], window=s["window"], q_start=t, **kw)
 
-    def step():
+    def step():  # as model/attention/nsa.py runs it: selected and window attention in one launch
+        o_cmp, lse = cmp()
+        return (o_cmp, *m.selected_and_window_attention(q, x["k_slc"], x["v_slc"], select(lse), x["k_win"],
+                                                        x["v_win"], select_size=s["select_size"],
+                                                        window=s["window"], q_start=t, **kw))
+
+    def step_separate():  # the four ops, one launch each
         o_cmp, lse = cmp()
         return o_cmp, slc(select(lse)), win()
-    return cmp, select, slc, win, step
+    return cmp, select, slc, win, step, step_separate
 
 
 def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
-    cmp, select, slc, win, step = nsa_ops(x, T)
+    cmp, select, slc, win, step, step_separate = nsa_ops(x, T)
     out = graph_times(step)
     out["eager_us"] = eager_us(step)
-    _, _, _, _, step_kernel = nsa_ops(x, T, combine="kernel")
+    out["separate_us"] = graph_times(step_separate)["us"]
+    step_kernel = nsa_ops(x, T, combine="kernel")[4]
     out["combine_kernel_us"] = graph_times(step_kernel)["us"]
     if per_op:
         _, lse = cmp()
@@ -315,7 +323,7 @@ def bench_sweep(T: int = 65536) -> dict:
     """NSA step (graph, cold L2) at T, B=1, main shape, for decode tile alternatives; each checked against the
     default config's outputs (relative error < 1e-2, same blocks)."""
     x = make_cache(1, T, **SHAPES["main"])
-    *_, step = nsa_ops(x, T)
+    step = nsa_ops(x, T)[4]
     ref_out = step()
     attn = [dict(split_factor=f) for f in (0.5, 1.0, 2.0)] + [dict(block_n=32), dict(warps=8), dict(stages=2)]
     select = [dict(tiles_per_split=t) for t in (2, 4)] + [dict(warps=8)]
@@ -327,7 +335,7 @@ def bench_sweep(T: int = 65536) -> dict:
             saved = {k: dict(v) for k, v in td.DECODE_TILES[kind].items()}
             try:
                 td.DECODE_TILES[kind]["small"].update(alt)
-                *_, alt_step = nsa_ops(x, T)
+                alt_step = nsa_ops(x, T)[4]
                 got = alt_step()
                 err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, ref_out))
                 res[name] = {"us": graph_times(alt_step)["us"], "max_rel_err": err}
@@ -373,7 +381,8 @@ def table(results: dict) -> str:
         lines.append(f"bandwidth: copy {bw['copy_GBps']:.0f} GB/s (read + write), read-only {bw['read_GBps']:.0f} GB/s")
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
-        lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'2-launch':>8} "
+        lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'4 ops':>8} "
+                     f"{'2-launch':>8} "
                      f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | {'NSA GB/s':>8} "
                      f"{'%copy':>6}")
         for key, r in results["attn"].items():
@@ -383,7 +392,8 @@ def table(results: dict) -> str:
                 continue
             lines.append(
                 f"{key:>16} | {f(n['us'])} {f(n.get('cmp_us'), '7.1f')} {f(n.get('select_us'), '7.1f')} "
-                f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('combine_kernel_us'))} "
+                f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "
+                f"{f(n.get('combine_kernel_us'))} "
                 f"{f(n.get('eager_us'))} | {f(fu.get('us'))} {fu.get('best', '-'):>18} | {f(r['speedup'], '6.2f')} "
                 f"{f(r['table4_speedup'], '6.2f')} | {f(r['nsa_GBps'], '8.0f')} "
                 f"{f(100 * r.get('nsa_bw_fraction', math.nan), '6.1f')}")

@@ -200,6 +200,34 @@ def test_window_attention_decode(gen, case, combine):
     close(o, ref.window_attention(q, k, v, window=w, q_start=t), "o", gen)
 
 
+PAIR_CASES = [  # B, Hkv, G, Dk, Dv, select_size, num_select, window, q_start, many splits
+    pytest.param((2, 2, 2, 16, 8, 16, 5, 40, 120, True), id="G2-B2-Dv<Dk-split"),
+    pytest.param((1, 1, 16, 16, 32, 8, 6, 24, 63, True), id="G16-Dv>Dk-split"),
+    pytest.param((1, 3, 1, 32, 16, 24, 3, 9, 50, False), id="G1-one-split"),
+    pytest.param((1, 1, 4, 16, 16, 16, 4, 64, 0, True), id="first-position"),
+]
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_selected_and_window_decode_in_one_launch(gen, case, combine):
+    """The pair kernel (selected and window attention in one launch, each with its own splits, partial states
+    and counters) gives both branches' reference outputs."""
+    B, Hkv, G, Dk, Dv, ss, n, w, t, many = case
+    S = t + 1
+    q = randn(gen, B, 1, Hkv * G, Dk)
+    ks, vs, kw, vw = (randn(gen, B, S, Hkv, d) for d in (Dk, Dv, Dk, Dv))
+    idx = torch.randint(-1, t // ss + 3, (B, 1, Hkv, n), generator=gen)
+    idx[..., 0] = t // ss
+    idx[..., -1] = idx[..., 1]
+    cfg = split_cfg(many)
+    assert (td.attn_plan(n, B * Hkv, Dk, Dv, G, F64, CPU, cfg, select_size=ss)["splits"] > 1) == many
+    o_slc, o_win = td.selected_and_window_attention(q, ks, vs, idx, kw, vw, select_size=ss, window=w, q_start=t,
+                                                     cfg=cfg, combine=combine)
+    close(o_slc, ref.selected_attention(q, ks, vs, idx, select_size=ss, q_start=t), "o_slc", gen)
+    close(o_win, ref.window_attention(q, kw, vw, window=w, q_start=t), "o_win", gen)
+
+
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
 def test_combine_of_a_split_count_that_is_not_a_power_of_two(gen, combine):
     """The combine loads every split's state as one padded tile: 3 splits (padded to 4) must give the reference,
@@ -245,6 +273,10 @@ def test_public_ops_float32_on_cache_views(gen):
           ref.selected_attention(q64, k64, v64, idx, select_size=ss, q_start=t), "selected o", gen, **tol)
     close(kernels.window_attention(q, k, v, window=w, q_start=t),
           ref.window_attention(q64, k64, v64, window=w, q_start=t), "window o", gen, **tol)
+    o_slc, o_win = kernels.selected_and_window_attention(q, k, v, idx, k, v, select_size=ss, window=w, q_start=t)
+    close(o_slc, ref.selected_attention(q64, k64, v64, idx, select_size=ss, q_start=t), "pair: selected o", gen,
+          **tol)
+    close(o_win, ref.window_attention(q64, k64, v64, window=w, q_start=t), "pair: window o", gen, **tol)
 
 
 def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
@@ -269,7 +301,9 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
     model = GPT(cfg, attn).double().eval()
     prompt = torch.randint(0, 100, (2, 6))
     out = model.generate(prompt, max_new_tokens=14)
-    assert calls == {name: 2 * 13 for name in calls}, calls  # 2 layers x 13 one-token steps
+    # 2 layers x 13 one-token steps; selected and window attention go through their one-launch pair
+    assert calls == {name: 0 if name in ("selected_attention", "window_attention") else 2 * 13
+                     for name in calls}, calls
     with torch.no_grad():
         greedy = model(out[:, :-1])[0][:, prompt.shape[1] - 1 :].argmax(-1)
     assert torch.equal(out[:, prompt.shape[1] :], greedy), f"seed {seed}"

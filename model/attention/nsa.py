@@ -51,8 +51,7 @@ from kernels import (
     compressed_attention,
     num_compressed_tokens,
     select_blocks,
-    selected_attention,
-    window_attention,
+    selected_and_window_attention,
 )
 from model.attention import register_attention
 from model.attention.base import Attention
@@ -194,8 +193,9 @@ class NativeSparseAttention(Attention):
         o_cmp, lse = compressed_attention(q, k_cmp, v_cmp, block_size=self.l, stride=self.d, q_start=start)
         idx = select_blocks(q, k_cmp, lse, block_size=self.l, stride=self.d, select_size=a.select_block,
                             num_select=a.num_select, num_init=a.num_init, num_local=a.num_local, q_start=start)
-        o_slc = selected_attention(q, k_s, v_s, idx, select_size=a.select_block, q_start=start)
-        o_win = window_attention(q, k_w, v_w, window=a.window, q_start=start)
+        # the two ops, or one launch for a decoding step (kernels/__init__.py)
+        o_slc, o_win = selected_and_window_attention(q, k_s, v_s, idx, k_w, v_w, select_size=a.select_block,
+                                                     window=a.window, q_start=start)
         if self.record_stats:
             self.last_stats = self._measured_keys(idx, start)
         return o_cmp, o_slc, o_win
