@@ -105,16 +105,23 @@ def test_decode_step_bf16(cuda_gen, shape, combine):
           "selected o", cuda_gen)
     o = td.window_attention(x["q"], x["kw"], x["vw"], window=w, q_start=t, combine=combine)
     check(o, ref.window_attention(f32["q"], f32["kw"], f32["vw"], window=w, q_start=t), "window o", cuda_gen)
+    o_slc, o_win = td.selected_and_window_attention(x["q"], x["k"], x["v"], idx_r, x["kw"], x["vw"], select_size=ss,
+                                                    window=w, q_start=t, combine=combine)
+    check(o_slc, ref.selected_attention(f32["q"], f32["k"], f32["v"], idx_r, select_size=ss, q_start=t),
+          "pair: selected o", cuda_gen)
+    check(o_win, ref.window_attention(f32["q"], f32["kw"], f32["vw"], window=w, q_start=t), "pair: window o",
+          cuda_gen)
 
 
 def nsa_step(x, t):
-    """The four public ops as the model calls them for one decoding step; returns the three branch outputs."""
+    """The public ops as the model calls them for one decoding step (selected and window attention in one
+    launch); returns the three branch outputs and the chosen blocks."""
     bs, d, ss, n, w = (NSA[k] for k in ("block_size", "stride", "select_size", "num_select", "window"))
     o_cmp, lse = kernels.compressed_attention(x["q"], x["k_cmp"], x["v_cmp"], block_size=bs, stride=d, q_start=t)
     idx = kernels.select_blocks(x["q"], x["k_cmp"], lse, block_size=bs, stride=d, select_size=ss, num_select=n,
                                 q_start=t)
-    o_slc = kernels.selected_attention(x["q"], x["k"], x["v"], idx, select_size=ss, q_start=t)
-    o_win = kernels.window_attention(x["q"], x["kw"], x["vw"], window=w, q_start=t)
+    o_slc, o_win = kernels.selected_and_window_attention(x["q"], x["k"], x["v"], idx, x["kw"], x["vw"],
+                                                         select_size=ss, window=w, q_start=t)
     return o_cmp, o_slc, o_win, idx
 
 
