@@ -1,9 +1,10 @@
 """Synthetic long-context retrieval documents, of an exact length in tokens, with their answers marked.
 
-Three kinds, each a pure function of (tokenizer, n_tokens, seed[, haystack]):
+The kinds, each a pure function of (tokenizer, n_tokens, seed[, haystack]):
 - passkey:  a 5-digit pass key hidden at a random depth in repeated filler; the document ends by asking for it.
 - multikey: several "special magic number for <word>" needles inserted at random places in real text (a
             haystack you pass, as text or token ids); one of them is asked for at the end (the others distract).
+- needle:   multikey with a single needle: needle in a haystack without distractors.
 - mqar:     multi-query associative recall: a block of key=value pairs, filler, then queries "key=" whose
             values must be recalled (several answers per document).
 - copy:     a random word sequence, filler, the same sequence again: dense copying practice for training only.
@@ -220,8 +221,14 @@ def copying(tok: Tokenizer, n_tokens: int, seed: int, n_words: int | None = None
     return SyntheticDoc("copy", b.tokens, [b.add(words)], [needle], seed, tok)
 
 
-GENERATORS: dict[str, Callable[..., SyntheticDoc]] = {"passkey": passkey, "multikey": multikey, "mqar": mqar,
-                                                      "copy": copying}
+def needle(tok: Tokenizer, n_tokens: int, seed: int, haystack: str | Sequence[int] | None = None) -> SyntheticDoc:
+    """One magic-number needle in `haystack` (multikey without distractors): the needle-in-a-haystack skill alone."""
+    return multikey(tok, n_tokens, seed, haystack, n_keys=1)
+
+
+GENERATORS: dict[str, Callable[..., SyntheticDoc]] = {"passkey": passkey, "multikey": multikey, "needle": needle,
+                                                      "mqar": mqar, "copy": copying}
+NEEDS_HAYSTACK = ("multikey", "needle")  # kinds that hide their needles in the real text they replace
 
 
 def generate(kind: str, tok: Tokenizer, n_tokens: int, seed: int,
@@ -229,6 +236,6 @@ def generate(kind: str, tok: Tokenizer, n_tokens: int, seed: int,
     """One document of `kind` (see GENERATORS); `haystack` is used by kinds that hide needles in real text."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown synthetic kind {kind!r}; choose from {', '.join(GENERATORS)}")
-    if kind == "multikey":
-        return multikey(tok, n_tokens, seed, haystack)
+    if kind in NEEDS_HAYSTACK:
+        return GENERATORS[kind](tok, n_tokens, seed, haystack)
     return GENERATORS[kind](tok, n_tokens, seed)

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from data import DataConfig, DataError, MixConfig, TokenLoader, load_tokenizer, prepare  # noqa: E402
-from data.synthetic import copying, generate, mqar, multikey, passkey  # noqa: E402
+from data.synthetic import copying, generate, mqar, multikey, needle, passkey  # noqa: E402
 from data.tokenizer import train_bpe  # noqa: E402
 
 REAL_TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
@@ -63,6 +63,15 @@ def test_multikey(tok, haystack_kind):
     assert starts == sorted(starts) and all(a.end <= b.start for a, b in zip(doc.needles, doc.needles[1:]))
     if haystack_kind == "text":
         assert "it was the age of wisdom" in doc.text  # needles sit in the real text
+
+
+def test_needle_is_one_magic_number_in_the_given_text(tok):
+    doc = needle(tok, 400, seed=4, haystack=REAL_TEXT)
+    check_spans(doc, tok, 400)
+    facts = dict(re.findall(r"The special magic number for (\w+) is (\d+)\.", doc.text))
+    assert len(facts) == 1 and len(doc.needles) == 1 and doc.answer == f" {next(iter(facts.values()))}"
+    assert "it was the age of wisdom" in doc.text
+    assert generate("needle", tok, 400, seed=4, haystack=REAL_TEXT).tokens == doc.tokens  # the loader's route
 
 
 def test_mqar(tok):
