@@ -19,8 +19,8 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          one-position kernel (share 1), on the random inputs' selections and on selections made to agree
          between neighbours (each position copies its predecessor's blocks with probability `keep`), next
          to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
-         measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, and the small model's
-         shape (Hq=16, Hkv=1, D=64) at 8k.
+         measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
+         (Hq=16, Hkv=1, D=64) at 8k, and G = 1 and 4 (Hq=64) at 8k.
 - tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
   kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
   current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
@@ -492,8 +492,11 @@ def main() -> None:
         print("host", flush=True)
         attempt(results, "host", bench_host, checkpoint)
     if "share" in args.sections:
+        # G = 1 and 4: the one-position kernel pads G rows to 16 for the MMA; a shared tile fills them with
+        # positions instead (P >= 16 / G), so there it does at most the same MMA work and loads fewer blocks
         for name, (T, hq, hkv, d) in {"main-8k": (8192, Hq, 4, 128), "main-32k": (32768, Hq, 4, 128),
-                                      "small-8k": (8192, 16, 1, 64)}.items():
+                                      "small-8k": (8192, 16, 1, 64), "G1-8k": (8192, Hq, Hq, 128),
+                                      "G4-8k": (8192, Hq, Hq // 4, 128)}.items():
             print(f"share {name}", flush=True)
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
