@@ -11,7 +11,8 @@ tile's P*n ids, drop repeats): each block of the union is loaded once for the ti
 whose position chose it (a per-row mask). Neighbouring queries of a trained model choose mostly the same
 blocks (eval.py's `slc_blocks_shared4`: 4 positions load 41% of their separate loads), so this trades
 masked MMA work for fewer K/V loads and M = P*G rows per MMA instead of G. On random selections (what
-the benchmarks feed) the union is nearly P*n blocks and it only adds work.
+the benchmarks feed) the union is nearly P*n blocks, so at G >= 16 it only adds work; at G < 16 the P >= 16/G
+positions fill rows the one-position kernel pads with empty heads, so it never does more MMA work there.
 
 dK/dV use an inverted index instead of atomics on every (query, block) pair: the launcher sorts the
 (query, block) pairs by (batch, KV head, block) with torch ops, giving each block the list of query
