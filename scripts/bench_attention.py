@@ -21,6 +21,13 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
          measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
          (Hq=16, Hkv=1, D=64) at 8k, and G = 1 and 4 (Hq=64) at 8k.
+- peak:  the card's measured dense bf16 matmul rate (8192^3) and memory bandwidth (bench_decode.py's copy and
+         read passes), the denominators of the floors below.
+- floors (printed with the table, and alone for an existing JSON: --floors-from FILE, no GPU needed): for each
+         NSA kernel of the main shape, its FLOPs and the HBM bytes it cannot avoid, the time floor
+         max(FLOPs / peak, bytes / bandwidth), and the measured time against it. Without a "peak" section in
+         the JSON, --peak-tflops / --bw-gbps (default: the H100 SXM's dense bf16 spec and its measured read
+         bandwidth in docs/benchmarks.md).
 - tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
   kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
   current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
@@ -376,6 +383,87 @@ def tune(B, T, Hq, Hkv, D) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# floors: each kernel against the card's own limits
+
+
+def bench_peak() -> dict:
+    """Measured dense bf16 matmul TFLOP/s (8192^3) and memory bandwidth (bench_decode's passes)."""
+    from bench_decode import bench_bandwidth
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = timed(lambda: a @ b)
+    return {"matmul_tflops": 2 * 8192**3 / ms / 1e9, **bench_bandwidth()}
+
+
+def kernel_floors(T: int, Hq: int, Hkv: int, D: int) -> dict[str, dict[str, float]]:
+    """FLOPs and unavoidable HBM bytes of each NSA kernel at the main sizes (bf16 tensors, float32 lse, int32 ids).
+
+    FLOPs count 2 per multiply-add over the keys each query really attends (model.attention.nsa.keys_per_position):
+    attention forward 4*D per (query head, key) (QK^T and PV), the selection 2*D (QK^T; its top-n is not
+    counted), a backward 2.5x its forward (QK^T again, dV, dP, dQ, dK). Bytes: every input read once and every
+    output written once (the backward also reads o and do, writes dq/dk/dv). For selected attention "loads" is
+    what a group-centric kernel moves when each query loads its own blocks (mostly from L2)."""
+    from model.attention.nsa import keys_per_position
+    from model.config import AttentionConfig
+    s = NSA
+    cfg = AttentionConfig(name="nsa", compress_block=s["block_size"], compress_stride=s["stride"],
+                          select_block=s["select_size"], num_select=s["num_select"], window=s["window"])
+    keys = {b: v.double().sum().item() for b, v in keys_per_position(torch.arange(T), cfg).items()}
+    q = o = T * Hq * D * 2
+    kv = 2 * T * Hkv * D * 2  # K and V of one branch
+    kv_cmp = 2 * num_compressed_tokens(T, s["block_size"], s["stride"]) * Hkv * D * 2
+    lse, idx = T * Hq * 4, T * Hkv * s["num_select"] * 4
+    branch_io = {"cmp": (q + kv_cmp, o + lse), "slc": (q + kv + idx, o + lse), "win": (q + kv, o + lse)}
+    out = {"select": {"fwd_flops": 2 * D * Hq * keys["cmp"], "fwd_bytes": q + kv_cmp // 2 + lse + idx}}
+    for b, (reads, writes) in branch_io.items():
+        fwd = 4 * D * Hq * keys[b]
+        grads = reads - (idx if b == "slc" else 0)  # dq, dk, dv: the size of what was read, ids aside
+        out[b] = {"fwd_flops": fwd, "fwd_bytes": reads + writes, "fwdbwd_flops": 3.5 * fwd,
+                  "fwdbwd_bytes": 2 * (reads + writes) + o + grads}
+    out["slc"]["loads"] = 2 * D * 2 * Hkv * keys["slc"]
+    return out
+
+
+def floors_table(results: dict, peak_tflops: float, bw_gbps: float, source: str) -> str:
+    """Each NSA kernel of results["main"] against its floor max(FLOPs / peak, bytes / bandwidth)."""
+    lines = [f"floors ({source}: {peak_tflops:.0f} TFLOP/s dense bf16, {bw_gbps:.0f} GB/s); "
+             "ms measured / floor (x = measured / floor), achieved TFLOP/s and GB/s",
+             f"{'T':>6} {'kernel':>12} | {'GFLOP':>8} {'MB':>8} | {'floor':>7} {'bound':>7} | {'ms':>8} {'x':>6} | "
+             f"{'TFLOP/s':>8} {'GB/s':>7}"]
+    Hq, Hkv, D = 64, 4, 128
+    for T_str, row in results.get("main", {}).items():
+        nsa = row.get("nsa", {})
+        f = kernel_floors(int(T_str), Hq, Hkv, D)
+        for kernel, phase in (("cmp", "fwd"), ("select", "fwd"), ("slc", "fwd"), ("win", "fwd"),
+                              ("cmp", "fwdbwd"), ("slc", "fwdbwd"), ("win", "fwdbwd")):
+            ms = nsa.get(f"{kernel}_{phase}")
+            flops, nbytes = f[kernel][f"{phase}_flops"], f[kernel][f"{phase}_bytes"]
+            t_c, t_m = flops / peak_tflops / 1e9, nbytes / bw_gbps / 1e6
+            floor = max(t_c, t_m)
+            if not isinstance(ms, (int, float)):
+                continue
+            lines.append(f"{T_str:>6} {kernel + ' ' + phase:>12} | {flops / 1e9:8.1f} {nbytes / 1e6:8.1f} | "
+                         f"{floor:7.3f} {'compute' if t_c >= t_m else 'memory':>7} | {ms:8.3f} {ms / floor:6.1f} | "
+                         f"{flops / ms / 1e9:8.1f} {nbytes / ms / 1e6:7.0f}")
+    return "\n".join(lines)
+
+
+def peak_of(results: dict, peak_tflops: float | None, bw_gbps: float | None) -> tuple[float, float, str]:
+    """The floors' denominators, each: the given value, else the results' own peak section, else the defaults."""
+    peak = results.get("peak") or {}
+    measured = f"measured on {results.get('device', 'this card')}"
+    tflops, t_src = ((peak_tflops, "given") if peak_tflops else (peak["matmul_tflops"], measured)
+                     if "matmul_tflops" in peak else (H100_DENSE_BF16_TFLOPS, "H100 SXM dense bf16 spec"))
+    bw, b_src = ((bw_gbps, "given") if bw_gbps else (peak["read_GBps"], measured) if "read_GBps" in peak
+                 else (H100_READ_GBPS, "H100 read bandwidth measured earlier"))
+    return tflops, bw, t_src if t_src == b_src else f"{t_src} / {b_src}"
+
+
+# H100 SXM: dense bf16 spec; read-only bandwidth measured by bench_decode.py on the team's H100 (docs/benchmarks.md)
+H100_DENSE_BF16_TFLOPS, H100_READ_GBPS = 989.0, 2795.0
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def save(results: dict, path: str | None) -> None:
@@ -445,12 +533,19 @@ def table(results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
-    p.add_argument("--sections", nargs="+", default=["main", "gsweep", "paper", "profile"],
-                   choices=["tune", "main", "gsweep", "paper", "profile", "host", "share"])
+    p.add_argument("--sections", nargs="+", default=["peak", "main", "gsweep", "paper", "profile"],
+                   choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
+    p.add_argument("--floors-from", help="print the floors table of this results JSON and exit (no GPU needed)")
+    p.add_argument("--peak-tflops", type=float, help="dense bf16 TFLOP/s for the floors (default: measured/spec)")
+    p.add_argument("--bw-gbps", type=float, help="memory bandwidth GB/s for the floors (default: measured)")
     args = p.parse_args()
+    if args.floors_from:
+        results = json.loads(Path(args.floors_from).read_text())
+        print(floors_table(results, *peak_of(results, args.peak_tflops, args.bw_gbps)))
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
     import triton
@@ -461,6 +556,9 @@ def main() -> None:
 
     def checkpoint():
         save(results, args.out)
+    if "peak" in args.sections:
+        print("peak", flush=True)
+        attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
         print("tune T=32768", flush=True)
         results["tune"] = tune(B, 32768, Hq, 4, 128)
@@ -501,6 +599,8 @@ def main() -> None:
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
+    if results["main"]:
+        print(floors_table(results, *peak_of(results, args.peak_tflops, args.bw_gbps)))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,25 @@ from model.rope import Rotary
 
 BRANCHES = ("cmp", "slc", "win")
 
+
+def keys_per_position(t: torch.Tensor, a: AttentionConfig) -> dict[str, torch.Tensor]:
+    """Keys each NSA branch attends to for queries at positions t [N] (int64), from the definition.
+
+    cmp: compressed tokens whose block ends at or before t. win: min(t + 1, w). slc: the query sees
+    t // l' + 1 blocks and picks m = min(n, that) of them (every visible block is a candidate, so all
+    slots fill once n blocks are visible); all are full blocks of l' keys except the one holding t, which
+    has t % l' + 1 visible keys and is forced when num_local >= 1. With num_local == 0 and m below the
+    visible count that block may or may not be picked: m * l' is then an upper bound.
+    """
+    ls = a.select_block
+    cmp = ((t + 1 - a.compress_block) // a.compress_stride + 1).clamp(min=0)  # num_compressed_tokens(t + 1)
+    win = (t + 1).clamp(max=a.window)
+    visible = t // ls + 1
+    m = visible.clamp(max=a.num_select)
+    with_current = (m - 1) * ls + t % ls + 1
+    slc = with_current if a.num_local >= 1 else torch.where(m == visible, with_current, m * ls)
+    return {"cmp": cmp, "slc": slc, "win": win}
+
 # kernels.check_nsa_sizes names sizes as the kernel interface does; errors are re-worded with config names.
 _CONFIG_NAMES = {
     "n_kv_heads": "model.n_kv_head",
@@ -239,23 +258,7 @@ class NativeSparseAttention(Attention):
     # sparsity and FLOPs
 
     def _keys_per_position(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keys each branch attends to for queries at positions t [N] (int64), from the definition.
-
-        cmp: compressed tokens whose block ends at or before t. win: min(t + 1, w). slc: the query sees
-        t // l' + 1 blocks and picks m = min(n, that) of them (every visible block is a candidate, so all
-        slots fill once n blocks are visible); all are full blocks of l' keys except the one holding t, which
-        has t % l' + 1 visible keys and is forced when num_local >= 1. With num_local == 0 and m below the
-        visible count that block may or may not be picked: m * l' is then an upper bound.
-        """
-        a = self.attn_cfg
-        ls = a.select_block
-        cmp = ((t + 1 - self.l) // self.d + 1).clamp(min=0)  # num_compressed_tokens(t + 1)
-        win = (t + 1).clamp(max=a.window)
-        visible = t // ls + 1
-        m = visible.clamp(max=a.num_select)
-        with_current = (m - 1) * ls + t % ls + 1
-        slc = with_current if a.num_local >= 1 else torch.where(m == visible, with_current, m * ls)
-        return {"cmp": cmp, "slc": slc, "win": win}
+        return keys_per_position(t, self.attn_cfg)
 
     def attended_keys(self, seq_len: int) -> dict[str, float]:
         """Mean keys per query of each branch ('cmp', 'slc', 'win') and their sum 'total' over positions

@@ -1,0 +1,50 @@
+"""scripts/bench_attention.py's floors (FLOPs and unavoidable bytes per NSA kernel), which run without a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_attention as ba  # noqa: E402
+
+
+def test_kernel_floors_count_the_keys_each_query_attends():
+    """T = 64 with the paper's sizes (l=32, d=16, l'=64, n=16, w=512), by hand: compressed tokens visible per
+    position are 0 (t < 31), 1 (t = 31..46), 2 (t = 47..62), 3 (t = 63), 51 in all; the window and the one
+    selected block both give t + 1 keys, 2080 in all."""
+    Hq, Hkv, D = 64, 4, 128
+    f = ba.kernel_floors(64, Hq, Hkv, D)
+    assert f["cmp"]["fwd_flops"] == 4 * D * Hq * 51
+    assert f["select"]["fwd_flops"] == 2 * D * Hq * 51
+    assert f["slc"]["fwd_flops"] == f["win"]["fwd_flops"] == 4 * D * Hq * 2080
+    assert f["slc"]["fwdbwd_flops"] == 3.5 * f["slc"]["fwd_flops"]
+    q = 64 * Hq * D * 2
+    kv = 2 * 64 * Hkv * D * 2
+    lse = 64 * Hq * 4
+    assert f["win"]["fwd_bytes"] == q + kv + q + lse  # q, k, v in; o, lse out
+    assert f["win"]["fwdbwd_bytes"] == 2 * (q + kv + q + lse) + q + (q + kv)  # + do, + dq/dk/dv
+    assert f["slc"]["loads"] == 2 * D * 2 * Hkv * 2080
+
+
+def test_floors_table_from_a_results_file_needs_no_gpu(tmp_path):
+    results = {"device": "FakeGPU", "main": {"8192": {"nsa": {"cmp_fwd": 1.0, "slc_fwdbwd": 9.0}}},
+               "peak": {"matmul_tflops": 500.0, "read_GBps": 2000.0}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results))
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_attention.py"), "--floors-from", str(path)],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert "measured on FakeGPU: 500 TFLOP/s dense bf16, 2000 GB/s" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith("8192")]
+    assert len(rows) == 2 and "cmp fwd" in rows[0] and "slc fwdbwd" in rows[1]
+    f = ba.kernel_floors(8192, 64, 4, 128)["cmp"]
+    floor = max(f["fwd_flops"] / 500e9, f["fwd_bytes"] / 2000e6)  # ms
+    assert float(rows[0].split("|")[2].split()[0]) == pytest.approx(floor, abs=1e-3)
+    assert ba.peak_of(results, 900.0, None) == (900.0, 2000.0, "given / measured on FakeGPU")  # given wins
+    assert ba.peak_of({}, None, None)[:2] == (ba.H100_DENSE_BF16_TFLOPS, ba.H100_READ_GBPS)
