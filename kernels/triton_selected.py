@@ -261,8 +261,8 @@ def _union_keys(ids, j, kt, t0, T, pos, row_ok, SEL, P: tl.constexpr, G_PAD: tl.
     """Key tile kt of block j for a shared tile: int64 key positions [BLOCK_N], which to load (in the block and
     at or before the tile's last position), and vis [P*G_PAD, BLOCK_N]: the rows whose position chose j
     (ids [P, NSEL_PAD]) and sees the key."""
-    chosen = tl.sum((ids == j).to(tl.int32), axis=1) > 0  # [P]: repeats in a row count once
-    chosen_rows = tl.reshape(tl.broadcast_to(chosen[:, None], [P, G_PAD]), [P * G_PAD])
+    chosen = tl.sum((ids == j).to(tl.int32), axis=1)  # [P]: > 0 when the position chose j (repeats count once)
+    chosen_rows = tl.reshape(tl.broadcast_to(chosen[:, None], [P, G_PAD]), [P * G_PAD]) > 0
     koff = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     kpos = j.to(tl.int64) * SEL + koff
     k_ok = (koff < SEL) & (kpos < tl.minimum(t0 + P, T))
