@@ -37,11 +37,13 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     "select": {"small": dict(rows=64, warps=4, stages=2),
                "big": dict(rows=64, warps=4, stages=2)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
-    # per program, the paper's kernel; see kernels/triton_selected.py). Untimed so far, hence off.
-    "selected_fwd": {"small": dict(warps=4, stages=3, share=1),
-                     "big": dict(warps=4, stages=3, share=1)},
-    "selected_dq": {"small": dict(warps=4, stages=2, share=1),
-                    "big": dict(warps=4, stages=2, share=1)},
+    # per program, the paper's kernel; see kernels/triton_selected.py). Untimed so far, hence off. Its tiles
+    # have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per step: what keeps
+    # them free of register spills when compiled for sm_90 (ptxas -v, Triton 3.9).
+    "selected_fwd": {"small": dict(warps=4, stages=3, share=1, share_warps=8),
+                     "big": dict(warps=4, stages=3, share=1, share_warps=8)},
+    "selected_dq": {"small": dict(warps=4, stages=2, share=1, share_warps=8, share_block_n=32),
+                    "big": dict(warps=4, stages=2, share=1, share_warps=8, share_block_n=32)},
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256),
                       "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256)},
 }

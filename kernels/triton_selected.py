@@ -420,7 +420,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
             T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, select_size,
             DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)),
             BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
         )
         return o, lse
     _selected_fwd_kernel[(T, B * Hkv)](
@@ -501,8 +501,9 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
             T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, scale, select_size,
-            G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)), **common,
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)),
+            **{**common, **dict(zip(("BLOCK_N", "N_KT"), _block_tile(select_size, cfg.get("share_block_n", 64))))},
+            num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
         )
     else:
         _selected_bwd_dq_kernel[(T, B * Hkv)](

@@ -163,10 +163,14 @@ def test_selected_attention(gen, case):
 
 @pytest.mark.parametrize("share", [2, 4])
 @pytest.mark.parametrize("case", SELECTED_CASES)
-def test_selected_attention_shared_tiles(gen, case, share):
+def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     """The block-sharing kernels (P positions per program load the union of their blocks once) give the
-    reference's output and dq; lse equals the one-position kernel's (dk/dv: the shared inverted-index kernel)."""
+    reference's output and dq; lse equals the one-position kernel's (dk/dv: the shared inverted-index kernel).
+    dQ walks each block in 16-key steps here, so l' = 32 takes two."""
+    from kernels.triton_common import GPU_TILES
     from kernels.triton_selected import selected_backward, selected_forward
+
+    monkeypatch.setitem(GPU_TILES["selected_dq"]["small"], "share_block_n", 16)
 
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
