@@ -165,7 +165,6 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     return _impl("window_attention", q, q_start)(q, k, v, window=window, scale=scale)
 
 
-
 def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
                                   k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
                                   scale: float | None = None,

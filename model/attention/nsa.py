@@ -79,6 +79,7 @@ def keys_per_position(t: torch.Tensor, a: AttentionConfig) -> dict[str, torch.Te
     slc = with_current if a.num_local >= 1 else torch.where(m == visible, with_current, m * ls)
     return {"cmp": cmp, "slc": slc, "win": win}
 
+
 # kernels.check_nsa_sizes names sizes as the kernel interface does; errors are re-worded with config names.
 _CONFIG_NAMES = {
     "n_kv_heads": "model.n_kv_head",
