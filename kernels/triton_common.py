@@ -34,8 +34,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                   "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
-    "select": {"small": dict(rows=64, warps=4, stages=2),
-               "big": dict(rows=64, warps=4, stages=2)},
+    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile; untimed above 1)
+    "select": {"small": dict(rows=64, warps=4, stages=2, merge_tiles=1),
+               "big": dict(rows=64, warps=4, stages=2, merge_tiles=1)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py). Untimed so far, hence off. Its tiles
     # have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per step: what keeps

@@ -12,7 +12,8 @@ power of two), and for each tile:
    two (ALIGNED) this is a reshape [NPOS, NBT, l'/d] and two small weighted sums, else a general
    [NPOS, C, NBT] weighted sum;
 4. merges the tile's candidates into a running top-NBT list kept in registers, skipped when no
-   candidate beats the smallest key kept.
+   candidate beats the smallest key kept (with the "merge_tiles" tile option M > 1: the candidates of M
+   tiles are collected first and merged at once, fewer and larger sorts).
 
 Top-n in registers: each candidate becomes one int64 sort key, (priority bits << 31) | (MAXID - id).
 Priorities are non-negative float32 scores (whose bit patterns order like the floats), +inf for forced
@@ -40,7 +41,7 @@ def _select_kernel(
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, MERGE_TILES: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
@@ -74,6 +75,8 @@ def _select_kernel(
     n_blocks = t_last // SEL + 1  # blocks visible to the tile's last position
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
     top = tl.full([NPOS, NBT], -1, tl.int64)
+    kk = tl.arange(0, MERGE_TILES)
+    cands = tl.full([NPOS, MERGE_TILES, NBT], -1, tl.int64)  # MERGE_TILES > 1: candidates of tiles not merged yet
     carry = tl.zeros([NPOS], ACC)
     for jb0 in range(0, n_blocks, NBT):
         # compressed tokens whose own block (the one holding their first token) is in this tile
@@ -120,10 +123,24 @@ def _select_kernel(
         bits = score.to(tl.float32).to(tl.int32, bitcast=True)
         bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
         key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), -1)
-        kept_min = tl.min(top, axis=1)  # the smallest key kept per position
-        if tl.max((key > kept_min[:, None]).to(tl.int32)) > 0:
-            cand = tl.sort(key, dim=1)  # ascending
-            top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
+        if MERGE_TILES == 1:
+            kept_min = tl.min(top, axis=1)  # the smallest key kept per position
+            if tl.max((key > kept_min[:, None]).to(tl.int32)) > 0:
+                cand = tl.sort(key, dim=1)  # ascending
+                top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
+        else:
+            # collect MERGE_TILES tiles' candidates, then merge them at once: one sort of MERGE_TILES * NBT keys
+            # instead of MERGE_TILES sorts of NBT, and one merge instead of MERGE_TILES
+            slot = (jb0 // NBT) % MERGE_TILES
+            cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
+            if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
+                flat = tl.reshape(cands, [NPOS, MERGE_TILES * NBT])
+                kept_min = tl.min(top, axis=1)
+                if tl.max((flat > kept_min[:, None]).to(tl.int32)) > 0:
+                    srt = tl.reshape(tl.sort(flat, dim=1), [NPOS, MERGE_TILES, NBT])  # ascending
+                    best = tl.sum(tl.where((kk == MERGE_TILES - 1)[None, :, None], srt, 0), axis=1)  # its top NBT
+                    top = tl.sort(tl.maximum(top, best), dim=1, descending=True)
+                cands = tl.full([NPOS, MERGE_TILES, NBT], -1, tl.int64)
 
     chosen = (jj[None, :] < NSEL) & (top >= 0)
     ids = tl.where(chosen, MAX_ID - (top & MAX_ID), MAX_ID).to(tl.int32)
@@ -163,7 +180,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), MERGE_TILES=cfg.get("merge_tiles", 1),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

@@ -107,11 +107,16 @@ SELECT_CASES = [  # T, Hkv, G, D, block_size, stride, select_size, num_select, n
     pytest.param((130, 1, 16, 16, 8, 4, 16, 5, 1, 2), id="G16"),
     pytest.param((100, 1, 3, 32, 16, 8, 48, 7, 1, 2), id="G3-l'=48"),
     pytest.param((5, 2, 2, 16, 8, 4, 16, 3, 1, 2), id="T<l"),
+    pytest.param((600, 1, 2, 16, 8, 4, 8, 3, 1, 2), id="75-blocks-19-tiles"),  # merges inside and at the end
 ]
 
 
+@pytest.mark.parametrize("merge_tiles", [1, 4])  # merge each tile's candidates, or 4 tiles' at once
 @pytest.mark.parametrize("case", SELECT_CASES)
-def test_select_blocks_matches_reference_exactly(gen, case):
+def test_select_blocks_matches_reference_exactly(gen, case, merge_tiles, monkeypatch):
+    from kernels.triton_common import GPU_TILES
+
+    monkeypatch.setitem(GPU_TILES["select"]["small"], "merge_tiles", merge_tiles)
     T, Hkv, G, D, bs, d, ss, n, ni, nl = case
     q = randn(gen, 1, T, Hkv * G, D, grad=False)
     kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
@@ -125,8 +130,12 @@ def test_select_blocks_matches_reference_exactly(gen, case):
                               f"{bad[0].tolist()}: {idx[tuple(bad[0])].tolist()} vs {expected[tuple(bad[0])].tolist()}")
 
 
-def test_select_blocks_ties_go_to_lower_block_id(gen):
+@pytest.mark.parametrize("merge_tiles", [1, 2])
+def test_select_blocks_ties_go_to_lower_block_id(gen, merge_tiles, monkeypatch):
     # zero queries: every visible compressed token equally important, every block the same score
+    from kernels.triton_common import GPU_TILES
+
+    monkeypatch.setitem(GPU_TILES["select"]["small"], "merge_tiles", merge_tiles)
     T, ss = 40, 4
     q = torch.zeros(1, T, 2, 16, dtype=F64)
     kc = randn(gen, 1, T // ss, 1, 16, grad=False)
