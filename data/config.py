@@ -26,6 +26,10 @@ class MixConfig:
     # and long alike): many more retrieval answers per sample than one document asking once at the end.
     min_length: int | None = None
     kinds: list[str] = field(default_factory=lambda: ["passkey", "multikey", "mqar"])  # drawn uniformly
+    # Fraction of the documents of the kinds that hide needles in the sample's own text (multikey, needle) that
+    # hide them in repeated filler instead: a small model learns a needle in filler long before one in real text
+    # (docs/results/gpu-small/NOTES.md), so some easy documents can carry it to the hard ones.
+    filler: float = 0.0
 
 
 @dataclass

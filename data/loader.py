@@ -111,6 +111,8 @@ class TokenLoader:
             if bad or not self.mix.kinds:
                 raise DataError(f"data.mix.kinds={self.mix.kinds} has unknown kinds {bad}; choose from "
                                 f"{', '.join(GENERATORS)}")
+            if not 0.0 <= self.mix.filler <= 1.0:
+                raise DataError(f"data.mix.filler={self.mix.filler} must be a fraction in [0, 1]")
             if self.mix.length is not None and not 2 <= self.mix.length <= seq_len + 1:
                 raise DataError(f"data.mix.length={self.mix.length} must be in [2, seq_len+1={seq_len + 1}]")
             region = self.mix.length or seq_len + 1
@@ -183,9 +185,10 @@ class TokenLoader:
         region = self.mix.length or len(out)
         for j, (start, n) in enumerate(self._doc_spans(g, region)):
             kind = self.mix.kinds[((_key(h, j) if j else h) & 0xFFFF) % len(self.mix.kinds)]
+            in_filler = self.mix.filler and (_key(h, j, 0xF1) >> 11) / float(1 << 53) < self.mix.filler
             try:
                 doc = generate(kind, self.tokenizer, n - 1, seed=_key(self.seed, g, j) & 0x7FFFFFFF,
-                               haystack=haystack)
+                               haystack=None if in_filler else haystack)
             except ValueError:  # this draw's pieces encode longer than n allows: keep the real tokens there
                 continue
             at = len(out) - region + start

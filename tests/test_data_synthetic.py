@@ -198,7 +198,35 @@ def test_mix_config_errors(real_ds):
         TokenLoader(real_ds, "train", seq_len=256, batch_size=1, mix=MixConfig(rate=0.1, min_length=40))
     with pytest.raises(DataError, match="mix.min_length=300 must be in"):
         TokenLoader(real_ds, "train", seq_len=256, batch_size=1, mix=MixConfig(rate=0.1, min_length=300))
+    with pytest.raises(DataError, match=r"data.mix.filler=1.5 must be a fraction in \[0, 1\]"):
+        TokenLoader(real_ds, "train", seq_len=256, batch_size=1, mix=MixConfig(rate=0.1, filler=1.5))
     assert TokenLoader(real_ds, "train", seq_len=64, batch_size=1, mix=MixConfig(rate=0.0)).mix is None
+
+
+def test_mix_filler_hides_that_fraction_of_needles_in_filler(real_ds):
+    """data.mix.filler: that fraction of the needle documents hide their magic number in repeated filler, the
+    others in the text of the sample they replace; the choice is deterministic."""
+    from data.synthetic import FILLER
+
+    tok = load_tokenizer(real_ds)
+
+    def in_filler(filler: float) -> list[bool]:
+        mix = MixConfig(rate=1.0, kinds=["needle"], min_length=128, filler=filler)
+        ld = TokenLoader(real_ds, "train", seq_len=511, batch_size=8, seed=5, mix=mix)
+        x, y = ld.next_batch()
+        found = []
+        for row in torch.cat([x, y[:, -1:]], 1).tolist():
+            cuts = [i for i, t in enumerate(row) if t == tok.eos_id] + [len(row)]
+            for a, b in zip(cuts, cuts[1:]):
+                text = tok.decode(row[a + 1:b])
+                needle = re.search(r" The special magic number for \w+ is \d+\.", text)  # a needle document
+                rest = text[:needle.start()] + text[needle.end():]  # the haystack (the needle may split a word)
+                found.append(FILLER[:10] in rest)  # " The grass": short documents hold a few filler words
+        return found
+
+    assert not any(in_filler(0.0)) and all(in_filler(1.0))
+    half = in_filler(0.5)
+    assert 0.2 < sum(half) / len(half) < 0.8 and in_filler(0.5) == half
 
 
 def test_mix_draw_that_does_not_fit_keeps_the_real_sample(real_ds, monkeypatch):
