@@ -27,8 +27,9 @@ class MixConfig:
     min_length: int | None = None
     kinds: list[str] = field(default_factory=lambda: ["passkey", "multikey", "mqar"])  # drawn uniformly
     # Fraction of the documents of the kinds that hide needles in the sample's own text (multikey, needle) that
-    # hide them in repeated filler instead. A tiny model learns a needle in filler long before one in real text,
-    # but a 50/50 mix taught it neither in 48k documents (docs/results/gpu-small/NOTES.md): for experiments.
+    # hide them in repeated filler instead. A tiny model learns a needle in filler long before one in real text;
+    # a 50/50 mix taught it neither, but 1.0 first and then 0 (resuming the checkpoint) taught it needles in text
+    # (docs/results/gpu-small/NOTES.md).
     filler: float = 0.0
 
 
