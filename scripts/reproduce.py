@@ -5,6 +5,9 @@
     python scripts/reproduce.py --scale gpu-small --parallel 2 --nproc-per-node 2 --time-budget 570   # 4 GPUs
     python scripts/reproduce.py --scale paper --nproc-per-node 8 --longbench-dir /data/LongBench/data
     python scripts/reproduce.py --scale cpu --seeds 0 1 2             # more seeds (finished ones are kept)
+    python scripts/reproduce.py --scale gpu-small --curriculum data.mix.filler=1.0 --curriculum-steps 1200 \
+        --train-set 'data.mix.kinds=[passkey,needle]' --work-dir runs/repro-curriculum
+                                       # two stages: needles in filler first, then in real text (NIAH)
     python scripts/reproduce.py --scale cpu --report-only             # figures + REPORT.md from existing outputs
     python scripts/reproduce.py --scale cpu --dry-run                 # the plan: each step, done or to do
 
@@ -19,6 +22,9 @@ One step at a time, in that order; --parallel N runs up to N steps at once, each
 --nproc-per-node GPUs with torchrun; CUDA_VISIBLE_DEVICES): an eval starts once its own training run has
 finished, and the benchmarks once every train and eval step has (so that nothing else runs on the GPUs while
 they time kernels). `--parallel 2 --nproc-per-node 2` on 4 GPUs trains both models at once, each on two.
+With --curriculum KEY=VALUE ... --curriculum-steps N, each training runs in two stages in the same run folder:
+the first N steps with those overrides, then the rest without (resuming the first stage's last checkpoint;
+both follow the whole run's learning-rate curve, optim.schedule_steps).
 Resumable: a finished step is skipped (training: its final checkpoint exists; the others: WORK/progress.json
 records them done with the same command and their output is there), training resumes from its newest
 checkpoint, and --time-budget stops cleanly before the budget runs out (exit code 3: run the command again).
@@ -167,6 +173,7 @@ class Step:
     out: Path | None = None  # an output folder / file this step produces
     needs: tuple[Path, int] | None = None  # (run_dir, step): an eval needs that run's final checkpoint
     script: str | None = None  # a benchmark's script (it may not exist yet)
+    after: str | None = None  # a step that must have finished ("done") first: a curriculum's first stage
 
     @property
     def text(self) -> str:
@@ -190,6 +197,13 @@ class Driver:
         self.train_overrides = list(args.train_set or [])
         if args.steps is not None:
             self.train_overrides.append(f"train.steps={args.steps}")
+        # a two-stage curriculum: the first --curriculum-steps steps with the --curriculum overrides, then the rest
+        # without them, in the same run folder (the second stage resumes the first's last checkpoint)
+        self.curriculum = list(args.curriculum or [])
+        self.curriculum_steps = args.curriculum_steps or 0
+        if bool(self.curriculum) != bool(self.curriculum_steps):
+            raise SystemExit("error: --curriculum and --curriculum-steps go together: the overrides of the first "
+                             "stage and how many steps it lasts")
         self.eval_overrides = [*self.scale.eval_overrides, *(args.eval_set or [])]
         if args.longbench_dir:
             self.eval_overrides.append(f"longbench.data_dir={Path(args.longbench_dir).resolve()}")
@@ -221,13 +235,22 @@ class Driver:
         steps = []
         targets = {arm: int(compose_train(self.experiment(arm), self.train_overrides).train.steps) for arm in ARMS}
         compose("eval", ["checkpoint=x", "out_dir=x", *self.eval_overrides], "eval overrides (--eval-set)")
+        n1 = self.curriculum_steps
+        if n1 and not all(0 < n1 < t for t in targets.values()):
+            raise SystemExit(f"error: --curriculum-steps {n1} must be between 0 and train.steps ({targets['full']})")
         for seed in self.seeds:
             for arm in ARMS:
                 run_dir = self.work / "runs" / f"{arm}-s{seed}"
                 cmd = [*self.launcher("train.py"), f"experiment={self.experiment(arm)}", f"run_dir={relative(run_dir)}",
                        f"train.seed={seed}", *self.train_overrides]
+                stage1 = None
+                if n1:  # both stages follow the whole run's learning-rate curve
+                    cmd.append(f"optim.schedule_steps={targets[arm]}")
+                    stage1 = f"stage1/{arm}-s{seed}"
+                    steps.append(Step(stage1, "train", [*cmd, *self.curriculum, f"train.steps={n1}"],
+                                      final_step(run_dir) >= n1, total=n1, out=run_dir))
                 steps.append(Step(f"train/{arm}-s{seed}", "train", cmd, final_step(run_dir) >= targets[arm],
-                                  total=targets[arm], out=run_dir))
+                                  total=targets[arm], out=run_dir, after=stage1))
             for arm in ARMS:
                 run_dir, out = self.work / "runs" / f"{arm}-s{seed}", self.work / "eval" / f"{arm}-s{seed}"
                 cmd = [*self.launcher("eval.py"), f"checkpoint={relative(run_dir)}", f"out_dir={relative(out)}",
@@ -337,6 +360,8 @@ class Driver:
         def ready(step: Step) -> bool:
             if step.kind == "bench":
                 return all(i in statuses for i in gpu_work)
+            if step.after is not None and step.after not in statuses:
+                return False
             return step.needs is None or trainer[step.needs[0]] in statuses
 
         def work(step: Step, index: int, slot: int) -> None:
@@ -351,6 +376,8 @@ class Driver:
                 pending.remove(step)
                 index = todo.index(step) + 1
                 reason = self.skip_reason(step)
+                if step.after is not None and statuses[step.after] not in ("done", None):
+                    reason = f"skipped: {step.after} did not finish ({statuses[step.after]})"
                 if reason:
                     tqdm.write(f"[{index}/{len(todo)}] {step.id}: {reason}")
                     self.save_progress(step, "skipped", note=reason)
@@ -388,7 +415,7 @@ class Driver:
             "work_dir": relative(self.work),
             "report_dir": relative(self.report_dir),
             "experiments": {arm: self.experiment(arm) for arm in ARMS},
-            "train_overrides": self.train_overrides,
+            "train_overrides": self.recipe_overrides(),
             "eval_overrides": self.eval_overrides,
             "device": device_name(),
             "torch": torch.__version__,
@@ -397,10 +424,15 @@ class Driver:
         self.manifest.setdefault("invocations", []).append(inv)
         write_json_atomic(self.work / "manifest.json", self.manifest)
 
+    def recipe_overrides(self) -> list[str]:
+        """The training overrides that define the recipe (a curriculum's first stage included)."""
+        stage1 = [f"curriculum: {x}" for x in self.curriculum]
+        return self.train_overrides + (stage1 + [f"curriculum_steps={self.curriculum_steps}"] if stage1 else [])
+
     def check_same_training(self) -> None:
         """A work folder holds one training recipe: refuse to mix runs of different settings."""
         old = (self.manifest.get("experiments"), self.manifest.get("train_overrides"))
-        new = ({arm: self.experiment(arm) for arm in ARMS}, self.train_overrides)
+        new = ({arm: self.experiment(arm) for arm in ARMS}, self.recipe_overrides())
         if self.manifest.get("experiments") is not None and old != new:
             raise SystemExit(f"error: {relative(self.work)} holds runs trained with {old[1] or 'no overrides'} "
                              f"({old[0]}), not {new[1] or 'no overrides'}: pass --work-dir NEW_FOLDER (and "
@@ -554,10 +586,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=list(SCALES), required=True, help="the preset: " + "; ".join(
-        f"{k}: {v.about}" for k, v in SCALES.items()))
+        f"{k}: {v.about}" for k, v in SCALES.items()).replace("%", "%%"))  # argparse formats help with %
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the scale's)")
     p.add_argument("--steps", type=int, help="train.steps for both models (default: the preset's)")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="extra train.py override for both models")
+    p.add_argument("--curriculum", action="append", metavar="KEY=VALUE",
+                   help="train.py override for the first --curriculum-steps steps only (a two-stage curriculum, e.g. "
+                        "data.mix.filler=1.0: needles in filler first, then in real text)")
+    p.add_argument("--curriculum-steps", type=int, metavar="N", help="steps of the curriculum's first stage")
     p.add_argument("--eval-set", action="append", metavar="KEY=VALUE", help="extra eval.py override for both models")
     p.add_argument("--longbench-dir", help="LongBench's data folder (<task>.jsonl files): adds the real tasks")
     p.add_argument("--nproc-per-node", type=int, help="GPUs for training (torchrun when > 1; default: the scale's)")

@@ -401,6 +401,58 @@ def test_driver_refuses_a_work_folder_trained_otherwise_and_bad_overrides(driver
         run("--train-set", "optim.lr=1e-4")
 
 
+def test_driver_curriculum_trains_the_first_stage_then_the_rest_in_the_same_folder(driver, monkeypatch, capsys):
+    run, work, _ = driver
+    rc, calls = run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")
+    assert rc == 0 and calls == ["train.py"] * 4 + ["eval.py"] * 2
+    progress = json.loads((work / "progress.json").read_text())
+    # both stages follow the 3-step learning-rate curve; only the first has the curriculum's overrides
+    assert progress["stage1/full-s0"]["command"].endswith(
+        "train.steps=3 optim.schedule_steps=3 data.mix.filler=1.0 train.steps=2")
+    assert progress["train/nsa-s0"]["command"].endswith("train.steps=3 optim.schedule_steps=3")
+    assert sorted(p.name for p in (work / "runs" / "full-s0" / "checkpoints").iterdir()) == [
+        "step_0000002.pt", "step_0000003.pt"]  # the second stage resumed the first in the same run folder
+    overrides = json.loads((work / "manifest.json").read_text())["train_overrides"]
+    assert overrides == ["train.steps=3", "curriculum: data.mix.filler=1.0", "curriculum_steps=2"]
+    assert run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")[1] == []  # all done
+    with pytest.raises(SystemExit, match="trained with"):  # the curriculum is part of the recipe
+        run()
+
+
+def test_driver_curriculum_errors_and_a_failed_first_stage(driver, monkeypatch, capsys):
+    run, work, _ = driver
+    with pytest.raises(SystemExit, match="--curriculum and --curriculum-steps go together"):
+        run("--curriculum", "data.mix.filler=1.0")
+    with pytest.raises(SystemExit, match=r"--curriculum-steps 3 must be between 0 and train.steps \(3\)"):
+        run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "3")
+    monkeypatch.setenv("FAKE_FAIL", "train/full-s0")  # the fake names both stages of full-s0 so
+    rc, calls = run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "1")
+    assert rc == 1 and calls == ["train.py"] * 3 + ["eval.py"]  # full's first stage; nsa's two stages, its eval
+    progress = json.loads((work / "progress.json").read_text())
+    assert progress["stage1/full-s0"]["status"] == "failed"
+    assert progress["train/full-s0"]["status"] == "skipped" and "stage1/full-s0 did not finish" in \
+        progress["train/full-s0"]["note"]
+    assert progress["train/nsa-s0"]["status"] == "done" and progress["eval/full-s0"]["status"] == "skipped"
+
+
+def test_driver_help_prints(capsys):
+    """--help formats every preset's description (argparse expands % in help texts)."""
+    with pytest.raises(SystemExit) as stop:
+        _fresh_main(["--help"])
+    assert stop.value.code == 0 and "90% of the samples" in capsys.readouterr().out
+
+
+def _fresh_main(argv):
+    spec = importlib.util.spec_from_file_location("reproduce_help", REPO / "scripts" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_help"] = mod
+    try:
+        spec.loader.exec_module(mod)
+        return mod.main(argv)
+    finally:
+        del sys.modules["reproduce_help"]
+
+
 def test_driver_report_only_needs_outputs(driver, tmp_path):
     run, work, out = driver
     with pytest.raises(SystemExit, match="holds no reproduction outputs"):
@@ -467,6 +519,22 @@ def test_parallel_runs_steps_side_by_side_each_on_its_own_gpu(driver, monkeypatc
         else:
             del running[e["step"]]
     assert peak == 4
+
+
+def test_parallel_curriculum_runs_a_second_stage_only_after_its_first(driver, monkeypatch, tmp_path):
+    run, work, _ = driver
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    events = _events(monkeypatch, tmp_path)
+    rc, calls = run("--parallel", "2", "--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")
+    assert rc == 0 and sorted(calls[1:]) == ["eval.py"] * 2 + ["train.py"] * 4
+    log = events()
+    for arm in ("full", "nsa"):  # the fake names both stages train/<run>: they must follow one another
+        trains = [e["event"] for e in log if e["step"] == f"train/{arm}-s0"]
+        assert trains == ["start", "end", "start", "end"], trains
+        last_train_end = max(i for i, e in enumerate(log) if e["step"] == f"train/{arm}-s0")
+        assert min(i for i, e in enumerate(log) if e["step"] == f"eval/{arm}-s0") > last_train_end
 
 
 def test_parallel_failed_training_skips_only_its_eval_on_the_listed_gpus(driver, monkeypatch, tmp_path, capsys):
