@@ -402,7 +402,7 @@ def test_driver_refuses_a_work_folder_trained_otherwise_and_bad_overrides(driver
 
 
 def test_driver_curriculum_trains_the_first_stage_then_the_rest_in_the_same_folder(driver, monkeypatch, capsys):
-    run, work, _ = driver
+    run, work, out = driver
     rc, calls = run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")
     assert rc == 0 and calls == ["train.py"] * 4 + ["eval.py"] * 2
     progress = json.loads((work / "progress.json").read_text())
@@ -414,6 +414,7 @@ def test_driver_curriculum_trains_the_first_stage_then_the_rest_in_the_same_fold
         "step_0000002.pt", "step_0000003.pt"]  # the second stage resumed the first in the same run folder
     overrides = json.loads((work / "manifest.json").read_text())["train_overrides"]
     assert overrides == ["train.steps=3", "curriculum: data.mix.filler=1.0", "curriculum_steps=2"]
+    assert "- curriculum: the first 2 steps with `data.mix.filler=1.0`" in (out / "REPORT.md").read_text()
     assert run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")[1] == []  # all done
     with pytest.raises(SystemExit, match="trained with"):  # the curriculum is part of the recipe
         run()
