@@ -60,6 +60,43 @@ def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _finish_rows(m_i, l_i, acc):
+    """Normalised output rows acc / l and their lse (natural log; 0 and -inf for a row that saw no key)."""
+    nonempty = l_i > 0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    return acc / l_safe[:, None], lse
+
+
+@triton.jit
+def _dq_stats(LSE, DELTA, row, row_ok):
+    """The softmax statistics dQ needs per query row (row = flat [B, T, Hq] index): lse in log2 units (+inf where
+    the row saw no key, so that its probabilities are 0) and delta = rowsum(o * do)."""
+    lse = tl.load(LSE + row, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634), delta
+
+
+@triton.jit
+def _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+             DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+             ACC: tl.constexpr, PREC: tl.constexpr):
+    """dq [R, BLOCK_DK] += the contribution of the keys kpos [BLOCK_N] (k_ok: which are loaded; vis, broadcastable
+    to [R, BLOCK_N]: which each row attends), unscaled (the caller multiplies by the softmax scale once)."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
+                other=0.0)
+    v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
+                other=0.0)
+    sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+
+
+@triton.jit
 def _selected_fwd_kernel(
     Q, K, V, IDX, OUT, LSE,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
@@ -97,10 +134,7 @@ def _selected_fwd_kernel(
         m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                     DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    o = acc / l_safe[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    o, lse = _finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + t64 * so_t + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     Hq = Hkv * G
@@ -132,9 +166,7 @@ def _selected_bwd_dq_kernel(
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     do = tl.load(DO + b * sdo_b + t64 * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + (b * T + t64) * Hq + head, mask=row_ok, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + (b * T + t64) * Hq + head, mask=row_ok, other=0.0)
+    lse2, delta = _dq_stats(LSE, DELTA, (b * T + t64) * Hq + head, row_ok)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
@@ -145,15 +177,8 @@ def _selected_bwd_dq_kernel(
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
-                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
-                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        p = tl.where(k_ok[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+        dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, k_ok[None, :], sk_t, sv_t, dq, qk_scale,
+                      DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + t64 * sdq_t + head[:, None] * sdq_h + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -297,10 +322,7 @@ def _selected_fwd_shared_kernel(
         m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    o = acc / l_safe[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    o, lse = _finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + pos[:, None] * so_t + head[:, None] * so_h + offs_dv[None, :],
              o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     tl.store(LSE + (b * T + pos) * (Hkv * G) + head, lse, mask=row_ok)
@@ -324,9 +346,7 @@ def _selected_bwd_dq_shared_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
+    lse2, delta = _dq_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
     ids, union, n_union = _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES,
                                           si_b, si_t, si_h, P, NSEL_PAD)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
@@ -336,15 +356,8 @@ def _selected_bwd_dq_shared_kernel(
     for it in range(n_union * N_KT):
         j = tl.load(union + it // N_KT)
         kpos, k_ok, vis = _union_keys(ids, j, it % N_KT, t0, T, pos, row_ok, SEL, P, G_PAD, BLOCK_N)
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :],
-                    mask=k_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :],
-                    mask=k_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+        dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+                      DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -495,14 +508,14 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     if share > 1:
         P = shared_positions(share, G)
         union, count = tile_union(idx, P, select_size)
+        share_n, share_kt = _block_tile(select_size, cfg.get("share_block_n", 64))
         _selected_bwd_dq_shared_kernel[(union.shape[1], B * Hkv)](
             q, k, v, idx, union, count, do, lse, delta, dq,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
             T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, scale, select_size,
-            G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)),
-            **{**common, **dict(zip(("BLOCK_N", "N_KT"), _block_tile(select_size, cfg.get("share_block_n", 64))))},
+            G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)), **{**common, "BLOCK_N": share_n, "N_KT": share_kt},
             num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
         )
     else:
