@@ -125,18 +125,23 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 @triton.jit
+def _store_lse(m, l_sum, LSE, b, head, row_ok, Hq):
+    """lse = (m + log2 l) * ln 2 of one KV group's rows (-inf where l = 0: no key), stored at LSE[b, head]."""
+    nonempty = l_sum > 0
+    lse = tl.where(nonempty, (m + tl.log2(tl.where(nonempty, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + b * Hq + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
 def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
                  DV: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
     """Normalise and store one KV group's rows: o = acc / l (0 with no key), lse = (m + log2 l) * ln 2 (-inf)."""
     offs_dv = tl.arange(0, BLOCK_DV)
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    o = acc / l_safe[:, None]
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(OUT + b * so_b + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     if WRITE_LSE:
-        lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-        tl.store(LSE + b * Hq + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+        _store_lse(m_i, l_i, LSE, b, head, row_ok, Hq)
 
 
 @triton.jit
@@ -162,8 +167,7 @@ def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
     m_use = tl.where(m_tot == float("-inf"), 0.0, m_tot)
     w = tl.exp2(pm - m_use[None, :])  # 0 for splits (and padded ones) that saw no key
     l_tot = tl.sum(pl * w, axis=0)
-    nonempty = l_tot > 0
-    l_safe = tl.where(nonempty, l_tot, 1.0)
+    l_safe = tl.where(l_tot > 0, l_tot, 1.0)
     for c in tl.static_range(0, BLOCK_DV, DV_CHUNK):
         offs = c + tl.arange(0, DV_CHUNK)
         part = tl.load(PACC + rows[:, :, None] * BLOCK_DV + offs[None, None, :], mask=s_ok[:, None, None],
@@ -172,8 +176,7 @@ def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
         tl.store(OUT + b * so_b + head[:, None] * so_h + offs[None, :], o.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & (offs[None, :] < DV))
     if WRITE_LSE:
-        lse = tl.where(nonempty, (m_tot + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-        tl.store(LSE + b * Hkv * G + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+        _store_lse(m_tot, l_tot, LSE, b, head, row_ok, Hkv * G)
 
 
 def combine_tiles(splits: int, g_pad: int, block_dv: int) -> tuple[int, int]:
