@@ -387,7 +387,8 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
     consts = dict(SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse, BLOCK_N=block_n,
                   N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)), S_PAD=s_pad,
                   DV_CHUNK=dv_chunk)
-    return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts)
+    return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts, partials=(pm, pl, pacc),
+                Hkv=Hkv, G=G)
 
 
 def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
@@ -402,12 +403,10 @@ def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
 
 def _combine_separately(q, br: dict, shared: dict, cfg: dict) -> None:
     """combine="kernel": merge a split branch's partial states in a second launch."""
-    B, Hq = q.shape[0], q.shape[2]
-    Hkv = br["args"][0].shape[2]
     o, lse = br["o"], br["lse"] if br["lse"] is not None else br["o"]
-    _attn_combine_kernel[(B * Hkv,)](
-        br["args"][5], br["args"][6], br["args"][7], o, lse, br["plan"]["splits"], Hkv, Hq // Hkv,
-        o.stride(0), o.stride(2), DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"],
+    _attn_combine_kernel[(q.shape[0] * br["Hkv"],)](
+        *br["partials"], o, lse, br["plan"]["splits"], br["Hkv"], br["G"], o.stride(0), o.stride(2),
+        DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"],
         WRITE_LSE=br["lse"] is not None, ACC=shared["ACC"], S_PAD=br["consts"]["S_PAD"],
         DV_CHUNK=br["consts"]["DV_CHUNK"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
     )
