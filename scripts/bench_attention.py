@@ -57,6 +57,7 @@ from common.files import write_text_atomic  # noqa: E402
 from kernels.reference import num_compressed_tokens  # noqa: E402
 
 NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
+HQ, HKV, D_MAIN = 64, 4, 128  # the main shape: 64 query heads in 4 KV groups (G = 16), head dim 128
 
 
 def timed(fn, budget_ms: float = 800.0, max_reps: int = 20) -> float:
@@ -431,18 +432,17 @@ def floors_table(results: dict, peak_tflops: float, bw_gbps: float, source: str)
              "ms measured / floor (x = measured / floor), achieved TFLOP/s and GB/s",
              f"{'T':>6} {'kernel':>12} | {'GFLOP':>8} {'MB':>8} | {'floor':>7} {'bound':>7} | {'ms':>8} {'x':>6} | "
              f"{'TFLOP/s':>8} {'GB/s':>7}"]
-    Hq, Hkv, D = 64, 4, 128
     for T_str, row in results.get("main", {}).items():
         nsa = row.get("nsa", {})
-        f = kernel_floors(int(T_str), Hq, Hkv, D)
+        f = kernel_floors(int(T_str), HQ, HKV, D_MAIN)
         for kernel, phase in (("cmp", "fwd"), ("select", "fwd"), ("slc", "fwd"), ("win", "fwd"),
                               ("cmp", "fwdbwd"), ("slc", "fwdbwd"), ("win", "fwdbwd")):
             ms = nsa.get(f"{kernel}_{phase}")
+            if not isinstance(ms, (int, float)):
+                continue
             flops, nbytes = f[kernel][f"{phase}_flops"], f[kernel][f"{phase}_bytes"]
             t_c, t_m = flops / peak_tflops / 1e9, nbytes / bw_gbps / 1e6
             floor = max(t_c, t_m)
-            if not isinstance(ms, (int, float)):
-                continue
             lines.append(f"{T_str:>6} {kernel + ' ' + phase:>12} | {flops / 1e9:8.1f} {nbytes / 1e6:8.1f} | "
                          f"{floor:7.3f} {'compute' if t_c >= t_m else 'memory':>7} | {ms:8.3f} {ms / floor:6.1f} | "
                          f"{flops / ms / 1e9:8.1f} {nbytes / ms / 1e6:7.0f}")
@@ -553,7 +553,7 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
                "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}, "share": {}}
-    B, Hq = 1, 64
+    B, Hq = 1, HQ
 
     def checkpoint():
         save(results, args.out)
@@ -562,7 +562,7 @@ def main() -> None:
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
         print("tune T=32768", flush=True)
-        results["tune"] = tune(B, 32768, Hq, 4, 128)
+        results["tune"] = tune(B, 32768, Hq, HKV, D_MAIN)
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
 
@@ -570,13 +570,13 @@ def main() -> None:
         """results[section][T]: NSA (Hq heads in 4 KV groups) and SDPA flash / cuDNN at head dims Dk / Dv=128."""
         print(f"{section} T={T}", flush=True)
         row = results[section].setdefault(str(T), {})
-        attempt(row, "nsa", lambda: bench_nsa(B, T, Hq, 4, Dk, 128), checkpoint)
+        attempt(row, "nsa", lambda: bench_nsa(B, T, Hq, HKV, Dk, 128), checkpoint)
         for backend in ("flash", "cudnn"):
             attempt(row, backend, lambda b=backend: bench_sdpa(B, T, Hq, Dk, 128, b), checkpoint)
 
     if "main" in args.sections:
         for T in args.T:
-            nsa_vs_sdpa("main", T, 128)
+            nsa_vs_sdpa("main", T, D_MAIN)
     if "gsweep" in args.sections:
         for G in (1, 2, 4, 8, 16):
             print(f"gsweep G={G}", flush=True)
@@ -586,14 +586,14 @@ def main() -> None:
             nsa_vs_sdpa("paper", T, 192)
     if "profile" in args.sections:
         print("profile T=32768", flush=True)
-        attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, 4, 128, 128), checkpoint)
+        attempt(results["profile"], "32768", lambda: profile_nsa(B, 32768, Hq, HKV, D_MAIN, D_MAIN), checkpoint)
     if "host" in args.sections:
         print("host", flush=True)
         attempt(results, "host", bench_host, checkpoint)
     if "share" in args.sections:
         # G = 1 and 4: the one-position kernel pads G rows to 16 for the MMA; a shared tile fills them with
         # positions instead (P >= 16 / G), so there it does at most the same MMA work and loads fewer blocks
-        for name, (T, hq, hkv, d) in {"main-8k": (8192, Hq, 4, 128), "main-32k": (32768, Hq, 4, 128),
+        for name, (T, hq, hkv, d) in {"main-8k": (8192, Hq, HKV, D_MAIN), "main-32k": (32768, Hq, HKV, D_MAIN),
                                       "small-8k": (8192, 16, 1, 64), "G1-8k": (8192, Hq, Hq, 128),
                                       "G4-8k": (8192, Hq, Hq // 4, 128)}.items():
             print(f"share {name}", flush=True)
