@@ -52,6 +52,11 @@ def mix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> _U64(31))
 
 
+def _unit(key: int) -> float:
+    """A 64-bit key as a uniform number in [0, 1) (its top 53 bits)."""
+    return (key >> 11) / float(1 << 53)
+
+
 def _key(*parts: int) -> int:
     """A 64-bit key from small integers (seed, epoch, purpose...)."""
     k = 0x9E3779B97F4A7C15
@@ -178,14 +183,14 @@ class TokenLoader:
 
     def _maybe_synthetic(self, g: int, out: np.ndarray) -> None:
         h = int(mix64(np.array([self._mix_key ^ g], dtype=_U64))[0])
-        if (h >> 11) / float(1 << 53) >= self.mix.rate:
+        if _unit(h) >= self.mix.rate:
             return
         eos = self.tokenizer.eos_id
         haystack = out[out != eos].tolist() or None  # the real text this sample replaces, for needles in real text
         region = self.mix.length or len(out)
         for j, (start, n) in enumerate(self._doc_spans(g, region)):
             kind = self.mix.kinds[((_key(h, j) if j else h) & 0xFFFF) % len(self.mix.kinds)]
-            in_filler = self.mix.filler and (_key(h, j, 0xF1) >> 11) / float(1 << 53) < self.mix.filler
+            in_filler = self.mix.filler and _unit(_key(h, j, 0xF1)) < self.mix.filler
             try:
                 doc = generate(kind, self.tokenizer, n - 1, seed=_key(self.seed, g, j) & 0x7FFFFFFF,
                                haystack=None if in_filler else haystack)
