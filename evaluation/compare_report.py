@@ -246,12 +246,11 @@ def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
             f"- budget: {tr['steps']} steps x {tr['batch_tokens']:,} tokens = {tr['steps'] * tr['batch_tokens']:,} "
             f"tokens per model",
         ]
-    # scripts/reproduce.py --curriculum records its first stage among the recipe's overrides
-    stage1 = [o.removeprefix("curriculum: ") for o in m.get("train_overrides", []) if o.startswith("curriculum: ")]
-    steps1 = next((o.split("=", 1)[1] for o in m.get("train_overrides", []) if o.startswith("curriculum_steps=")), "?")
+    stage1 = m.get("curriculum")  # scripts/reproduce.py --curriculum: the first stage's overrides and length
     if stage1:
-        lines.append(f"- curriculum: the first {steps1} steps with {', '.join(f'`{o}`' for o in stage1)} (the run "
-                     "configuration above is the second stage's), then the rest without, in the same run")
+        lines.append(f"- curriculum: the first {stage1['steps']} steps with "
+                     f"{', '.join(f'`{o}`' for o in stage1['overrides'])} (the run configuration above is the second "
+                     "stage's), then the rest without, in the same run")
     rows = []
     for a in ARMS:
         for s in out.seeds:

@@ -415,7 +415,8 @@ class Driver:
             "work_dir": relative(self.work),
             "report_dir": relative(self.report_dir),
             "experiments": {arm: self.experiment(arm) for arm in ARMS},
-            "train_overrides": self.recipe_overrides(),
+            "train_overrides": self.train_overrides,
+            "curriculum": self.curriculum_record(),
             "eval_overrides": self.eval_overrides,
             "device": device_name(),
             "torch": torch.__version__,
@@ -424,18 +425,19 @@ class Driver:
         self.manifest.setdefault("invocations", []).append(inv)
         write_json_atomic(self.work / "manifest.json", self.manifest)
 
-    def recipe_overrides(self) -> list[str]:
-        """The training overrides that define the recipe (a curriculum's first stage included)."""
-        stage1 = [f"curriculum: {x}" for x in self.curriculum]
-        return self.train_overrides + (stage1 + [f"curriculum_steps={self.curriculum_steps}"] if stage1 else [])
+    def curriculum_record(self) -> dict[str, Any] | None:
+        """The curriculum's first stage as the manifest records it (None without one)."""
+        return {"overrides": self.curriculum, "steps": self.curriculum_steps} if self.curriculum else None
 
     def check_same_training(self) -> None:
         """A work folder holds one training recipe: refuse to mix runs of different settings."""
-        old = (self.manifest.get("experiments"), self.manifest.get("train_overrides"))
-        new = ({arm: self.experiment(arm) for arm in ARMS}, self.recipe_overrides())
+        old = (self.manifest.get("experiments"), self.manifest.get("train_overrides"), self.manifest.get("curriculum"))
+        new = ({arm: self.experiment(arm) for arm in ARMS}, self.train_overrides, self.curriculum_record())
         if self.manifest.get("experiments") is not None and old != new:
-            raise SystemExit(f"error: {relative(self.work)} holds runs trained with {old[1] or 'no overrides'} "
-                             f"({old[0]}), not {new[1] or 'no overrides'}: pass --work-dir NEW_FOLDER (and "
+            def recipe(r):
+                return f"{r[1] or 'no overrides'}" + (f", curriculum {r[2]}" if r[2] else "")
+            raise SystemExit(f"error: {relative(self.work)} holds runs trained with {recipe(old)} "
+                             f"({old[0]}), not {recipe(new)}: pass --work-dir NEW_FOLDER (and "
                              "--report-dir) or delete the old folder")
 
     def run(self) -> int:

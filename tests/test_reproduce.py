@@ -412,8 +412,9 @@ def test_driver_curriculum_trains_the_first_stage_then_the_rest_in_the_same_fold
     assert progress["train/nsa-s0"]["command"].endswith("train.steps=3 optim.schedule_steps=3")
     assert sorted(p.name for p in (work / "runs" / "full-s0" / "checkpoints").iterdir()) == [
         "step_0000002.pt", "step_0000003.pt"]  # the second stage resumed the first in the same run folder
-    overrides = json.loads((work / "manifest.json").read_text())["train_overrides"]
-    assert overrides == ["train.steps=3", "curriculum: data.mix.filler=1.0", "curriculum_steps=2"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["train_overrides"] == ["train.steps=3"]
+    assert manifest["curriculum"] == {"overrides": ["data.mix.filler=1.0"], "steps": 2}
     assert "- curriculum: the first 2 steps with `data.mix.filler=1.0`" in (out / "REPORT.md").read_text()
     assert run("--curriculum", "data.mix.filler=1.0", "--curriculum-steps", "2")[1] == []  # all done
     with pytest.raises(SystemExit, match="trained with"):  # the curriculum is part of the recipe
