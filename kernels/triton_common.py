@@ -113,17 +113,25 @@ def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_sca
 
 
 @triton.jit
-def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
-                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     ACC: tl.constexpr, PREC: tl.constexpr):
-    """attend_tile with a per-row mask: k_ok [BLOCK_N] = which keys are loaded, vis [R, BLOCK_N] (or anything
-    that broadcasts to it) = which of them each row attends."""
+def load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK: tl.constexpr, DV: tl.constexpr,
+                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows at key positions kpos (0 where not k_ok)."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
                 other=0.0)
     v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
                 other=0.0)
+    return k, v
+
+
+@triton.jit
+def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     ACC: tl.constexpr, PREC: tl.constexpr):
+    """attend_tile with a per-row mask: k_ok [BLOCK_N] = which keys are loaded, vis [R, BLOCK_N] (or anything
+    that broadcasts to it) = which of them each row attends."""
+    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))

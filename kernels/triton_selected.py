@@ -41,6 +41,7 @@ from kernels.triton_common import (
     dot_precision,
     gpu_tiles,
     head_block,
+    load_kv_tile,
     next_pow2,
     tl_acc,
 )
@@ -83,12 +84,7 @@ def _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq
              ACC: tl.constexpr, PREC: tl.constexpr):
     """dq [R, BLOCK_DK] += the contribution of the keys kpos [BLOCK_N] (k_ok: which are loaded; vis, broadcastable
     to [R, BLOCK_N]: which each row attends), unscaled (the caller multiplies by the softmax scale once)."""
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(k_base + kpos[:, None] * sk_t + offs_dk[None, :], mask=k_ok[:, None] & (offs_dk[None, :] < DK),
-                other=0.0)
-    v = tl.load(v_base + kpos[:, None] * sv_t + offs_dv[None, :], mask=k_ok[:, None] & (offs_dv[None, :] < DV),
-                other=0.0)
+    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
