@@ -3,17 +3,40 @@
 #   kernels  scripts/gpu_check.sh         Triton NSA kernel GPU tests + scripts/bench_attention.py
 #   decode   scripts/gpu_check_decode.sh  decode-kernel GPU tests + scripts/bench_decode.py
 #   share    scripts/gpu_check_share.sh   block-sharing selected attention: GPU tests, timing, 8k training pair
+#   tests    scripts/gpu_tests.sh         every GPU test (pytest -m gpu)
 #   train    scripts/gpu_check_train.sh   trainer smoke check (tiny eager/compiled, 124M compiled)
 #   speed    scripts/gpu_bench_train.sh   MFU and full-vs-NSA training throughput
 #   multi    scripts/gpu_check_multi.sh   2 GPUs: DDP/FSDP2 vs 1 GPU, scaling (needs a 2-GPU kind)
 #   profile  scripts/gpu_profile.sh       torch.profiler tables: 124M at 1k, full vs NSA at 8k (eager, compiled)
-# Carry .whl (bash /work/shared/tools/gpu-wheels.sh). PARTS picks and orders the parts:
+# Carry .whl (bash /work/shared/tools/gpu-wheels.sh) and .whl_kernels (pytest). PARTS picks and orders the parts:
 #   PARTS="kernels decode" bash scripts/gpu_all.sh
+# On a machine of several GPUs, GPUS=N runs up to N parts side by side, part i on GPU i (device time is the
+# machine's, so four parts on four GPUs cost what one costs). Each part writes to $OUT/<part>/ and its console
+# to $OUT/<part>.log, and stops after PART_TIMEOUT seconds (default 540); then everything is packed into
+# $OUT/results.tgz (the device tool brings back few files). Every timing has its baseline on the same GPU.
+#   GPUS=4 PARTS="share decode kernels tests" SKIP_TESTS=1 bash scripts/gpu_all.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-declare -A SCRIPT=([profile]=gpu_profile.sh [kernels]=gpu_check.sh [decode]=gpu_check_decode.sh [share]=gpu_check_share.sh [train]=gpu_check_train.sh
-                   [speed]=gpu_bench_train.sh [multi]=gpu_check_multi.sh)
-for part in ${PARTS:-kernels decode train speed}; do
-  echo "=== $part: scripts/${SCRIPT[$part]:?unknown part $part}"
-  bash "scripts/${SCRIPT[$part]}"
+declare -A SCRIPT=([profile]=gpu_profile.sh [kernels]=gpu_check.sh [decode]=gpu_check_decode.sh [share]=gpu_check_share.sh
+                   [train]=gpu_check_train.sh [speed]=gpu_bench_train.sh [multi]=gpu_check_multi.sh [tests]=gpu_tests.sh)
+PARTS=${PARTS:-kernels decode train speed}
+if [ "${GPUS:-1}" -le 1 ]; then
+  for part in $PARTS; do
+    echo "=== $part: scripts/${SCRIPT[$part]:?unknown part $part}"
+    bash "scripts/${SCRIPT[$part]}"
+  done
+  exit 0
+fi
+n_parts=$(wc -w <<<"$PARTS")
+if [ "$n_parts" -gt "$GPUS" ]; then echo "gpu_all.sh: $n_parts parts for $GPUS GPUs; give at most GPUS parts (timings need a GPU each)"; exit 2; fi
+source scripts/gpu_env.sh  # installs the wheels once, before the parts start
+ROOT=$OUT i=0
+for part in $PARTS; do
+  echo "=== $part: scripts/${SCRIPT[$part]:?unknown part $part} on GPU $i"
+  CUDA_VISIBLE_DEVICES=$i OUT="$ROOT/$part" timeout "${PART_TIMEOUT:-540}" \
+    bash "scripts/${SCRIPT[$part]}" >"$ROOT/$part.log" 2>&1 &
+  i=$((i + 1))
 done
+wait
+tar czf /tmp/results.tgz -C "$ROOT" . && mv /tmp/results.tgz "$ROOT/" && echo "packed $ROOT/results.tgz"
+for part in $PARTS; do rm -rf "${ROOT:?}/$part" "$ROOT/$part.log"; done

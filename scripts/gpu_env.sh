@@ -6,11 +6,15 @@
 # - creates $OUT (default ./gpu_check_out) and records the card and versions in $OUT/gpu.txt.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PY=${PY:-python3}
-for wheels in .whl .whl_kernels; do
-  if ls "$wheels"/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl
-  fi
-done
+# Once per machine (the marker also keeps parts that gpu_all.sh runs side by side from installing at once).
+if [ ! -f /tmp/site/.installed ]; then
+  for wheels in .whl .whl_kernels; do
+    if ls "$wheels"/*.whl >/dev/null 2>&1; then
+      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$wheels"/*.whl && touch /tmp/site/.installed
+    fi
+  done
+fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
