@@ -34,17 +34,22 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                   "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
-    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile; untimed above 1)
-    "select": {"small": dict(rows=64, warps=4, stages=2, merge_tiles=1),
+    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile). 2 won the tune
+    # section at the main shape (32k: 6.9 -> 5.4 ms, H200); head dims past 128 untimed, so left at 1.
+    "select": {"small": dict(rows=64, warps=4, stages=2, merge_tiles=2),
                "big": dict(rows=64, warps=4, stages=2, merge_tiles=1)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
-    # per program, the paper's kernel; see kernels/triton_selected.py). Untimed so far, hence off. Its tiles
-    # have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per step: what keeps
-    # them free of register spills when compiled for sm_90 (ptxas -v, Triton 3.9).
-    "selected_fwd": {"small": dict(warps=4, stages=3, share=1, share_warps=8),
-                     "big": dict(warps=4, stages=3, share=1, share_warps=8)},
-    "selected_dq": {"small": dict(warps=4, stages=2, share=1, share_warps=8, share_block_n=32),
-                    "big": dict(warps=4, stages=2, share=1, share_warps=8, share_block_n=32)},
+    # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
+    # group, programs take at least the 16/G positions that fill the MMA rows. Measured (bench_attention.py
+    # --sections share, H200, docs/benchmarks.md): at G = 16 sharing loses even on trained-like selections; at
+    # G = 1 it wins forward and dQ on random selections (8k: 37.9 -> 16.0 ms forward); at G = 4 it ties forward
+    # on random selections and wins on correlated ones, while its dQ loses on random ones: hence 16 and 4.
+    # The sharing tiles have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per
+    # step: what keeps them free of register spills when compiled for sm_90 (ptxas -v, Triton 3.9).
+    "selected_fwd": {"small": dict(warps=4, stages=3, share=1, pack_below_g=16, share_warps=8),
+                     "big": dict(warps=4, stages=3, share=1, pack_below_g=16, share_warps=8)},
+    "selected_dq": {"small": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
+                    "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32)},
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256),
                       "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256)},
 }

@@ -62,9 +62,11 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # Tile sizes and split heuristics of the decode kernels. "small": head dims <= 128, "big": larger.
 # attn: block_n keys per inner tile; split_factor scales the number of splits (see _attn_splits); max_splits
 # caps it. select: tiles_per_split = selection-block tiles (NBV blocks each) per program before the cap
-# max_splits forces more. NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
+# max_splits forces more. attn warps 8: bench_decode's sweep winner at the main shape, B=1, 64k (61.8 -> 52.5 us,
+# H200; docs/benchmarks.md), and the selected+window pair kernel spills at 4 (ptxas -v).
+# NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float]]] = {
-    "attn": {"small": dict(block_n=64, warps=4, stages=3, split_factor=1.0, max_splits=64),
+    "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64),
              "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64)},
     "select": {"small": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128),
                "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128)},

@@ -382,6 +382,17 @@ def shared_positions(share: int, G: int) -> int:
     return next_pow2(max(share, 16 // next_pow2(G)))
 
 
+def positions_per_program(share: int | None, cfg: dict[str, int], G: int) -> int:
+    """Query positions one forward/dQ program takes: 1 is the one-position kernel, more the sharing kernels.
+
+    share None means the tile's: its `share`, and for groups of fewer than `pack_below_g` heads at least the
+    16/G positions that fill the MMA rows the one-position kernel pads (measured faster there even on random
+    selections: docs/benchmarks.md). An explicit share (tests, benchmarks) is taken as it is."""
+    if share is None:
+        share = max(cfg.get("share", 1), 2 if G < cfg.get("pack_below_g", 0) else 1)
+    return shared_positions(share, G) if share > 1 else 1
+
+
 def tile_union(idx: torch.Tensor, positions: int, select_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks that each tile of `positions` consecutive queries selected, with torch ops only (no host sync).
 
@@ -417,9 +428,8 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     bdk, bdv = head_block(Dk), head_block(Dv)
     block_n, n_kt = _block_tile(select_size)
     cfg = gpu_tiles("selected_fwd", max(bdk, bdv) > 128)
-    share = cfg.get("share", 1) if share is None else share
-    if share > 1:
-        P = shared_positions(share, G)
+    P = positions_per_program(share, cfg, G)
+    if P > 1:
         union, count = tile_union(idx, P, select_size)
         _selected_fwd_shared_kernel[(union.shape[1], B * Hkv)](
             q, k, v, idx, union, count, o, lse,
@@ -500,9 +510,8 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     big = max(bdk, bdv) > 128
     cfg = gpu_tiles("selected_dq", big)
     dq = torch.empty_like(q)
-    share = cfg.get("share", 1) if share is None else share
-    if share > 1:
-        P = shared_positions(share, G)
+    P = positions_per_program(share, cfg, G)
+    if P > 1:
         union, count = tile_union(idx, P, select_size)
         share_n, share_kt = _block_tile(select_size, cfg.get("share_block_n", 64))
         _selected_bwd_dq_shared_kernel[(union.shape[1], B * Hkv)](
