@@ -20,7 +20,7 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          between neighbours (each position copies its predecessor's blocks with probability `keep`), next
          to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
          measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
-         (Hq=16, Hkv=1, D=64) at 8k, and G = 1 and 4 (Hq=64) at 8k.
+         (Hq=16, Hkv=1, D=64) at 8k, G = 1, 2, 4 and 8 (Hq=64) at 8k, and G = 4 at 32k.
 - peak:  the card's measured dense bf16 matmul rate (8192^3) and memory bandwidth (bench_decode.py's copy and
          read passes), the denominators of the floors below.
 - floors (printed with the table, and alone for an existing JSON: --floors-from FILE, no GPU needed): for each
@@ -275,7 +275,7 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
     x, (_, _, slc, _, _), _, idx = selection_inputs(B, T, Hq, Hkv, D)
     gen = torch.Generator(device=idx.device).manual_seed(1)
     tiles = [triton_common.GPU_TILES[k]["small" if D <= 128 else "big"] for k in ("selected_fwd", "selected_dq")]
-    saved = [t["share"] for t in tiles]
+    saved = [dict(t) for t in tiles]
     res = {}
     try:
         for keep in (0.0, 0.5, 0.8, 0.9):
@@ -284,7 +284,7 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
             base = None
             for share in (1, 2, 4, 8):
                 for t in tiles:
-                    t["share"] = share
+                    t.update(share=share, pack_below_g=0)  # share 1: the one-position kernel at every G
 
                 def fwd(ids=ids):
                     return slc(ids)
@@ -295,8 +295,9 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
                                         "rel_err_vs_share1": _rel(out, base)}
             res[str(keep)] = row
     finally:
-        for t, share in zip(tiles, saved):
-            t["share"] = share
+        for t, cfg in zip(tiles, saved):
+            t.clear()
+            t.update(cfg)
     return res
 
 
@@ -591,11 +592,12 @@ def main() -> None:
         print("host", flush=True)
         attempt(results, "host", bench_host, checkpoint)
     if "share" in args.sections:
-        # G = 1 and 4: the one-position kernel pads G rows to 16 for the MMA; a shared tile fills them with
+        # G < 16: the one-position kernel pads G rows to 16 for the MMA; a shared tile fills them with
         # positions instead (P >= 16 / G), so there it does at most the same MMA work and loads fewer blocks
-        for name, (T, hq, hkv, d) in {"main-8k": (8192, Hq, HKV, D_MAIN), "main-32k": (32768, Hq, HKV, D_MAIN),
-                                      "small-8k": (8192, 16, 1, 64), "G1-8k": (8192, Hq, Hq, 128),
-                                      "G4-8k": (8192, Hq, Hq // 4, 128)}.items():
+        shapes = {"main-8k": (8192, Hq, HKV, D_MAIN), "main-32k": (32768, Hq, HKV, D_MAIN),
+                  "small-8k": (8192, 16, 1, 64), "G4-32k": (32768, Hq, Hq // 4, 128)}
+        shapes.update({f"G{g}-8k": (8192, Hq, Hq // g, 128) for g in (1, 2, 4, 8)})
+        for name, (T, hq, hkv, d) in shapes.items():
             print(f"share {name}", flush=True)
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")

@@ -170,11 +170,25 @@ def test_selected_attention(gen, case):
     close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
 
 
-@pytest.mark.parametrize("share", [2, 4])
+def test_selected_attention_positions_per_program():
+    """Which kernel forward and dQ take: the tile's share, at least 16/G positions below pack_below_g heads per
+    group, and an explicit share as given (1: the one-position kernel at every G)."""
+    from kernels.triton_selected import positions_per_program
+
+    fwd, dq = dict(share=1, pack_below_g=16), dict(share=1, pack_below_g=4)
+    assert [positions_per_program(None, fwd, G) for G in (1, 2, 4, 8, 16, 32)] == [16, 8, 4, 2, 1, 1]
+    assert [positions_per_program(None, dq, G) for G in (1, 2, 4, 8, 16)] == [16, 8, 1, 1, 1]
+    assert positions_per_program(1, fwd, 1) == 1 and positions_per_program(4, fwd, 16) == 4
+    assert positions_per_program(None, dict(share=4, pack_below_g=0), 2) == 8  # still >= 16 MMA rows
+    assert positions_per_program(None, dict(share=1), 1) == 1  # tiles without the key never pack
+
+
+@pytest.mark.parametrize("share", [1, 2, 4])
 @pytest.mark.parametrize("case", SELECTED_CASES)
 def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     """The block-sharing kernels (P positions per program load the union of their blocks once) give the
     reference's output and dq; lse equals the one-position kernel's (dk/dv: the shared inverted-index kernel).
+    share 1 asks for the one-position kernels at every G (the shipped tiles pack positions for small G).
     dQ walks each block in 16-key steps here, so l' = 32 takes two."""
     from kernels.triton_common import GPU_TILES
     from kernels.triton_selected import selected_backward, selected_forward

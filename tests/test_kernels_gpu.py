@@ -134,13 +134,16 @@ def test_select_blocks_bf16(cuda_gen, shape, merge_tiles, monkeypatch):
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
-@pytest.mark.parametrize("share", [1, 4])  # the one-position kernels, and the block-sharing ones (4 positions)
-def test_selected_attention_bf16(cuda_gen, shape, share, monkeypatch):
+@pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 16
+    dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0)],  # in forward, G < 4 in dQ), 4 sharing
+    ids=["one-position", "default", "share4"])
+def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     from kernels.triton_common import GPU_TILES
 
     for name in ("selected_fwd", "selected_dq"):
         for size in ("small", "big"):
-            monkeypatch.setitem(GPU_TILES[name][size], "share", share)
+            for key, value in tiles.items():
+                monkeypatch.setitem(GPU_TILES[name][size], key, value)
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
