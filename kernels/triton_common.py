@@ -40,14 +40,16 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                "big": dict(rows=64, warps=4, stages=2, merge_tiles=1)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
-    # group, programs take at least the 16/G positions that fill the MMA rows. Measured (bench_attention.py
-    # --sections share, H200, docs/benchmarks.md): at G = 16 sharing loses even on trained-like selections; at
-    # G = 1 it wins forward and dQ on random selections (8k: 37.9 -> 16.0 ms forward); at G = 4 it ties forward
-    # on random selections and wins on correlated ones, while its dQ loses on random ones: hence 16 and 4.
+    # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py
+    # --sections share (H200, docs/benchmarks.md), on random selections and on selections where neighbours agree
+    # as much as in trained models (4 neighbours load 6.5 of 15 blocks; trained: 6.2): G = 1 and 2 win forward and
+    # dQ on both (G=1 8k forward 37.9 -> 15.7 ms random); G = 4 wins on trained-like selections (32k forward 36.5
+    # -> 31.3 ms) but loses on random ones at 32k (36.8 -> 44.1 ms) and its dQ does not win; G = 8 ties at best;
+    # G = 16 always loses. Hence forward packs below G = 8, dQ below G = 4.
     # The sharing tiles have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per
     # step: what keeps them free of register spills when compiled for sm_90 (ptxas -v, Triton 3.9).
-    "selected_fwd": {"small": dict(warps=4, stages=3, share=1, pack_below_g=16, share_warps=8),
-                     "big": dict(warps=4, stages=3, share=1, pack_below_g=16, share_warps=8)},
+    "selected_fwd": {"small": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8),
+                     "big": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8)},
     "selected_dq": {"small": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
                     "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32)},
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256),

@@ -63,12 +63,13 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # attn: block_n keys per inner tile; split_factor scales the number of splits (see _attn_splits); max_splits
 # caps it. select: tiles_per_split = selection-block tiles (NBV blocks each) per program before the cap
 # max_splits forces more. attn warps 8: bench_decode's sweep winner at the main shape, B=1, 64k (61.8 -> 52.5 us,
-# H200; docs/benchmarks.md), and the selected+window pair kernel spills at 4 (ptxas -v).
+# H200; docs/benchmarks.md), and the selected+window pair kernel spills at 4 (ptxas -v). select tiles_per_split 2:
+# the sweep's winner at the same point in two runs (61.8 -> 58.3 us at 4 warps, 52.4 -> 49.2 us at 8).
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float]]] = {
     "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64),
              "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64)},
-    "select": {"small": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128),
+    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128),
                "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128)},
 }
 INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8),

@@ -175,8 +175,8 @@ def test_selected_attention_positions_per_program():
     group, and an explicit share as given (1: the one-position kernel at every G)."""
     from kernels.triton_selected import positions_per_program
 
-    fwd, dq = dict(share=1, pack_below_g=16), dict(share=1, pack_below_g=4)
-    assert [positions_per_program(None, fwd, G) for G in (1, 2, 4, 8, 16, 32)] == [16, 8, 4, 2, 1, 1]
+    fwd, dq = dict(share=1, pack_below_g=8), dict(share=1, pack_below_g=4)
+    assert [positions_per_program(None, fwd, G) for G in (1, 2, 4, 8, 16, 32)] == [16, 8, 4, 1, 1, 1]
     assert [positions_per_program(None, dq, G) for G in (1, 2, 4, 8, 16)] == [16, 8, 1, 1, 1]
     assert positions_per_program(1, fwd, 1) == 1 and positions_per_program(4, fwd, 16) == 4
     assert positions_per_program(None, dict(share=4, pack_below_g=0), 2) == 8  # still >= 16 MMA rows

@@ -134,7 +134,7 @@ def test_select_blocks_bf16(cuda_gen, shape, merge_tiles, monkeypatch):
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
-@pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 16
+@pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 8
     dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0)],  # in forward, G < 4 in dQ), 4 sharing
     ids=["one-position", "default", "share4"])
 def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
