@@ -131,6 +131,7 @@ def test_select_blocks_bf16(cuda_gen, shape, merge_tiles, monkeypatch):
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
     pytest.param((1, 4096, 64, 4, 128, 128), id="T4k-G16-D128"),
     pytest.param((2, 2048, 16, 8, 64, 64), id="T2k-G2-D64"),
+    pytest.param((1, 2048, 32, 8, 128, 128), id="T2k-G4"),
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
