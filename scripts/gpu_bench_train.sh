@@ -13,12 +13,15 @@ if [ "${SKIP_MFU:-0}" != 1 ]; then
   bench small_t1024 --steps 10 --warmup 3 -- model=small model.loss_chunk=8192 train.batch_tokens=524288 \
     train.micro_batch_size=32 train.compile=true
 fi
-# 2. full vs NSA, same NSA-friendly model (16 query heads per KV head), one sequence per micro-step (TS: lengths)
+# 2. full vs NSA, same NSA-friendly model (16 query heads per KV head), one sequence per micro-step (TS: lengths;
+#    TRAIN_ARGS: more overrides for both, e.g. "train.compile=true train.compile_mode=reduce-overhead" for graphs;
+#    STEP_ARGS: bench_train.py's step counts, default "--steps 3 --warmup 2 --breakdown-steps 1")
 for T in ${TS:-8192 32768 65536}; do
   AC=$([ "$T" -ge 32768 ] && echo true || echo false)
   for ATTN in full nsa; do
-    bench "${ATTN}_t$T" --steps 3 --warmup 2 --breakdown-steps 1 -- model=small_gqa16 attention=$ATTN \
+    # shellcheck disable=SC2086
+    bench "${ATTN}_t$T" ${STEP_ARGS:---steps 3 --warmup 2 --breakdown-steps 1} -- model=small_gqa16 attention=$ATTN \
       model.max_seq_len=$T train.batch_tokens=$((4 * T)) train.micro_batch_size=1 \
-      train.activation_checkpointing=$AC
+      train.activation_checkpointing=$AC ${TRAIN_ARGS:-}
   done
 done
