@@ -13,6 +13,7 @@ the eval seed and its coordinates), so every comparison below is paired: the sam
 
 Output in REPORT_DIR (one JSON per figure or table, same stem):
     loss_curves.{png,json}        Figure 4: training / validation loss of both, and NSA - full
+    retrieval_probes.{png,json}   answer loss of the retrieval probes over training, and each model's onset step
     niah_heatmaps.{png,json}      Figure 5: needle retrieval by depth x length, both side by side, and NSA - full
     passkey_heatmaps.{png,json}   the same for the pass key
     loss_by_position.{png,json}   held-out loss by token position (1x and 2x the training length)
@@ -309,6 +310,57 @@ def _plot_loss_curves(data: dict[str, Any], path: Path) -> None:
     bottom.set_xlabel("optimizer step")
     bottom.legend(fontsize=7, ncol=2, loc="lower right")
     bottom.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retrieval probes during training (train.val_probes, training/probes.py)
+
+PROBE_ONSET = 0.5 * float(np.log(10))  # answer loss (nats per token) counted as retrieving: half of a digit guess
+
+
+def probe_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
+    """The answer-token loss of each retrieval probe at every validation, both models, per seed, and the first
+    step where it fell below PROBE_ONSET (retrieval onset). Only when the runs logged probes."""
+    per_seed: dict[str, Any] = {}
+    for s in out.trained_seeds():
+        rows = {a: [r for r in out.run(a, s).metrics if any(k.startswith("val_probe_") for k in r)] for a in ARMS}
+        kinds = sorted({k.removeprefix("val_probe_") for a in ARMS for r in rows[a] for k in r
+                        if k.startswith("val_probe_")})
+        entry = {}
+        for kind in kinds:
+            key = f"val_probe_{kind}"
+            curves = {a: [(r["step"], r[key]) for r in rows[a] if r.get(key) is not None] for a in ARMS}
+            entry[kind] = {a: {"step": [t for t, _ in c], "loss": [v for _, v in c],
+                               "onset_step": next((t for t, v in c if v < PROBE_ONSET), None)}
+                           for a, c in curves.items()}
+        if entry:
+            per_seed[str(s)] = entry
+    if not per_seed:
+        return {"status": "missing", "reason": "the runs logged no retrieval probes (train.val_probes)"}
+    data = {"status": "ok", "onset_threshold": PROBE_ONSET, "per_seed": per_seed}
+    write_json_atomic(report_dir / "retrieval_probes.json", data)
+    _plot_probes(data, report_dir / "retrieval_probes.png")
+    return data
+
+
+def _plot_probes(data: dict[str, Any], path: Path) -> None:
+    kinds = sorted({k for e in data["per_seed"].values() for k in e})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for i, (seed, entry) in enumerate(data["per_seed"].items()):
+            for arm in ARMS:
+                c = entry.get(kind, {}).get(arm)
+                if c and c["step"]:
+                    ax.plot(c["step"], c["loss"], ["-", "--", ":", "-."][i % 4], color=COLORS[arm], lw=1.2,
+                            label=f"{LABELS[arm]}, seed {seed}")
+        ax.axhline(np.log(10), color="gray", lw=0.8, ls=":", label="ln 10: a guessed digit")
+        ax.axhline(data["onset_threshold"], color="red", lw=0.8, ls=":", label="onset threshold")
+        ax.set_title(f"{kind}: answer loss during training")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("nats per answer token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     _save_figure(fig, path)
 
 
@@ -792,6 +844,7 @@ def build(work_dir: Path, report_dir: Path) -> dict[str, Any]:
     out = load_outputs(work_dir)
     sections = {
         "loss": loss_section(out, report_dir),
+        "probes": probe_section(out, report_dir),
         "niah": grid_section(out, "niah", report_dir),
         "passkey": grid_section(out, "passkey", report_dir),
         "position": position_section(out, report_dir),

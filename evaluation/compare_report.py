@@ -405,6 +405,23 @@ def _loss_md(s: dict[str, Any]) -> list[str]:
                "train loss NSA - full, last 10% of steps [95% block bootstrap]"], rows)]
 
 
+def _probes_md(s: dict[str, Any]) -> list[str]:
+    if s.get("status") != "ok":
+        return []  # the runs logged no probes: nothing to say
+    lines = ["## Retrieval during training", "", "![retrieval probes](retrieval_probes.png)", "",
+             "Teacher-forced loss on the final answer of fixed synthetic documents of the training length, at every "
+             "validation (`train.val_probes`; training/probes.py). A model that knows the answer's format but not "
+             "its value pays about ln 10 = 2.30 nats per digit; the onset is the first validation below "
+             f"{fmt(s['onset_threshold'], 2)}. Data: `retrieval_probes.json`.", ""]
+    rows = []
+    for seed, entry in s["per_seed"].items():
+        for kind, arms in entry.items():
+            rows.append([kind, seed] + [f"{fmt(arms[a]['loss'][-1]) if arms[a]['loss'] else '-'} (onset "
+                                        f"{arms[a]['onset_step'] if arms[a]['onset_step'] is not None else 'none'})"
+                                        for a in ("full", "nsa")])
+    return lines + [table(["probe", "seed", "full: final loss (onset step)", "NSA: final loss (onset step)"], rows)]
+
+
 def _grid_md(s: dict[str, Any], title: str) -> list[str]:
     task = s.get("task", title)
     lines = [f"## {title}", ""]
@@ -597,7 +614,8 @@ def write_report(out: Outputs, sections: dict[str, Any], summary: dict[str, Any]
     parts = [
         _what_was_run(out, sections), _targets_md(summary), _paper_md(summary),
         _why(out, sections, summary, report_dir),
-        _loss_md(sections["loss"]), _grid_md(sections["niah"], "Needle in a haystack (Figure 5)"),
+        _loss_md(sections["loss"]), _probes_md(sections["probes"]),
+        _grid_md(sections["niah"], "Needle in a haystack (Figure 5)"),
         _grid_md(sections["passkey"], "Passkey retrieval"), _position_md(sections["position"]),
         _ruler_mqar_md(sections["ruler"], sections["mqar"]), _longbench_md(sections["longbench"]),
         _kernel_md(sections["kernel"]), _decode_md(sections["decode"]), _sparsity_md(sections["sparsity"]),

@@ -85,6 +85,9 @@ def _correct(task: str, arm: str, L: int, d: float) -> bool:
     return arm == "nsa" or L <= TRAIN_LENGTH
 
 
+PROBE = {"full": {10: 2.3, 20: 0.5}, "nsa": {10: 1.0, 20: 0.2}}  # onset (< ln(10) / 2): full at 20, NSA at 10
+
+
 def fabricate(work: Path, seeds=(0, 1)) -> None:
     for arm in ("full", "nsa"):
         for seed in seeds:
@@ -108,6 +111,7 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
                     row.update({"attn_keys_total": 20.0} if arm == "nsa" else {"attn_keys_full": 32.5})
                 if step in (10, 20):
                     row["val_loss"] = FINAL_VAL[(arm, seed)] + (0.5 if step == 10 else 0.0)
+                    row["val_probe_passkey"] = PROBE[arm][step]
                 rows.append(row)
             _jsonl(run / "metrics.jsonl", rows)
             fraction = 0.4 if arm == "nsa" else 1.0
@@ -158,9 +162,11 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
 FILES = ["REPORT.md", "summary.json", "loss_curves.png", "loss_curves.json", "niah_heatmaps.png",
          "niah_heatmaps.json", "passkey_heatmaps.png", "passkey_heatmaps.json", "loss_by_position.png",
          "loss_by_position.json", "kernel_speedup.png", "kernel_speedup.json", "decode.png", "decode.json",
-         "longbench.json", "ruler.json", "mqar.json", "sparsity.json"]
+         "longbench.json", "ruler.json", "mqar.json", "sparsity.json", "retrieval_probes.png",
+         "retrieval_probes.json"]
 SECTIONS = ["## What was run", "## Targets", "## Next to the paper", "## What reproduced, what did not, and why",
-            "## Loss curves (Figure 4)", "## Needle in a haystack (Figure 5)", "## Passkey retrieval",
+            "## Loss curves (Figure 4)", "## Retrieval during training", "## Needle in a haystack (Figure 5)",
+            "## Passkey retrieval",
             "## Loss by position", "## RULER-style tasks and MQAR", "## LongBench (Table 2 layout)",
             "## Kernel speed (Figure 6)", "## Decoding memory access (Table 4)", "## Sparsity NSA actually had"]
 
@@ -203,6 +209,26 @@ def test_loss_numbers_match_the_inputs(report):
     assert row["verdict"] == "same direction, not significant"  # 2 seeds: the interval spans 0
     target = next(t for t in result["targets"] if t["target"].startswith("val loss"))
     assert target["pass"] is True and target["value"] == pytest.approx(-0.15)
+
+
+def test_retrieval_probe_curves_and_onsets(report, tmp_path):
+    out, result, text = report
+    probes = json.loads((out / "retrieval_probes.json").read_text())
+    for seed in ("0", "1"):
+        curves = probes["per_seed"][seed]["passkey"]
+        assert curves["full"] == {"step": [10, 20], "loss": [2.3, 0.5], "onset_step": 20}
+        assert curves["nsa"] == {"step": [10, 20], "loss": [1.0, 0.2], "onset_step": 10}
+    assert "| passkey | 0 | 0.500 (onset 20) | 0.200 (onset 10) |" in text
+    # runs without probes: no figure, no section, no error
+    work, bare = tmp_path / "work", tmp_path / "report"
+    fabricate(work, seeds=(0,))
+    for path in work.glob("runs/*/metrics.jsonl"):
+        rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("val_probe_")}
+                for line in path.read_text().splitlines()]
+        _jsonl(path, rows)
+    assert build(work, bare)["sections"]["probes"]["status"] == "missing"
+    assert not (bare / "retrieval_probes.png").exists()
+    assert "## Retrieval during training" not in (bare / "REPORT.md").read_text()
 
 
 def test_needle_cells_paired_statistics_and_targets(report):

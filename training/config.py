@@ -52,6 +52,10 @@ class TrainConfig:
     log_interval: int = 10  # console line every N steps (metrics.jsonl gets every step)
     val_interval: int = 50  # validation every N steps (and at the end); 0 disables
     val_tokens: int = 8192  # fixed validation budget in tokens
+    # retrieval probes scored at each validation (training/probes.py): synthetic kinds (data/synthetic.py),
+    # logged as val_probe_<kind> = answer-token loss of val_probe_samples fixed documents of the training length
+    val_probes: list[str] = field(default_factory=list)
+    val_probe_samples: int = 16
     ckpt_interval: int = 50  # checkpoint every N steps (and at the end); 0 = only at the end
     keep_last: int = 3  # checkpoints kept
     resume: str = "auto"  # "auto": newest checkpoint in run_dir if any | "never" | path to a checkpoint file

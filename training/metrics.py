@@ -119,6 +119,7 @@ def console_line(row: dict[str, Any], total_steps: int) -> str:
     parts = [f"step {row['step']:>6}/{total_steps}", f"loss {row['loss']:.4f}"]
     if row.get("val_loss") is not None:
         parts.append(f"val {row['val_loss']:.4f}")
+    parts += [f"{k.removeprefix('val_probe_')} {v:.3f}" for k, v in row.items() if k.startswith("val_probe_")]
     parts += [f"lr {row['lr']:.2e}", f"gnorm {row['grad_norm']:.2f}", f"{row['tok_per_s'] / 1e3:.1f}k tok/s"]
     if row.get("mfu") is not None:
         parts.append(f"mfu {100 * row['mfu']:.1f}%")

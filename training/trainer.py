@@ -35,6 +35,7 @@ from training.distributed import (
 )
 from training.metrics import MetricsLogger, console_line, memory_gb, peak_bf16_flops, truncate_metrics
 from training.optim import build_optimizer
+from training.probes import build_probes, probe_losses
 from training.schedule import lr_at
 
 log = logging.getLogger("train")
@@ -53,11 +54,24 @@ def prepare_dataset(cfg: Config, info: DistInfo) -> Path:
     return Path(all_gather_object(path)[0])
 
 
+def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Config, info: DistInfo
+               ) -> torch.Tensor:
+    """[loss summed over the scored tokens (y != -1), their count] of one batch, on the device, no host sync."""
+    if uses_cuda_graphs(cfg):
+        torch.compiler.cudagraph_mark_step_begin()
+    with autocast_context(cfg, info.device):
+        _, loss = model(x, y)
+    count = (y != -1).sum()
+    return torch.stack([torch.where(count > 0, loss.float() * count, 0.0), count.float()])
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistInfo) -> float:
-    """Mean validation loss per token over the first N = val_tokens // seq_len sequences of the unshuffled
-    validation stream: the same tokens every time and for any world size (rank r takes sequences r, r+W, ...;
-    rows past N are ignored), so runs with different numbers of GPUs report comparable numbers."""
+def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistInfo,
+             probes: dict[str, tuple[torch.Tensor, ...]] | None = None) -> dict[str, float]:
+    """{"val_loss": ..., "val_probe_<kind>": ...}. The validation loss is the mean per token over the first
+    N = val_tokens // seq_len sequences of the unshuffled validation stream: the same tokens every time and for
+    any world size (rank r takes sequences r, r+W, ...; rows past N are ignored), so runs with different numbers
+    of GPUs report comparable numbers. The retrieval probes (training/probes.py) are scored the same way."""
     seq_len, micro, world = cfg.model.max_seq_len, cfg.train.micro_batch_size, info.world_size
     n_seqs = max(1, cfg.train.val_tokens // seq_len)
     loader = TokenLoader(
@@ -66,22 +80,19 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
     )  # fmt: skip
     n_batches = math.ceil(math.ceil(n_seqs / world) / micro)  # the same on every rank (FSDP2 forwards are collective)
     model.eval()
-    graphs = uses_cuda_graphs(cfg)
     totals = torch.zeros(2, device=info.device)  # loss summed over tokens, tokens
     for b in range(n_batches):
         x, y = loader.next_batch()
         global_index = info.rank + (b * micro + torch.arange(micro, device=y.device)) * world
         y[global_index >= n_seqs] = -1
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with autocast_context(cfg, info.device):
-            _, loss = model(x, y)
-        count = (y != -1).sum()
-        totals += torch.stack([torch.where(count > 0, loss.float() * count, 0.0), count.float()])
-    model.train()
+        totals += batch_loss(model, x, y, cfg, info)
     loader.close()  # stops its prefetch thread (CUDA)
     loss_sum, tokens = all_reduce_sum(totals).tolist()
-    return loss_sum / tokens
+    out = {"val_loss": loss_sum / tokens}
+    out.update(probe_losses(probes or {}, lambda xb, yb: batch_loss(model, xb, yb, cfg, info), micro, info.rank,
+                            world, info.device, all_reduce_sum))
+    model.train()
+    return out
 
 
 def rng_state() -> dict[str, Any]:
@@ -189,6 +200,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
 
     dataset_dir = prepare_dataset(cfg, info)
     resolve_vocab(cfg, dataset_dir)
+    probes = build_probes(list(cfg.train.val_probes), cfg.train.val_probe_samples, dataset_dir, seq_len)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     raw_model, model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.optim)
@@ -261,7 +273,7 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
         now = time.perf_counter()
         dt = (now - t_flush) / len(pending)  # mean step time since the last flush
         tok_per_s = cfg.train.batch_tokens / dt
-        val_loss = evaluate(model, dataset_dir, cfg, info) if validate else None
+        val = evaluate(model, dataset_dir, cfg, info, probes) if validate else None
         for (at, lr, _), (loss_val, norm_val) in zip(pending, values):
             if math.isfinite(loss_val) and math.isfinite(norm_val):
                 bad_in_row = 0
@@ -287,8 +299,8 @@ def _train(cfg: Config, info: DistInfo) -> dict[str, Any]:
             }
             if at == 1:
                 last.update({f"attn_keys_{k}": v for k, v in sparsity.items()})
-            if at == pending[-1][0] and val_loss is not None:
-                last["val_loss"] = val_loss
+            if at == pending[-1][0] and val is not None:
+                last.update(val)
             logger.log(last)
         pending.clear()
         t_flush = time.perf_counter()  # validation and logging are not training time
