@@ -22,6 +22,8 @@ registers, and adds them into float32 buffers with one atomic add per element an
 long lists into segments balances the load: block 0 is chosen by every query (it is forced), while a
 typical block is chosen by a few hundred. The grid is sized by an upper bound on the number of
 segments, so building the index needs no device-to-host synchronisation; spare programs exit at once.
+The other design, float32 atomics on every (query, key tile) pair, is the "selected_dkdv" tiles' option
+`atomic`: the dQ programs then add their dK/dV contributions themselves and no index is built.
 """
 
 from __future__ import annotations
@@ -79,16 +81,23 @@ def _dq_stats(LSE, DELTA, row, row_ok):
 
 
 @triton.jit
+def _probs_and_dscores(q, do, lse2, delta, k, v, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis) and the score gradients
+    ds = p * (do v^T - delta), from the forward's lse (log2 units) and delta = rowsum(o * do)."""
+    sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
              DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
              ACC: tl.constexpr, PREC: tl.constexpr):
     """dq [R, BLOCK_DK] += the contribution of the keys kpos [BLOCK_N] (k_ok: which are loaded; vis, broadcastable
     to [R, BLOCK_N]: which each row attends), unscaled (the caller multiplies by the softmax scale once)."""
     k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-    sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-    ds = p * (dp - delta[:, None])
+    _, ds = _probs_and_dscores(q, do, lse2, delta, k, v, vis, qk_scale, ACC, PREC)
     return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
 
 
@@ -139,14 +148,16 @@ def _selected_fwd_kernel(
 
 @triton.jit
 def _selected_bwd_dq_kernel(
-    Q, K, V, IDX, DO, LSE, DELTA, DQ,
+    Q, K, V, IDX, DO, LSE, DELTA, DQ, DK_ACC, DV_ACC,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
     si_b, si_t, si_h,
     T, Hkv, G, NSEL, qk_scale, sm_scale, SEL,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, ATOMIC_DKDV: tl.constexpr,
 ):
+    """dQ of one position's G heads. With ATOMIC_DKDV also its dK/dV contributions, added with float32 atomics
+    into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index."""
     t = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
@@ -173,8 +184,20 @@ def _selected_bwd_dq_kernel(
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
-        dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, k_ok[None, :], sk_t, sv_t, dq, qk_scale,
-                      DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+        if ATOMIC_DKDV:
+            k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+            p, ds = _probs_and_dscores(q, do, lse2, delta, k, v, k_ok[None, :], qk_scale, ACC, PREC)
+            dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+            out_row = (b * T + kpos) * Hkv + kvh
+            tl.atomic_add(DK_ACC + out_row[:, None] * DK + offs_dk[None, :],
+                          tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC) * sm_scale,
+                          mask=k_ok[:, None] & (offs_dk[None, :] < DK))
+            tl.atomic_add(DV_ACC + out_row[:, None] * DV + offs_dv[None, :],
+                          tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC),
+                          mask=k_ok[:, None] & (offs_dv[None, :] < DV))
+        else:
+            dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, k_ok[None, :], sk_t, sv_t, dq, qk_scale,
+                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + t64 * sdq_t + head[:, None] * sdq_h + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -510,7 +533,13 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     big = max(bdk, bdv) > 128
     cfg = gpu_tiles("selected_dq", big)
     dq = torch.empty_like(q)
-    P = positions_per_program(share, cfg, G)
+    dkdv_cfg = gpu_tiles("selected_dkdv", big)
+    atomic = bool(dkdv_cfg.get("atomic", 0))
+    dk_acc = dv_acc = dq  # unused placeholders unless atomic
+    if atomic:  # dK/dV added by the dQ programs themselves (the one-position kernel)
+        dk_acc = torch.zeros(B, T, Hkv, Dk, dtype=acc, device=q.device)
+        dv_acc = torch.zeros(B, T, Hkv, Dv, dtype=acc, device=q.device)
+    P = 1 if atomic else positions_per_program(share, cfg, G)
     if P > 1:
         union, count = tile_union(idx, P, select_size)
         share_n, share_kt = _block_tile(select_size, cfg.get("share_block_n", 64))
@@ -525,14 +554,16 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         )
     else:
         _selected_bwd_dq_kernel[(T, B * Hkv)](
-            q, k, v, idx, do, lse, delta, dq,
+            q, k, v, idx, do, lse, delta, dq, dk_acc, dv_acc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
             T, Hkv, G, n, scale * LOG2E, scale, select_size,
-            G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common,
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common, ATOMIC_DKDV=atomic,
+            num_warps=dkdv_cfg.get("atomic_warps", 8) if atomic else cfg["warps"], num_stages=cfg["stages"],
         )
+    if atomic:
+        return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
     # dK/dV: query rows = NPOS positions x G_PAD heads (32 rows keep the accumulators in registers)
     cfg = gpu_tiles("selected_dkdv", big)

@@ -318,7 +318,7 @@ TUNE = {
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2)],
     "selected_dkdv": [dict(rows=16, block_n=64, warps=4, stages=2), dict(rows=64, block_n=64, warps=8, stages=2),
                       dict(rows=32, block_n=64, warps=4, stages=2), dict(rows=32, block_n=32, warps=4, stages=2),
-                      dict(seg_len=128), dict(seg_len=1024)],
+                      dict(seg_len=128), dict(seg_len=1024), dict(atomic=1)],
 }
 
 

@@ -210,6 +210,24 @@ def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     close([dq, dk, dv], grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
 
 
+@pytest.mark.parametrize("case", SELECTED_CASES)
+def test_selected_attention_atomic_dkdv(gen, case, monkeypatch):
+    """The other dK/dV design: the dQ programs add each selected tile's dK/dV with float32 atomics (no inverted
+    index); gradients equal the reference's, ids that select nothing (-1, repeats, future blocks) included."""
+    from kernels.triton_common import GPU_TILES
+
+    monkeypatch.setitem(GPU_TILES["selected_dkdv"]["small"], "atomic", 1)
+    monkeypatch.setitem(GPU_TILES["selected_dkdv"]["big"], "atomic", 1)
+    B, T, Hkv, G, Dk, Dv, ss, n = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    idx[..., 1] = idx[..., 0]
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
+
+
 def test_selected_attention_shared_tiles_through_the_op(gen, monkeypatch):
     """The public op (autograd included) takes the sharing kernels when the tile config asks for them."""
     from kernels.triton_common import GPU_TILES

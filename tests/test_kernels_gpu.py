@@ -136,12 +136,12 @@ def test_select_blocks_bf16(cuda_gen, shape, merge_tiles, monkeypatch):
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
 @pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 8
-    dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0)],  # in forward, G < 4 in dQ), 4 sharing
-    ids=["one-position", "default", "share4"])
+    dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0),  # in forward, G < 4 in dQ), 4 sharing,
+    dict(atomic=1)], ids=["one-position", "default", "share4", "atomic-dkdv"])  # dK/dV by float32 atomics
 def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     from kernels.triton_common import GPU_TILES
 
-    for name in ("selected_fwd", "selected_dq"):
+    for name in ("selected_fwd", "selected_dq", "selected_dkdv"):
         for size in ("small", "big"):
             for key, value in tiles.items():
                 monkeypatch.setitem(GPU_TILES[name][size], key, value)
