@@ -156,8 +156,15 @@ SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
 ]
 
 
+@pytest.mark.parametrize("atomic", [0, 1], ids=["inverted-index", "atomic-dkdv"])
 @pytest.mark.parametrize("case", SELECTED_CASES)
-def test_selected_attention(gen, case):
+def test_selected_attention(gen, case, atomic, monkeypatch):
+    """Outputs and gradients against the reference, with either dK/dV design: the inverted index, or float32
+    atomics from the dQ programs (the "selected_dkdv" tiles' option `atomic`)."""
+    from kernels.triton_common import GPU_TILES
+
+    for size in ("small", "big"):
+        monkeypatch.setitem(GPU_TILES["selected_dkdv"][size], "atomic", atomic)
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
     # arbitrary ids: -1, repeats, ids past the query and past the sequence (all must select nothing extra)
@@ -208,24 +215,6 @@ def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     w = torch.randn(o.shape, generator=gen, dtype=F64)
     dq, dk, dv = selected_backward(w, q.detach(), k.detach(), v.detach(), idx, o, lse, ss, 0.7, share=share)
     close([dq, dk, dv], grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
-
-
-@pytest.mark.parametrize("case", SELECTED_CASES)
-def test_selected_attention_atomic_dkdv(gen, case, monkeypatch):
-    """The other dK/dV design: the dQ programs add each selected tile's dK/dV with float32 atomics (no inverted
-    index); gradients equal the reference's, ids that select nothing (-1, repeats, future blocks) included."""
-    from kernels.triton_common import GPU_TILES
-
-    monkeypatch.setitem(GPU_TILES["selected_dkdv"]["small"], "atomic", 1)
-    monkeypatch.setitem(GPU_TILES["selected_dkdv"]["big"], "atomic", 1)
-    B, T, Hkv, G, Dk, Dv, ss, n = case
-    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
-    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
-    idx[..., 1] = idx[..., 0]
-    o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
-    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
-    w = torch.randn(o.shape, generator=gen, dtype=F64)
-    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
 
 
 def test_selected_attention_shared_tiles_through_the_op(gen, monkeypatch):
