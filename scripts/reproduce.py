@@ -576,10 +576,14 @@ def device_name() -> str:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with " + uncommitted changes" when tracked files differ from it (e.g. a copy of the
+    working tree shipped to another machine beside an older .git: the hash alone would name the wrong code)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or "?"
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD") or "?"
+        dirty = head != "?" and git("status", "--porcelain", "--untracked-files=no")
+        return f"{head} + uncommitted changes" if dirty else head
     except (OSError, subprocess.TimeoutExpired):
         return "?"
 

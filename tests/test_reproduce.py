@@ -470,6 +470,30 @@ def test_driver_help_prints(capsys):
     assert stop.value.code == 0 and "90% of the samples" in capsys.readouterr().out
 
 
+def test_git_commit_says_when_the_tree_differs_from_head(tmp_path, monkeypatch):
+    """The manifest's commit: HEAD's hash, flagged when tracked files differ from it (the GPU machine receives the
+    working tree beside an older .git, so the hash alone would name the wrong code)."""
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("reproduce_git", REPO / "scripts" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "reproduce_git", mod)  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert mod.git_commit() == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert mod.git_commit() == f"{head} + uncommitted changes"
+    monkeypatch.setattr(mod, "REPO", tmp_path / "nowhere")
+    assert mod.git_commit() == "?"
+
+
 def _fresh_main(argv):
     spec = importlib.util.spec_from_file_location("reproduce_help", REPO / "scripts" / "reproduce.py")
     mod = importlib.util.module_from_spec(spec)
