@@ -193,17 +193,23 @@ def _attn_split(
     pid_s, pid_bh, Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+    T_DEV: tl.constexpr,
 ):
     """Split pid_s of KV group pid_bh (= b * Hkv + kvh): the G query heads of that group of sequence b against
     one split of its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx
     (repeats and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to
     hi. With one split it writes the output; with several, its partial state, and (FUSED) the last split of the
-    group to finish combines them."""
+    group to finish combines them. T_DEV: t is read from TP[0] on the device and lo = max(t + lo_off, 0),
+    hi = max((t + hi_off) // hi_div, 0) (shapes and arguments then stay fixed from step to step: CUDA graphs)."""
+    if T_DEV:
+        t = tl.load(TP).to(tl.int32)
+        lo = tl.maximum(t + lo_off, 0)
+        hi = tl.maximum((t + hi_off) // hi_div, 0)  # (t + hi_off >= 0 wherever hi matters: C division is fine)
     b = (pid_bh // Hkv).to(tl.int64)
     kvh = pid_bh % Hkv
     g = tl.arange(0, G_PAD)
@@ -257,19 +263,20 @@ def _decode_attn_kernel(
     Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+    T_DEV: tl.constexpr,
 ):
     """One attention branch: program (split, b * Hkv + kvh) runs _attn_split."""
     _attn_split(tl.program_id(0), tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                 K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
                 sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-                NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+                NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
                 DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK)
+                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
 
 
 @triton.jit
@@ -277,17 +284,17 @@ def _decode_attn_pair_kernel(
     Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
     K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
     sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
-    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2,
+    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2, hi_div2,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
     SELECTED2: tl.constexpr, SPLIT2: tl.constexpr, FUSED2: tl.constexpr, WRITE_LSE2: tl.constexpr,
     BLOCK_N2: tl.constexpr, N_KT2: tl.constexpr, NSEL_PAD2: tl.constexpr, S_PAD2: tl.constexpr,
-    DV_CHUNK2: tl.constexpr,
+    DV_CHUNK2: tl.constexpr, T_DEV: tl.constexpr, T_DEV2: tl.constexpr,
 ):
     """Two independent attention branches of the same queries in one launch (selected and window attention of a
     decoding step): programs 0 .. nsplit-1 along axis 0 run the first branch, the next nsplit2 the second. A
@@ -297,16 +304,16 @@ def _decode_attn_pair_kernel(
         _attn_split(pid_s, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
                     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-                    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL,
+                    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
                     DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK)
+                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
     else:
         _attn_split(pid_s - nsplit, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                     K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
                     sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
-                    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2,
-                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2)
+                    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2,
+                    hi_div2, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2, T_DEV2)
 
 
 @triton.jit
@@ -351,10 +358,13 @@ def _check_combine(combine: str) -> None:
 
 
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
-            cfg: dict | None = None, combine: str = "fused", counter_base: int = 0) -> dict:
+            cfg: dict | None = None, combine: str = "fused", counter_base: int = 0,
+            pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
-    constexprs). Counters start at counter_base (two branches of one launch must not share them)."""
+    constexprs). Counters start at counter_base (two branches of one launch must not share them).
+    With `pos` (the position on the device), [lo, hi) is the largest range the position can need (the split
+    plan's) and the kernel derives its own from the position with offsets = (lo_off, hi_off, hi_div)."""
     B, _, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -385,11 +395,12 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
     s_pad, dv_chunk = combine_tiles(splits, g_pad, bdv)
     args = [k, v, idx if idx is not None else o, o, lse, pm, pl, pacc, count,
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(2),
-            *si, nsel, hi - 1, lo, hi, per_split if idx is None else 0, per_split if idx is not None else 0, splits,
-            select_size]
+            *si, nsel, *((0, 0, 0) if pos is not None else (hi - 1, lo, hi)),  # t, lo, hi (from pos on the device)
+            per_split if idx is None else 0, per_split if idx is not None else 0, splits, select_size,
+            pos if pos is not None else o, *offsets]
     consts = dict(SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse, BLOCK_N=block_n,
                   N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)), S_PAD=s_pad,
-                  DV_CHUNK=dv_chunk)
+                  DV_CHUNK=dv_chunk, T_DEV=pos is not None)
     return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts, partials=(pm, pl, pacc),
                 Hkv=Hkv, G=G)
 
@@ -416,14 +427,15 @@ def _combine_separately(q, br: dict, shared: dict, cfg: dict) -> None:
 
 
 def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
-                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused"):
+                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused",
+                      pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)):
     """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
     [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
-    None)."""
+    None). pos, offsets: see _branch."""
     _check_combine(combine)
     q, k, v = bthd(q), bthd(k), bthd(v)
     br = _branch(q, k, v, lo=lo, hi=hi, idx=idx, select_size=select_size, write_lse=write_lse, cfg=cfg,
-                 combine=combine)
+                 combine=combine, pos=pos, offsets=offsets)
     args, consts = _shared_args(q, k, v, scale)
     cfg = br["plan"]["cfg"]
     _decode_attn_kernel[(br["plan"]["splits"], q.shape[0] * k.shape[2])](
@@ -434,15 +446,18 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
 
 
 def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
-                            t: int, cfg: dict | None = None, combine: str = "fused"):
+                            t: int, cfg: dict | None = None, combine: str = "fused",
+                            pos: torch.Tensor | None = None):
     """Selected and window attention of one decoding step in one launch (_decode_attn_pair_kernel) -> (o_slc,
-    o_win), each [B,1,Hq,Dv]: the same results as the two separate launches."""
+    o_win), each [B,1,Hq,Dv]: the same results as the two separate launches. With `pos`, t is the largest
+    position it may hold (see _branch)."""
     _check_combine(combine)
     q, k_slc, v_slc, k_win, v_win = (bthd(x) for x in (q, k_slc, v_slc, k_win, v_win))
     n_groups = q.shape[0] * k_slc.shape[2]
-    slc = _branch(q, k_slc, v_slc, lo=0, hi=t + 1, idx=idx, select_size=select_size, cfg=cfg, combine=combine)
+    slc = _branch(q, k_slc, v_slc, lo=0, hi=t + 1, idx=idx, select_size=select_size, cfg=cfg, combine=combine,
+                  pos=pos)
     win = _branch(q, k_win, v_win, lo=max(0, t - window + 1), hi=t + 1, cfg=cfg, combine=combine,
-                  counter_base=n_groups)
+                  counter_base=n_groups, pos=pos, offsets=(1 - window, 1, 1))
     args, consts = _shared_args(q, k_slc, v_slc, scale)
     second = {f"{name}2": value for name, value in win["consts"].items()}
     cfg = slc["plan"]["cfg"]
@@ -491,8 +506,8 @@ def _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.cons
 def _select_decode_kernel(
     Q, KC, LSE, IDX, PKEY, COUNT,
     sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
-    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit,
-    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr,
+    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
+    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
     TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
@@ -502,8 +517,12 @@ def _select_decode_kernel(
 
     A tile holds NBV blocks (NBV <= NBT) and the compressed tokens that overlap them: those whose own block
     (the one holding their first token) is in the tile (TPB = l'/d per block) and the SPILL = l/d - 1 tokens
-    before, whose blocks spill into the tile's first block; C_PAD >= NBV * TPB + SPILL."""
+    before, whose blocks spill into the tile's first block; C_PAD >= NBV * TPB + SPILL.
+    T_DEV: t is read from TP[0] on the device, and TC (compressed tokens visible to it) derived from it."""
     MAX_ID: tl.constexpr = 2147483647
+    if T_DEV:
+        t = tl.load(TP).to(tl.int32)
+        TC = tl.maximum((t + 1 - BS + STRIDE) // STRIDE, 0)
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
@@ -591,7 +610,9 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
 
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
-                   combine: str = "fused") -> torch.Tensor:
+                   combine: str = "fused", pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
+    device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
     if combine not in COMBINE_MODES:
         raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
     q, k_cmp = bthd(q), bthd(k_cmp)
@@ -617,9 +638,9 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
         q, k_cmp, lse, idx, pkey, count,
         q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
         idx.stride(0), idx.stride(2),
-        Hkv, G, num_select, Tc, scale * LOG2E, t, block_size, stride, select_size, num_init, num_local,
-        tiles_per_split * nbv, splits,
-        SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1,
+        Hkv, G, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t, block_size,
+        stride, select_size, num_init, num_local, tiles_per_split * nbv, splits, pos if pos is not None else idx,
+        SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1, T_DEV=pos is not None,
         DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(G)), NBT=nbt, NBV=nbv, TPB=tpb, SPILL=spill, C_PAD=c_pad,
         S_PAD=s_pad, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
         num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
@@ -700,6 +721,57 @@ def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: t
                 chunked.window_attention(q, k_win, v_win, window=window, scale=scale, q_start=q_start))
     return _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, scale=resolve_scale(scale, q.shape[-1]),
                                    select_size=select_size, window=window, t=q_start, cfg=cfg, combine=combine)
+
+
+# ----------------------------------------------------------------------------------------------
+# the same step with the position on the device: fixed shapes and arguments from step to step, so that a
+# decoding step can be captured once in a CUDA graph and replayed. The caches are passed whole (their
+# preallocated length); `pos` is a one-element integer tensor on the queries' device holding the position,
+# which must not exceed max_pos (not checked: that would need a host synchronisation). Triton kernels only.
+
+
+def _check_position(pos: torch.Tensor, q: torch.Tensor, max_pos: int, cache_len: int) -> None:
+    if pos.numel() != 1 or pos.dtype not in (torch.int32, torch.int64) or pos.device != q.device:
+        raise ValueError(f"decode position: a one-element int32/int64 tensor on {q.device} is needed, got "
+                         f"{tuple(pos.shape)} {pos.dtype} on {pos.device}")
+    if not 0 <= max_pos < cache_len:
+        raise ValueError(f"decode position: max_pos={max_pos} must index the cache (length {cache_len})")
+
+
+def compressed_attention_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, pos: torch.Tensor, *,
+                            block_size: int, stride: int, max_pos: int, scale: float | None = None,
+                            cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """compressed_attention for the query at position pos (device) -> (o [B,1,Hq,Dv], lse [B,1,Hq]): k_cmp/v_cmp
+    [B, >= num_compressed_tokens(max_pos + 1), Hkv, D] buffers, of which the first visible ones are read."""
+    n_max = num_compressed_tokens(max_pos + 1, block_size, stride)
+    _check_position(pos, q, n_max - 1 if n_max else 0, max(k_cmp.shape[1], 1))
+    return _decode_attention(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=n_max,
+                             write_lse=True, cfg=cfg, pos=pos, offsets=(-(max_pos + 1), stride + 1 - block_size,
+                                                                         stride))
+
+
+@torch.no_grad()
+def select_blocks_at(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, pos: torch.Tensor, *,
+                     block_size: int, stride: int, select_size: int, num_select: int, max_pos: int,
+                     num_init: int = 1, num_local: int = 2, scale: float | None = None,
+                     cfg: dict | None = None) -> torch.Tensor:
+    """select_blocks for the query at position pos (device) -> int32 idx [B,1,Hkv,num_select]; k_cmp as in
+    compressed_attention_at."""
+    _check_position(pos, q, 0, 1)
+    return _decode_select(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
+                          num_select=num_select, num_init=num_init, num_local=num_local,
+                          scale=resolve_scale(scale, q.shape[-1]), t=max_pos, cfg=cfg, pos=pos)
+
+
+def selected_and_window_attention_at(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
+                                     k_win: torch.Tensor, v_win: torch.Tensor, pos: torch.Tensor, *,
+                                     select_size: int, window: int, max_pos: int, scale: float | None = None,
+                                     cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """selected_and_window_attention for the query at position pos (device) -> (o_slc, o_win): k/v [B, >= max_pos
+    + 1, Hkv, D] cache buffers, of which the keys up to the position are read."""
+    _check_position(pos, q, max_pos, min(k_slc.shape[1], k_win.shape[1]))
+    return _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, scale=resolve_scale(scale, q.shape[-1]),
+                                   select_size=select_size, window=window, t=max_pos, cfg=cfg, pos=pos)
 
 
 # op name -> decode function with the op's public signature (kernels/__init__.py dispatches T == 1 calls here)

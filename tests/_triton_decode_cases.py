@@ -228,6 +228,41 @@ def test_selected_and_window_decode_in_one_launch(gen, case, combine):
     close(o_win, ref.window_attention(q, kw, vw, window=w, q_start=t), "o_win", gen)
 
 
+@pytest.mark.parametrize("G", [2, 16])
+def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
+    """The *_at ops (position in a device tensor, whole cache buffers, split plans sized for max_pos: what a
+    CUDA-graph decoding step needs) at positions before the first compressed token, on and after block
+    boundaries and at max_pos, against the reference on the visible part of the cache."""
+    B, Hkv, D, bs, d, ss, n, w, M = 2, 2, 16, 8, 4, 16, 5, 24, 150
+    q = randn(gen, B, 1, Hkv * G, D)
+    kc = randn(gen, B, ref.num_compressed_tokens(M, bs, d), Hkv, D)
+    vc = randn(gen, *kc.shape)
+    ks, vs, kw, vw = (randn(gen, B, M, Hkv, D) for _ in range(4))
+    cfg = split_cfg(True)
+    for t in (0, 5, 6, 7, 11, 31, 32, 100, M - 1):
+        pos = torch.tensor([t], dtype=torch.int32)
+        nc = ref.num_compressed_tokens(t + 1, bs, d)
+        o, lse = td.compressed_attention_at(q, kc, vc, pos, block_size=bs, stride=d, max_pos=M - 1, cfg=cfg)
+        o_r, lse_r = ref.compressed_attention(q, kc[:, :nc], vc[:, :nc], block_size=bs, stride=d, q_start=t)
+        close(o, o_r, f"o_cmp at {t}", gen)
+        assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"t={t} seed {gen.initial_seed()}"
+        close(finite(lse), finite(lse_r), f"lse at {t}", gen, atol=1e-6, rtol=1e-6)
+        for forced in (dict(num_init=1, num_local=2), dict(num_init=0, num_local=0)):  # no forced blocks: the
+            sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, **forced)  # newest tokens count
+            idx = td.select_blocks_at(q, kc, lse_r, pos, **sizes, max_pos=M - 1, cfg=dict(max_splits=8))
+            idx_r = ref.select_blocks(q, kc[:, :nc], lse_r, **sizes, q_start=t)
+            assert torch.equal(idx, idx_r), f"t={t} {forced} seed {gen.initial_seed()}\n{idx}\n{idx_r}"
+        o_s, o_w = td.selected_and_window_attention_at(q, ks, vs, idx_r, kw, vw, pos, select_size=ss, window=w,
+                                                        max_pos=M - 1, cfg=cfg)
+        k_vis = [x[:, :t + 1] for x in (ks, vs, kw, vw)]
+        close(o_s, ref.selected_attention(q, *k_vis[:2], idx_r, select_size=ss, q_start=t), f"o_slc at {t}", gen)
+        close(o_w, ref.window_attention(q, *k_vis[2:], window=w, q_start=t), f"o_win at {t}", gen)
+    with pytest.raises(ValueError, match="one-element int32/int64 tensor"):
+        td.compressed_attention_at(q, kc, vc, torch.tensor([1.0]), block_size=bs, stride=d, max_pos=M - 1)
+    with pytest.raises(ValueError, match="max_pos=150 must index the cache"):
+        td.selected_and_window_attention_at(q, ks, vs, idx_r, kw, vw, pos, select_size=ss, window=w, max_pos=M)
+
+
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
 def test_combine_of_a_split_count_that_is_not_a_power_of_two(gen, combine):
     """The combine loads every split's state as one padded tile: 3 splits (padded to 4) must give the reference,
