@@ -54,6 +54,7 @@ __all__ = [
     "reference",
     "TRITON_OPS",
     "TRITON_DECODE_OPS",
+    "runs_triton_decode",
 ]
 
 # The single place where the Triton kernels plug in: op name -> function with the op's exact
@@ -80,6 +81,12 @@ def _register_triton_ops() -> None:
 
 def _wants_triton(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def runs_triton_decode(x: torch.Tensor) -> bool:
+    """True when a decoding step on tensors like x runs the Triton decode kernels (kernels/triton_decode.py,
+    whose *_at variants read the position from the device: what the model's CUDA-graph decoding step uses)."""
+    return bool(TRITON_DECODE_OPS) and _wants_triton(x)
 
 
 def _decode_impl(name: str, x: torch.Tensor) -> Callable | None:

@@ -38,8 +38,11 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.n_embd, cfg.hidden_dim)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rotary, cache)
+    def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        """With `pos` (a decoding step's position on the device) the attention takes its fixed-shape decode_step."""
+        h = self.attn_norm(x)
+        x = x + (self.attn(h, rotary, cache) if pos is None else self.attn.decode_step(h, rotary, cache, pos))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -120,6 +123,16 @@ class GPT(nn.Module):
         return [b.attn.new_cache(batch_size, max_len, p.device, dtype) for b in self.blocks]
 
     @torch.no_grad()
+    def decode_step(self, tok: torch.Tensor, caches: list[Any], pos: torch.Tensor) -> torch.Tensor:
+        """tok [B, 1] at the position held in pos (int64 [1] on the device) -> float32 logits [B, V]: one decoding
+        step whose shapes and kernel arguments stay fixed from step to step, so that it can be captured in a CUDA
+        graph. The caches hold positions 0 .. pos - 1 (a prefill forward) and are written at pos."""
+        x = self.embed(tok)
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, self.rotary, cache, pos)
+        return self.lm_head(self.norm(x))[:, -1].float()
+
+    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -128,16 +141,24 @@ class GPT(nn.Module):
         top_k: int | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Continue prompts idx [B, T0] by up to max_new_tokens tokens with a KV cache -> [B, T0 + new].
 
         temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to the top_k
         most likely tokens when top_k is set. Rows that produced `eos_id` keep emitting it; generation stops
-        early once every row has.
+        early once every row has. cuda_graph (CUDA, greedy): after the prefill, one decoding step (decode_step)
+        is captured in a CUDA graph and replayed for every further token, so the host no longer launches each
+        kernel of each layer; the tokens are the same as without.
         """
         B, T0 = idx.shape
         caches = self.new_caches(B, T0 + max_new_tokens)
         logits, _ = self(idx, caches=caches)
+        if cuda_graph:
+            if not idx.is_cuda or temperature != 0:
+                raise ValueError("generate(cuda_graph=True) needs CUDA tensors and greedy decoding (temperature=0)")
+            new = self._generate_graphed(logits[:, -1], caches, T0, max_new_tokens)
+            return torch.cat([idx, _stop_at_eos(new, eos_id)], dim=1)
         out = [idx]
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
@@ -150,6 +171,46 @@ class GPT(nn.Module):
                 break
             logits, _ = self(nxt[:, None], caches=caches)
         return torch.cat(out, dim=1)
+
+    def _generate_graphed(self, last_logits: torch.Tensor, caches: list[Any], T0: int, n: int) -> torch.Tensor:
+        """n greedy tokens [B, n] after a prefill of T0 tokens: the first from its logits [B, V], the second by one
+        eager decode_step on a side stream (it fills lazily made state and compiles the kernels before the
+        capture), the rest by replays of one captured step."""
+        tok = last_logits.argmax(dim=-1, keepdim=True)  # [B, 1]
+        out = torch.empty(tok.shape[0], n, dtype=torch.long, device=tok.device)
+        out[:, :1] = tok
+        pos = torch.full((1,), T0, dtype=torch.long, device=tok.device)
+
+        def step() -> None:  # the token at pos -> the next one, written to out[:, pos - T0 + 1]
+            nxt = self.decode_step(tok, caches, pos).argmax(dim=-1, keepdim=True)
+            out.index_copy_(1, pos - (T0 - 1), nxt)
+            tok.copy_(nxt)
+            pos.add_(1)
+
+        if n > 1:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+        if n > 2:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            for _ in range(n - 2):
+                graph.replay()
+        return out
+
+
+def _stop_at_eos(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """new tokens [B, N] as generate's loop would return them: eos after a row's first eos, and no columns past
+    the step where the last row produced its eos."""
+    if eos_id is None or new.shape[1] == 0:
+        return new
+    hit = (new == eos_id).cumsum(dim=1) > 0
+    new = torch.where(hit, torch.full_like(new, eos_id), new)
+    all_done = hit.all(dim=0).nonzero()
+    return new[:, : int(all_done[0]) + 1] if len(all_done) else new
 
 
 def sample_next(

@@ -23,8 +23,10 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   attention, times B * Hkv * (Dk + Dv) * 2 bytes; bandwidth = bytes / time, also as a fraction of the copy
   bandwidth. "loaded" counts what these kernels read: the compressed keys twice (attention, then scoring).
 - generate: end-to-end GPT.generate() (prefill + N new tokens, greedy) of a small model (12 layers, 768 wide,
-  16 query heads on 1 KV head of 64, vocabulary 8192) with full and with NSA attention: decode tokens/s =
-  B * (N - 1) / (time of generate(N) - time of generate(1)), and the KV-cache bytes per token and layer.
+  16 query heads on 1 KV head of 64, vocabulary 8192) with full and with NSA attention, eager and with
+  cuda_graph=True ("-graph": one captured decoding step replayed per token): decode tokens/s =
+  B * (N - N//2) / (time of generate(N) - time of generate(N//2)) (the prefill, the first steps and the capture
+  cancel out), and the KV-cache bytes per token and layer.
 - sweep: decode tile/split alternatives for the NSA step at T=64k, B=1, main shape.
 Results go to --out as JSON (rewritten atomically after every measurement); a table is printed at the end.
 --budget-s stops starting new measurements once that many seconds have passed (they are recorded as skipped).
@@ -288,7 +290,7 @@ def cache_bytes_per_token(caches: list, max_len: int) -> float:
     return total / max_len / len(caches)
 
 
-def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12) -> dict:
+def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12, cuda_graph: bool = False) -> dict:
     from model import GPT, AttentionConfig, ModelConfig
 
     cfg = ModelConfig(n_layer=n_layer, n_embd=768, n_head=16, n_kv_head=1, head_dim=64, vocab_size=8192,
@@ -301,16 +303,18 @@ def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12) -> di
     def run(n):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=n)
+        out = model.generate(prompt, max_new_tokens=n, cuda_graph=cuda_graph)
         torch.cuda.synchronize()
         return time.perf_counter() - t0, out
     run(new)  # warm-up: compiles every kernel variant these lengths use
     t_one, _ = run(1)
+    t_half, _ = run(new // 2)
     t_all, out = run(new)
     assert out.shape == (B, T + new)
-    decode_s = t_all - t_one
-    res = {"prefill_s": t_one, "generate_s": t_all, "decode_ms_per_step": decode_s / (new - 1) * 1e3,
-           "decode_tok_s": B * (new - 1) / decode_s, "generate_tok_s": B * new / t_all,
+    steps = new - new // 2  # the difference is that many decoding steps (with a graph: replays only)
+    decode_s = t_all - t_half
+    res = {"prefill_s": t_one, "generate_s": t_all, "decode_ms_per_step": decode_s / steps * 1e3,
+           "decode_tok_s": B * steps / decode_s, "generate_tok_s": B * new / t_all,
            "cache_bytes_per_token_layer": cache_bytes_per_token(model.new_caches(1, 4096), 4096)}
     return res
 
@@ -452,9 +456,11 @@ def main() -> None:
         for B in args.gen_B:
             for T in args.gen_T:
                 for attn in ("full", "nsa"):
-                    attempt(results["generate"], f"{attn}-B{B}-T{T // 1024}k",
-                            lambda a=attn, T=T, B=B: bench_generate(a, T, B, args.gen_new, args.gen_layers),
-                            checkpoint, args.budget_s)
+                    for graph in (False, True):
+                        attempt(results["generate"], f"{attn}{'-graph' if graph else ''}-B{B}-T{T // 1024}k",
+                                lambda a=attn, T=T, B=B, g=graph: bench_generate(a, T, B, args.gen_new,
+                                                                                 args.gen_layers, g),
+                                checkpoint, args.budget_s)
     if "sweep" in args.sections:
         attempt(results, "sweep", lambda: bench_sweep(args.sweep_T), checkpoint, args.budget_s)
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")

@@ -342,3 +342,31 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
     with torch.no_grad():
         greedy = model(out[:, :-1])[0][:, prompt.shape[1] - 1 :].argmax(-1)
     assert torch.equal(out[:, prompt.shape[1] :], greedy), f"seed {seed}"
+
+
+def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch):
+    """GPT.decode_step with the Triton *_at kernels (the position read on the device) continues a prefill with
+    the tokens generate() picks through the per-step kernels, float64, the same small NSA as above."""
+    from model import GPT, AttentionConfig, ModelConfig
+
+    calls = []
+    for name in ("compressed_attention_at", "select_blocks_at", "selected_and_window_attention_at"):
+        fn = getattr(td, name)
+        monkeypatch.setattr(td, name, lambda *a, _fn=fn, _n=name, **kw: calls.append(_n) or _fn(*a, **kw))
+    monkeypatch.setattr(kernels, "TRITON_OPS", {})
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
+    attn = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
+    model = GPT(cfg, attn).double().eval()
+    prompt = torch.randint(0, 100, (2, 6))
+    out = model.generate(prompt, max_new_tokens=14)
+    caches = model.new_caches(2, 20)
+    with torch.no_grad():
+        tok = model(prompt, caches=caches)[0][:, -1:].argmax(-1)
+        steps = [tok]
+        for t in range(6, 19):
+            tok = model.decode_step(tok, caches, torch.tensor([t])).argmax(-1, keepdim=True)
+            steps.append(tok)
+    assert len(calls) == 3 * 2 * 13
+    assert torch.equal(torch.cat(steps, dim=1), out[:, 6:]), f"seed {seed}"

@@ -181,3 +181,25 @@ def test_generate_on_gpu_equals_greedy_full_forwards():
             i = differ[0].item()
             gap = (logits[b, i, greedy[b, i]] - logits[b, i, new[b, i]]).item()
             assert gap < 1e-3, f"row {b}, token {i}: generate took a token {gap:.2e} below the best (seed {seed})"
+
+
+@pytest.mark.parametrize("attention", ["full", "nsa"])
+def test_generate_with_a_cuda_graph_equals_eager_generate(attention):
+    """generate(cuda_graph=True): prefill, one eager step, then replays of one captured decode_step (fixed
+    shapes, position on the device) give the tokens of eager generate(), greedy, float32, for full attention
+    and NSA (the *_at decode kernels); with eos the output stops as the eager loop does."""
+    from model import GPT, AttentionConfig, ModelConfig
+
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=2, n_embd=256, n_head=8, n_kv_head=2, vocab_size=512, max_seq_len=2048)
+    attn = (AttentionConfig(name="nsa", compress_block=16, compress_stride=8, select_block=32, num_select=8,
+                            window=64) if attention == "nsa" else AttentionConfig())
+    model = GPT(cfg, attn).to(DEV).eval()
+    prompt = torch.randint(0, 512, (3, 300), device=DEV)
+    eager = model.generate(prompt, max_new_tokens=40)
+    graphed = model.generate(prompt, max_new_tokens=40, cuda_graph=True)
+    assert torch.equal(graphed, eager), f"seed {seed}"
+    eos = int(eager[0, 310])
+    assert torch.equal(model.generate(prompt, 40, eos_id=eos, cuda_graph=True),
+                       model.generate(prompt, 40, eos_id=eos)), f"seed {seed}"

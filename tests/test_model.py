@@ -125,6 +125,39 @@ def test_generate_sampling_and_eos():
     assert (out[0, 4 + first :] == eos).all()
 
 
+NSA_TINY = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
+
+
+@pytest.mark.parametrize("attn", [AttentionConfig(), NSA_TINY], ids=["full", "nsa"])
+def test_decode_step_at_a_device_position_equals_the_cached_forward(attn):
+    """GPT.decode_step (fixed shapes, position in a tensor: what generate(cuda_graph=True) captures) after a
+    prefill gives the logits of the usual one-token cached forward, step after step: NSA's cache writes, its
+    compression ring and the compressed token each completed block adds (with l=4, d=2 one every other step)."""
+    model = make(attn=attn).double()
+    prompt = torch.randint(0, 100, (2, 7))
+    caches_a, caches_b = model.new_caches(2, 30), model.new_caches(2, 30)
+    with torch.no_grad():
+        logits_a, _ = model(prompt, caches=caches_a)
+        model(prompt, caches=caches_b)
+        tok = logits_a[:, -1:].argmax(-1)
+        for t in range(7, 30):
+            logits_a, _ = model(tok, caches=caches_a)
+            logits_b = model.decode_step(tok, caches_b, torch.tensor([t]))
+            torch.testing.assert_close(logits_b, logits_a[:, -1], rtol=1e-9, atol=1e-9, msg=f"position {t}")
+            tok = logits_a[:, -1:].argmax(-1)
+
+
+def test_stop_at_eos_matches_the_generate_loop():
+    from model.gpt import _stop_at_eos
+
+    new = torch.tensor([[5, 7, 2, 9], [3, 7, 8, 7]])
+    assert torch.equal(_stop_at_eos(new, None), new)
+    assert torch.equal(_stop_at_eos(new, 7), torch.tensor([[5, 7], [3, 7]]))  # both rows done at column 1
+    assert torch.equal(_stop_at_eos(new, 2), torch.tensor([[5, 7, 2, 2], [3, 7, 8, 7]]))  # row 1 never ends
+    with pytest.raises(ValueError, match="cuda_graph=True"):
+        make().generate(torch.randint(0, 100, (1, 3)), 4, cuda_graph=True)
+
+
 def test_top_k_restricts_support():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(500, 1)
     tokens = sample_next(logits, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))

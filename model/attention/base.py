@@ -31,6 +31,12 @@ class Attention(nn.Module):
         cache's tokens, and the cache is extended by them (prefill when empty, decoding when T == 1)."""
         raise NotImplementedError
 
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: Any, pos: torch.Tensor) -> torch.Tensor:
+        """One decoding step, x [B, 1, C] at the position held in pos (int64 [1] on x's device) -> [B, 1, C],
+        with shapes and kernel arguments that stay fixed from step to step (capturable in a CUDA graph). The
+        cache holds positions 0 .. pos - 1 and is written at pos; its `length` is not advanced."""
+        raise NotImplementedError
+
     def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> Any:
         """An empty decoding cache for up to `max_len` tokens (must expose an int `length`)."""
         raise NotImplementedError

@@ -72,6 +72,18 @@ class FullAttention(Attention):
         o = sdpa_bthd(q, k, v, q_start=start)
         return self.wo(o.reshape(B, T, -1))
 
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+        """See Attention.decode_step: attends over the whole cache with the keys past pos masked out."""
+        B = x.shape[0]
+        q = rotary.at(self.wq(x).view(B, 1, self.n_head, self.head_dim), pos)
+        k, v = self.wkv(x).view(B, 1, 2, self.n_kv_head, self.head_dim).unbind(2)
+        cache.k.index_copy_(1, pos, rotary.at(k, pos).to(cache.k.dtype))
+        cache.v.index_copy_(1, pos, v.to(cache.v.dtype))
+        visible = (torch.arange(cache.k.shape[1], device=x.device) <= pos)[None, :]  # [1 query, max_len keys]
+        q, k, v = (t.transpose(1, 2) for t in (q, cache.k.to(q.dtype), cache.v.to(q.dtype)))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=q.shape[1] != k.shape[1])
+        return self.wo(o.transpose(1, 2).reshape(B, 1, -1))
+
     def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (batch_size, max_len, self.n_kv_head, self.head_dim)
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))

@@ -50,6 +50,7 @@ from kernels import (
     check_nsa_sizes,
     compressed_attention,
     num_compressed_tokens,
+    runs_triton_decode,
     select_blocks,
     selected_and_window_attention,
 )
@@ -103,6 +104,9 @@ class NSACache:
     k_cmp, v_cmp: [B, max_cmp, Hkv, D] compressed keys (rotated) / values; the first `num_cmp` are filled.
     tail_k, tail_v: [B, length - num_cmp * d, Hkv, D] un-rotated compression-branch keys / values of the
         positions from num_cmp * d on (the incomplete next block, < l tokens): all the next tokens still need.
+    ring_k, ring_v: [B, l, Hkv, D] the same for `decode_step` (position p in slot p % l), filled from the tail
+        by its first call; k_cmp/v_cmp hold one spare row past the last compressed token, where a step that
+        completes no block writes (fixed shapes for CUDA graphs).
     """
 
     k_slc: torch.Tensor
@@ -115,6 +119,8 @@ class NSACache:
     tail_v: torch.Tensor
     length: int = 0
     num_cmp: int = 0
+    ring_k: torch.Tensor | None = None
+    ring_v: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
@@ -196,14 +202,17 @@ class NativeSparseAttention(Attention):
         n = num_compressed_tokens(S, self.l, self.d)
         if n == 0:
             return k.new_zeros(B, 0, H, D), v.new_zeros(B, 0, H, D)
+        k_cmp, v_cmp = self._compress_unrotated(k, v, n)
+        positions = (first + torch.arange(n, device=k.device)) * self.d + self.l - 1
+        return rotary.at(k_cmp, positions), v_cmp
 
+    def _compress_unrotated(self, k: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi_k / phi_v of the first n blocks (l tokens every d) of k, v [B, S, Hkv, D] -> [B, n, Hkv, D] each."""
         def blocks(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:  # [B, n, H, l * D]
             x = x[:, : (n - 1) * self.d + self.l].unfold(1, self.l, self.d)  # [B, n, H, D, l] (a view)
             return (x.transpose(-1, -2) + pe).flatten(-2)
 
-        k_cmp, v_cmp = self.phi_k(blocks(k, self.pe_k)), self.phi_v(blocks(v, self.pe_v))
-        positions = (first + torch.arange(n, device=k.device)) * self.d + self.l - 1
-        return rotary.at(k_cmp, positions), v_cmp
+        return self.phi_k(blocks(k, self.pe_k)), self.phi_v(blocks(v, self.pe_v))
 
     def _branches(self, q, k_cmp, v_cmp, k_s, v_s, k_w, v_w, start: int):
         """The three branch outputs [B, T, Hq, D] of queries q [B, T, Hq, D] at positions start.. against keys
@@ -229,7 +238,7 @@ class NativeSparseAttention(Attention):
 
         k_slc, v_slc = zeros(max_len), zeros(max_len)
         k_win, v_win = (k_slc, v_slc) if self.n_kv_sets == 1 else (zeros(max_len), zeros(max_len))
-        n_cmp = num_compressed_tokens(max_len, self.l, self.d)
+        n_cmp = num_compressed_tokens(max_len, self.l, self.d) + 1  # + decode_step's spare row
         return NSACache(k_slc, v_slc, k_win, v_win, zeros(n_cmp), zeros(n_cmp), zeros(0), zeros(0))
 
     def _extend_cache(self, cache: NSACache, rotary: Rotary, k_c, v_c, k_s, v_s, k_w, v_w):
@@ -254,6 +263,66 @@ class NativeSparseAttention(Attention):
         c = cache.num_cmp
         return (cache.k_cmp[:, :c], cache.v_cmp[:, :c], cache.k_slc[:, :end], cache.v_slc[:, :end],
                 cache.k_win[:, :end], cache.v_win[:, :end])
+
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: NSACache, pos: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, C] at the position held in pos (int64 [1], on x's device) -> [B, 1, C], with every shape and
+        kernel argument fixed from step to step (the step can be captured in a CUDA graph and replayed): the
+        cache is written at pos, the compressed token a step completes is computed every step and written to
+        its row or, when the step completes none, to the spare row. The cache must hold positions 0 .. pos - 1
+        (a prefill forward); cache.length is not advanced. The first call fills the compression ring from the
+        prefill's tail, so it must run outside a capture."""
+        B = x.shape[0]
+        H, D, blk, d = self.n_head, self.head_dim, self.l, self.d
+        if cache.ring_k is None:
+            start = cache.num_cmp * d
+            slots = torch.arange(start, start + cache.tail_k.shape[1], device=x.device) % blk
+            cache.ring_k = cache.tail_k.new_zeros(B, blk, *cache.tail_k.shape[2:]).index_copy_(1, slots, cache.tail_k)
+            cache.ring_v = cache.tail_v.new_zeros(B, blk, *cache.tail_v.shape[2:]).index_copy_(1, slots, cache.tail_v)
+        q = rotary.at(self.wq(x).view(B, 1, H, D), pos)
+        kv = self.wkv(x).view(B, 1, self.n_kv_sets, 2, self.n_kv_head, D)
+        sets = [kv[:, :, i].unbind(2) for i in range(self.n_kv_sets)]
+        (k_c, v_c), (k_s, v_s), (k_w, v_w) = sets * 3 if self.n_kv_sets == 1 else sets
+        k_s = rotary.at(k_s, pos)
+        k_w = k_s if self.n_kv_sets == 1 else rotary.at(k_w, pos)
+        dt = cache.k_slc.dtype
+        for buf, new in ((cache.k_slc, k_s), (cache.v_slc, v_s), (cache.k_win, k_w), (cache.v_win, v_w)):
+            buf.index_copy_(1, pos, new.to(dt))  # the shared_kv sets write the same tensors twice: harmless
+        cache.ring_k.index_copy_(1, pos % blk, k_c.to(dt))
+        cache.ring_v.index_copy_(1, pos % blk, v_c.to(dt))
+        order = (pos + 1 + torch.arange(blk, device=x.device)) % blk  # positions pos - blk + 1 .. pos
+        new_k, new_v = self._compress_unrotated(cache.ring_k[:, order], cache.ring_v[:, order], 1)
+        first = pos + 1 - blk  # first position of the block ending at pos
+        done = (first >= 0) & (first % d == 0)
+        row = torch.where(done, first.div(d, rounding_mode="floor"), cache.k_cmp.shape[1] - 1)
+        cache.k_cmp.index_copy_(1, row, rotary.at(new_k, pos).to(dt))
+        cache.v_cmp.index_copy_(1, row, new_v.to(dt))
+        o_cmp, o_slc, o_win = self._branches_at(q, cache, pos)
+        g = torch.sigmoid(self.w_gate(x)).view(B, 1, H, len(BRANCHES), 1)
+        o = g[:, :, :, 0] * o_cmp + g[:, :, :, 1] * o_slc + g[:, :, :, 2] * o_win
+        return self.wo(o.reshape(B, 1, -1))
+
+    def _branches_at(self, q: torch.Tensor, cache: NSACache, pos: torch.Tensor):
+        """The three branch outputs [B, 1, Hq, D] of decode_step: the Triton kernels that read the position on the
+        device where they run, else the ops on the visible slices (the position read on the host: CPU only)."""
+        a, max_pos = self.attn_cfg, cache.max_len - 1
+        k_cmp, v_cmp, k_s, v_s, k_w, v_w = (t.to(q.dtype) for t in (cache.k_cmp, cache.v_cmp, cache.k_slc,
+                                                                    cache.v_slc, cache.k_win, cache.v_win))
+        if runs_triton_decode(q):
+            from kernels import triton_decode as td
+
+            sizes = dict(block_size=self.l, stride=self.d)
+            o_cmp, lse = td.compressed_attention_at(q, k_cmp, v_cmp, pos, **sizes, max_pos=max_pos)
+            idx = td.select_blocks_at(q, k_cmp, lse, pos, **sizes, select_size=a.select_block,
+                                      num_select=a.num_select, num_init=a.num_init, num_local=a.num_local,
+                                      max_pos=max_pos)
+            o_slc, o_win = td.selected_and_window_attention_at(q, k_s, v_s, idx, k_w, v_w, pos,
+                                                               select_size=a.select_block, window=a.window,
+                                                               max_pos=max_pos)
+            return o_cmp, o_slc, o_win
+        t = int(pos)
+        c = num_compressed_tokens(t + 1, self.l, self.d)
+        return self._branches(q, k_cmp[:, :c], v_cmp[:, :c], k_s[:, :t + 1], v_s[:, :t + 1], k_w[:, :t + 1],
+                              v_w[:, :t + 1], t)
 
     # ------------------------------------------------------------------------------------------------------
     # sparsity and FLOPs
