@@ -760,12 +760,16 @@ def _decode_generate(bench: Any) -> list[dict[str, Any]] | None:
         return None
     by_point: dict[tuple[int, int], dict[str, Any]] = {}
     for key, r in bench["generate"].items():
-        m = re.fullmatch(r"(full|nsa)-B(\d+)-T(\d+)k", key)
+        m = re.fullmatch(r"(full|nsa)(-graph)?-B(\d+)-T(\d+)k", key)  # "-graph": generate(cuda_graph=True)
         if m and isinstance(r, dict) and "decode_tok_s" in r:
-            point = by_point.setdefault((int(m.group(2)), int(m.group(3)) * 1024), {})
-            point[m.group(1)] = r["decode_tok_s"]
+            point = by_point.setdefault((int(m.group(3)), int(m.group(4)) * 1024), {})
+            point[m.group(1) + ("_graph" if m.group(2) else "")] = r["decode_tok_s"]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
     rows = [{"B": B, "T": T, "full_tok_s": v.get("full"), "nsa_tok_s": v.get("nsa"),
-             "speedup": v["nsa"] / v["full"] if v.get("full") and v.get("nsa") else None}
+             "speedup": ratio(v.get("nsa"), v.get("full")), "full_graph_tok_s": v.get("full_graph"),
+             "nsa_graph_tok_s": v.get("nsa_graph"), "graph_speedup": ratio(v.get("nsa_graph"), v.get("full_graph"))}
             for (B, T), v in sorted(by_point.items())]
     return rows or None
 

@@ -553,10 +553,14 @@ def _decode_md(s: dict[str, Any]) -> list[str]:
                               fmt(r["table4_speedup"], 2), fmt(100 * r["nsa_bw_fraction"], 1)
                               if r.get("nsa_bw_fraction") is not None else "-"] for r in s["measured"]])]
     if s.get("generate"):
-        lines += ["", "End to end `GPT.generate()` of the benchmark's small model, decode tokens/s:", "",
-                  table(["batch", "context", "full tok/s", "NSA tok/s", "NSA / full"],
-                        [[r["B"], f"{r['T'] // 1024}k", fmt(r["full_tok_s"], 1), fmt(r["nsa_tok_s"], 1),
-                          fmt(r["speedup"], 2)] for r in s["generate"]])]
+        graphs = any(r.get("nsa_graph_tok_s") or r.get("full_graph_tok_s") for r in s["generate"])
+        header = ["batch", "context", "full tok/s", "NSA tok/s", "NSA / full"]
+        header += ["full, CUDA graph", "NSA, CUDA graph", "NSA / full (graphs)"] if graphs else []
+        rows = [[r["B"], f"{r['T'] // 1024}k", fmt(r["full_tok_s"], 1), fmt(r["nsa_tok_s"], 1), fmt(r["speedup"], 2)]
+                + ([fmt(r.get("full_graph_tok_s"), 1), fmt(r.get("nsa_graph_tok_s"), 1), fmt(r.get("graph_speedup"), 2)]
+                   if graphs else []) for r in s["generate"]]
+        lines += ["", "End to end `GPT.generate()` of the benchmark's small model, decode tokens/s"
+                  + (" (eager, and `cuda_graph=True`)" if graphs else "") + ":", "", table(header, rows)]
     if s.get("trained_sizes"):
         lines += ["", "With the trained NSA's sizes: " + "; ".join(
             f"{r['T']} tokens: {r['nsa']} of {r['full']} ({r['expected_speedup']:.1f}x)" for r in s["trained_sizes"])

@@ -152,7 +152,8 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
         "device": "FakeGPU", "command": "bench_decode.py", "shapes": {"main": {}},
         "attn": {f"main-B1-T{k}k": {"nsa": {"us": 10.0}, "full": {"us": 10.0 * x, "best": "folded_flash"},
                                     "speedup": x, "table4_speedup": 4.0} for k, x in ((8, 3.0), (64, 9.5))},
-        "generate": {"full-B1-T8k": {"decode_tok_s": 100.0}, "nsa-B1-T8k": {"decode_tok_s": 150.0}}})
+        "generate": {"full-B1-T8k": {"decode_tok_s": 100.0}, "nsa-B1-T8k": {"decode_tok_s": 150.0},
+                     "full-graph-B1-T8k": {"decode_tok_s": 400.0}, "nsa-graph-B1-T8k": {"decode_tok_s": 800.0}}})
     _json(work / "manifest.json", {"scale": "gpu-small", "seeds": list(seeds), "device": "FakeGPU",
                                    "invocations": [{"command": "python scripts/reproduce.py --scale gpu-small",
                                                     "started": "now", "seconds": 1.0}]})
@@ -276,7 +277,9 @@ def test_other_sections_match_the_inputs(report):
     assert dec["trained_sizes"][0] == {"T": 64, "full": 64, "nsa": 8 + 32 + 16, "expected_speedup": 64 / 56}
     assert dec["eval_decode_tok_s"] == {"full": 100.0, "nsa": 50.0}
     assert dec["headline"] == {"8192": 3.0, "65536": 9.5}
-    assert dec["generate"] == [{"B": 1, "T": 8192, "full_tok_s": 100.0, "nsa_tok_s": 150.0, "speedup": 1.5}]
+    assert dec["generate"] == [{"B": 1, "T": 8192, "full_tok_s": 100.0, "nsa_tok_s": 150.0, "speedup": 1.5,
+                                "full_graph_tok_s": 400.0, "nsa_graph_tok_s": 800.0, "graph_speedup": 2.0}]
+    assert "| 1 | 8k | 100.0 | 150.0 | 1.50 | 400.0 | 800.0 | 2.00 |" in text
     assert "| 64k | 65536 | 5631 | 11.6 | 11.6 | 9.5 |" in text
     sp = json.loads((out / "sparsity.json").read_text())
     assert sp["nsa_fraction_at_train_length"] == 0.4 and "40.0%" in text
