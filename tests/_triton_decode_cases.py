@@ -314,14 +314,23 @@ def test_public_ops_float32_on_cache_views(gen):
     close(o_win, ref.window_attention(q64, k64, v64, window=w, q_start=t), "pair: window o", gen, **tol)
 
 
+def small_nsa_model():
+    """(model, prompt [2, 6], seed): a float64 2-layer NSA GPT with l=4, d=2, l'=4, n=4, w=8 on fresh weights."""
+    from model import GPT, AttentionConfig, ModelConfig
+
+    seed = random.SystemRandom().randrange(2**31)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
+    attn = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
+    return GPT(cfg, attn).double().eval(), torch.randint(0, 100, (2, 6)), seed
+
+
 def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
     """GPT.generate (prefill, then one token at a time through the decode kernels) == greedy decoding by a full
     forward, float64, G = 2, l=4, d=2, l'=4, n=4, w=8: the 13 one-token steps cross every block rule, and the last
     ones choose blocks by score (5 visible blocks for 4 slots). The full forward (T > 1) runs the chunked
     PyTorch path here (TRITON_OPS emptied), which is fast and equal to the reference; its logits at t are those
     of a forward over tokens 0..t (causality), so one forward checks every greedy step."""
-    from model import GPT, AttentionConfig, ModelConfig
-
     calls = {name: 0 for name in td.TRITON_DECODE_OPS}
     for name, fn in list(kernels.TRITON_DECODE_OPS.items()):
         def counted(*a, _fn=fn, _name=name, **kw):
@@ -329,12 +338,7 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
             return _fn(*a, **kw)
         monkeypatch.setitem(kernels.TRITON_DECODE_OPS, name, counted)
     monkeypatch.setattr(kernels, "TRITON_OPS", {})
-    seed = random.SystemRandom().randrange(2**31)
-    torch.manual_seed(seed)
-    cfg = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
-    attn = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
-    model = GPT(cfg, attn).double().eval()
-    prompt = torch.randint(0, 100, (2, 6))
+    model, prompt, seed = small_nsa_model()
     out = model.generate(prompt, max_new_tokens=14)
     # 2 layers x 13 one-token steps; selected and window attention go through their one-launch pair
     assert calls == {name: 0 if name in ("selected_attention", "window_attention") else 2 * 13
@@ -347,19 +351,12 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
 def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch):
     """GPT.decode_step with the Triton *_at kernels (the position read on the device) continues a prefill with
     the tokens generate() picks through the per-step kernels, float64, the same small NSA as above."""
-    from model import GPT, AttentionConfig, ModelConfig
-
     calls = []
     for name in ("compressed_attention_at", "select_blocks_at", "selected_and_window_attention_at"):
         fn = getattr(td, name)
         monkeypatch.setattr(td, name, lambda *a, _fn=fn, _n=name, **kw: calls.append(_n) or _fn(*a, **kw))
     monkeypatch.setattr(kernels, "TRITON_OPS", {})
-    seed = random.SystemRandom().randrange(2**31)
-    torch.manual_seed(seed)
-    cfg = ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=100, max_seq_len=64)
-    attn = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
-    model = GPT(cfg, attn).double().eval()
-    prompt = torch.randint(0, 100, (2, 6))
+    model, prompt, seed = small_nsa_model()
     out = model.generate(prompt, max_new_tokens=14)
     caches = model.new_caches(2, 20)
     with torch.no_grad():
