@@ -1,5 +1,7 @@
 """GPT: shapes, parameter counts, causality, KV-cache generation, FLOPs."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -128,7 +130,8 @@ def test_generate_sampling_and_eos():
 NSA_TINY = AttentionConfig(name="nsa", compress_block=4, compress_stride=2, select_block=4, num_select=4, window=8)
 
 
-@pytest.mark.parametrize("attn", [AttentionConfig(), NSA_TINY], ids=["full", "nsa"])
+@pytest.mark.parametrize("attn", [AttentionConfig(), NSA_TINY, dataclasses.replace(NSA_TINY, shared_kv=True)],
+                         ids=["full", "nsa", "nsa-shared-kv"])
 def test_decode_step_at_a_device_position_equals_the_cached_forward(attn):
     """GPT.decode_step (fixed shapes, position in a tensor: what generate(cuda_graph=True) captures) after a
     prefill gives the logits of the usual one-token cached forward, step after step: NSA's cache writes, its
