@@ -10,10 +10,11 @@
 #   profile  scripts/gpu_profile.sh       torch.profiler tables: 124M at 1k, full vs NSA at 8k (eager, compiled)
 # Carry .whl (bash /work/shared/tools/gpu-wheels.sh) and .whl_kernels (pytest). PARTS picks and orders the parts:
 #   PARTS="kernels decode" bash scripts/gpu_all.sh
-# On a machine of several GPUs, GPUS=N runs up to N parts side by side, part i on GPU i (device time is the
-# machine's, so four parts on four GPUs cost what one costs). Each part writes to $OUT/<part>/ and its console
-# to $OUT/<part>.log, and stops after PART_TIMEOUT seconds (default 540); then everything is packed into
-# $OUT/results.tgz (the device tool brings back few files). Every timing has its baseline on the same GPU.
+# On a machine of several GPUs, GPUS=N runs the parts side by side: part k on GPU k mod N, the parts of one GPU
+# one after another (device time is the machine's, so four parts on four GPUs cost what one costs). Each part
+# writes to $OUT/<part>/ and its console to $OUT/<part>.log, and stops after PART_TIMEOUT seconds (default 540);
+# then everything is packed into $OUT/results.tgz (the device tool brings back few files). Every timing has its
+# baseline on the same GPU.
 #   GPUS=4 PARTS="share decode kernels tests" SKIP_TESTS=1 bash scripts/gpu_all.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +28,22 @@ if [ "${GPUS:-1}" -le 1 ]; then
   done
   exit 0
 fi
-n_parts=$(wc -w <<<"$PARTS")
-if [ "$n_parts" -gt "$GPUS" ]; then echo "gpu_all.sh: $n_parts parts for $GPUS GPUs; give at most GPUS parts (timings need a GPU each)"; exit 2; fi
+for part in $PARTS; do : "${SCRIPT[$part]:?gpu_all.sh: unknown part $part}"; done
 source scripts/gpu_env.sh  # installs the wheels once, before the parts start
-ROOT=$OUT i=0
-for part in $PARTS; do
-  echo "=== $part: scripts/${SCRIPT[$part]:?unknown part $part} on GPU $i"
-  CUDA_VISIBLE_DEVICES=$i OUT="$ROOT/$part" timeout "${PART_TIMEOUT:-540}" \
-    bash "scripts/${SCRIPT[$part]}" >"$ROOT/$part.log" 2>&1 &
-  i=$((i + 1))
+ROOT=$OUT
+run_queue() {  # $1 = GPU, then its parts, one after another
+  local gpu=$1; shift
+  for part in "$@"; do
+    echo "=== $part: scripts/${SCRIPT[$part]} on GPU $gpu"
+    CUDA_VISIBLE_DEVICES=$gpu OUT="$ROOT/$part" timeout "${PART_TIMEOUT:-540}" \
+      bash "scripts/${SCRIPT[$part]}" >"$ROOT/$part.log" 2>&1
+  done
+}
+read -ra all <<<"$PARTS"
+for ((gpu = 0; gpu < GPUS; gpu++)); do
+  queue=()
+  for ((k = gpu; k < ${#all[@]}; k += GPUS)); do queue+=("${all[k]}"); done
+  if [ ${#queue[@]} -gt 0 ]; then run_queue "$gpu" "${queue[@]}" & fi
 done
 wait
 tar czf /tmp/results.tgz -C "$ROOT" . && mv /tmp/results.tgz "$ROOT/" && echo "packed $ROOT/results.tgz"
