@@ -730,12 +730,14 @@ def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: t
 # which must not exceed max_pos (not checked: that would need a host synchronisation). Triton kernels only.
 
 
-def _check_position(pos: torch.Tensor, q: torch.Tensor, max_pos: int, cache_len: int) -> None:
+def _check_position(op: str, pos: torch.Tensor, q: torch.Tensor, rows: int, needed: int, what: str) -> None:
+    """pos is a one-element integer tensor on q's device, and a cache buffer of `rows` rows holds the `needed`
+    ones that max_pos can reach."""
     if pos.numel() != 1 or pos.dtype not in (torch.int32, torch.int64) or pos.device != q.device:
-        raise ValueError(f"decode position: a one-element int32/int64 tensor on {q.device} is needed, got "
+        raise ValueError(f"{op}: the position must be a one-element int32/int64 tensor on {q.device}, got "
                          f"{tuple(pos.shape)} {pos.dtype} on {pos.device}")
-    if not 0 <= max_pos < cache_len:
-        raise ValueError(f"decode position: max_pos={max_pos} must index the cache (length {cache_len})")
+    if rows < needed:
+        raise ValueError(f"{op}: {what} has {rows} rows but max_pos needs {needed}: lower max_pos or grow the cache")
 
 
 def compressed_attention_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, pos: torch.Tensor, *,
@@ -744,7 +746,7 @@ def compressed_attention_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.T
     """compressed_attention for the query at position pos (device) -> (o [B,1,Hq,Dv], lse [B,1,Hq]): k_cmp/v_cmp
     [B, >= num_compressed_tokens(max_pos + 1), Hkv, D] buffers, of which the first visible ones are read."""
     n_max = num_compressed_tokens(max_pos + 1, block_size, stride)
-    _check_position(pos, q, n_max - 1 if n_max else 0, max(k_cmp.shape[1], 1))
+    _check_position("compressed_attention_at", pos, q, k_cmp.shape[1], n_max, "k_cmp")
     return _decode_attention(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=n_max,
                              write_lse=True, cfg=cfg, pos=pos, offsets=(-(max_pos + 1), stride + 1 - block_size,
                                                                          stride))
@@ -757,7 +759,8 @@ def select_blocks_at(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, po
                      cfg: dict | None = None) -> torch.Tensor:
     """select_blocks for the query at position pos (device) -> int32 idx [B,1,Hkv,num_select]; k_cmp as in
     compressed_attention_at."""
-    _check_position(pos, q, 0, 1)
+    _check_position("select_blocks_at", pos, q, k_cmp.shape[1], num_compressed_tokens(max_pos + 1, block_size, stride),
+                    "k_cmp")
     return _decode_select(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
                           num_select=num_select, num_init=num_init, num_local=num_local,
                           scale=resolve_scale(scale, q.shape[-1]), t=max_pos, cfg=cfg, pos=pos)
@@ -769,7 +772,8 @@ def selected_and_window_attention_at(q: torch.Tensor, k_slc: torch.Tensor, v_slc
                                      cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """selected_and_window_attention for the query at position pos (device) -> (o_slc, o_win): k/v [B, >= max_pos
     + 1, Hkv, D] cache buffers, of which the keys up to the position are read."""
-    _check_position(pos, q, max_pos, min(k_slc.shape[1], k_win.shape[1]))
+    _check_position("selected_and_window_attention_at", pos, q, min(k_slc.shape[1], k_win.shape[1]), max_pos + 1,
+                    "the key cache")
     return _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, scale=resolve_scale(scale, q.shape[-1]),
                                    select_size=select_size, window=window, t=max_pos, cfg=cfg, pos=pos)
 

@@ -257,10 +257,13 @@ def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
         k_vis = [x[:, :t + 1] for x in (ks, vs, kw, vw)]
         close(o_s, ref.selected_attention(q, *k_vis[:2], idx_r, select_size=ss, q_start=t), f"o_slc at {t}", gen)
         close(o_w, ref.window_attention(q, *k_vis[2:], window=w, q_start=t), f"o_win at {t}", gen)
-    with pytest.raises(ValueError, match="one-element int32/int64 tensor"):
+    with pytest.raises(ValueError, match="compressed_attention_at: the position must be a one-element int32"):
         td.compressed_attention_at(q, kc, vc, torch.tensor([1.0]), block_size=bs, stride=d, max_pos=M - 1)
-    with pytest.raises(ValueError, match="max_pos=150 must index the cache"):
+    with pytest.raises(ValueError, match="the key cache has 150 rows but max_pos needs 151"):
         td.selected_and_window_attention_at(q, ks, vs, idx_r, kw, vw, pos, select_size=ss, window=w, max_pos=M)
+    with pytest.raises(ValueError, match="select_blocks_at: k_cmp has 10 rows but max_pos needs 36"):
+        td.select_blocks_at(q, kc[:, :10], lse_r, pos, block_size=bs, stride=d, select_size=ss, num_select=n,
+                            max_pos=M - 1)
 
 
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
