@@ -30,6 +30,7 @@ from kernels.triton_common import (
     acc_dtype,
     bthd,
     dot_precision,
+    finish_rows,
     gpu_tiles,
     head_block,
     next_pow2,
@@ -91,10 +92,7 @@ def _band_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
         m_i = m_new
 
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    o = acc / l_safe[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    o, lse = finish_rows(m_i, l_i, acc)
     o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
     tl.store(o_rows[:, None] + offs_dv[None, :], o.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))

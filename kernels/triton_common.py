@@ -123,6 +123,20 @@ def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_sca
 
 
 @triton.jit
+def row_lse(m, l_sum):
+    """lse (natural log) of softmax rows from their running maximum m (log2 units) and sum l: -inf where l = 0
+    (a row that saw no key)."""
+    nonempty = l_sum > 0
+    return tl.where(nonempty, (m + tl.log2(tl.where(nonempty, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
+
+
+@triton.jit
+def finish_rows(m_i, l_i, acc):
+    """Normalised output rows acc / l (0 for a row that saw no key) and their lse (row_lse)."""
+    return acc / tl.where(l_i > 0, l_i, 1.0)[:, None], row_lse(m_i, l_i)
+
+
+@triton.jit
 def load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK: tl.constexpr, DV: tl.constexpr,
                  BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
     """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows at key positions kpos (0 where not k_ok)."""

@@ -52,8 +52,10 @@ from kernels.triton_common import (
     attend_tile,
     bthd,
     dot_precision,
+    finish_rows,
     head_block,
     next_pow2,
+    row_lse,
     runs_triton,
     tl_acc,
 )
@@ -129,10 +131,8 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 @triton.jit
 def _store_lse(m, l_sum, LSE, b, head, row_ok, Hq):
-    """lse = (m + log2 l) * ln 2 of one KV group's rows (-inf where l = 0: no key), stored at LSE[b, head]."""
-    nonempty = l_sum > 0
-    lse = tl.where(nonempty, (m + tl.log2(tl.where(nonempty, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + b * Hq + head, lse.to(LSE.dtype.element_ty), mask=row_ok)
+    """row_lse of one KV group's rows, stored at LSE[b, head]."""
+    tl.store(LSE + b * Hq + head, row_lse(m, l_sum).to(LSE.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -140,7 +140,7 @@ def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
                  DV: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
     """Normalise and store one KV group's rows: o = acc / l (0 with no key), lse = (m + log2 l) * ln 2 (-inf)."""
     offs_dv = tl.arange(0, BLOCK_DV)
-    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    o, _ = finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     if WRITE_LSE:

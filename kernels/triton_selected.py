@@ -41,6 +41,7 @@ from kernels.triton_common import (
     attend_tile_rows,
     bthd,
     dot_precision,
+    finish_rows,
     gpu_tiles,
     head_block,
     load_kv_tile,
@@ -60,15 +61,6 @@ def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
     kpos = tl.where(ok, j, 0).to(tl.int64) * SEL + koff
     n_keys = tl.where(ok, SEL, 0)  # (not `ok & vector`: the interpreter turns a scalar bool & vector into int)
     return kpos, (koff < n_keys) & (kpos <= t)
-
-
-@triton.jit
-def _finish_rows(m_i, l_i, acc):
-    """Normalised output rows acc / l and their lse (natural log; 0 and -inf for a row that saw no key)."""
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-    return acc / l_safe[:, None], lse
 
 
 @triton.jit
@@ -139,7 +131,7 @@ def _selected_fwd_kernel(
         m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                     DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
-    o, lse = _finish_rows(m_i, l_i, acc)
+    o, lse = finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + t64 * so_t + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     Hq = Hkv * G
@@ -184,10 +176,10 @@ def _selected_bwd_dq_kernel(
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
+        k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+        p, ds = _probs_and_dscores(q, do, lse2, delta, k, v, k_ok[None, :], qk_scale, ACC, PREC)
+        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
         if ATOMIC_DKDV:
-            k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-            p, ds = _probs_and_dscores(q, do, lse2, delta, k, v, k_ok[None, :], qk_scale, ACC, PREC)
-            dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
             out_row = (b * T + kpos) * Hkv + kvh
             tl.atomic_add(DK_ACC + out_row[:, None] * DK + offs_dk[None, :],
                           tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC) * sm_scale,
@@ -195,9 +187,6 @@ def _selected_bwd_dq_kernel(
             tl.atomic_add(DV_ACC + out_row[:, None] * DV + offs_dv[None, :],
                           tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC),
                           mask=k_ok[:, None] & (offs_dv[None, :] < DV))
-        else:
-            dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, k_ok[None, :], sk_t, sv_t, dq, qk_scale,
-                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + t64 * sdq_t + head[:, None] * sdq_h + offs_dk[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -341,7 +330,7 @@ def _selected_fwd_shared_kernel(
         m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
-    o, lse = _finish_rows(m_i, l_i, acc)
+    o, lse = finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + pos[:, None] * so_t + head[:, None] * so_h + offs_dv[None, :],
              o.to(OUT.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
     tl.store(LSE + (b * T + pos) * (Hkv * G) + head, lse, mask=row_ok)
