@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,20 +65,24 @@ class FullAttention(Attention):
     def forward(self, x: torch.Tensor, rotary: Rotary, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
-        k, v = self.wkv(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
-        q, k = rotary(q, start), rotary(k, start)
+        q, k, v = self._project(x, lambda t: rotary(t, start))
         if cache is not None:
             k, v = cache.append(k, v)
         o = sdpa_bthd(q, k, v, q_start=start)
         return self.wo(o.reshape(B, T, -1))
 
+    def _project(self, x: torch.Tensor,
+                 rotate: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, T, Hq, D], k, v [B, T, Hkv, D] of x [B, T, C], q and k rotated by rotate(t) (their positions)."""
+        B, T, _ = x.shape
+        k, v = self.wkv(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
+        return rotate(self.wq(x).view(B, T, self.n_head, self.head_dim)), rotate(k), v
+
     def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
         """See Attention.decode_step: attends over the whole cache with the keys past pos masked out."""
         B = x.shape[0]
-        q = rotary.at(self.wq(x).view(B, 1, self.n_head, self.head_dim), pos)
-        k, v = self.wkv(x).view(B, 1, 2, self.n_kv_head, self.head_dim).unbind(2)
-        cache.k.index_copy_(1, pos, rotary.at(k, pos).to(cache.k.dtype))
+        q, k, v = self._project(x, lambda t: rotary.at(t, pos))
+        cache.k.index_copy_(1, pos, k.to(cache.k.dtype))
         cache.v.index_copy_(1, pos, v.to(cache.v.dtype))
         visible = (torch.arange(cache.k.shape[1], device=x.device) <= pos)[None, :]  # [1 query, max_len keys]
         q, k, v = (t.transpose(1, 2) for t in (q, cache.k.to(q.dtype), cache.v.to(q.dtype)))

@@ -41,6 +41,7 @@ positions 0..T-1; `record_stats = True` makes every forward store the keys each 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -171,19 +172,29 @@ class NativeSparseAttention(Attention):
 
     def forward(self, x: torch.Tensor, rotary: Rotary, cache: NSACache | None = None) -> torch.Tensor:
         """x [B, T, C] at positions start .. start+T-1 (start = cache.length, or 0 without a cache) -> [B, T, C]."""
-        B, T, _ = x.shape
         start = cache.length if cache is not None else 0
-        q = rotary(self.wq(x).view(B, T, self.n_head, self.head_dim), start)
-        kv = self.wkv(x).view(B, T, self.n_kv_sets, 2, self.n_kv_head, self.head_dim)
-        sets = [kv[:, :, i].unbind(2) for i in range(self.n_kv_sets)]
-        (k_c, v_c), (k_s, v_s), (k_w, v_w) = sets * 3 if self.n_kv_sets == 1 else sets
-        k_s = rotary(k_s, start)
-        k_w = k_s if self.n_kv_sets == 1 else rotary(k_w, start)
+        q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: rotary(t, start))
         if cache is None:
             k_cmp, v_cmp = self.compress(k_c, v_c, rotary, first=0)
         else:
             k_cmp, v_cmp, k_s, v_s, k_w, v_w = self._extend_cache(cache, rotary, k_c, v_c, k_s, v_s, k_w, v_w)
-        o_cmp, o_slc, o_win = self._branches(q, k_cmp, v_cmp, k_s, v_s, k_w, v_w, start)
+        return self._gate(x, *self._branches(q, k_cmp, v_cmp, k_s, v_s, k_w, v_w, start))
+
+    def _project(self, x: torch.Tensor, rotate: Callable[[torch.Tensor], torch.Tensor]):
+        """(q, k_c, v_c, k_s, v_s, k_w, v_w), each [B, T, H, D], of x [B, T, C]: q and the selection / window keys
+        rotated by rotate(t) (their positions), the compression branch's keys left as they are (phi comes first)."""
+        B, T, _ = x.shape
+        q = rotate(self.wq(x).view(B, T, self.n_head, self.head_dim))
+        kv = self.wkv(x).view(B, T, self.n_kv_sets, 2, self.n_kv_head, self.head_dim)
+        sets = [kv[:, :, i].unbind(2) for i in range(self.n_kv_sets)]
+        (k_c, v_c), (k_s, v_s), (k_w, v_w) = sets * 3 if self.n_kv_sets == 1 else sets
+        k_s = rotate(k_s)
+        k_w = k_s if self.n_kv_sets == 1 else rotate(k_w)
+        return q, k_c, v_c, k_s, v_s, k_w, v_w
+
+    def _gate(self, x: torch.Tensor, o_cmp: torch.Tensor, o_slc: torch.Tensor, o_win: torch.Tensor) -> torch.Tensor:
+        """The gated sum of the three branch outputs [B, T, Hq, D] (gates from x [B, T, C]), projected -> [B, T, C]."""
+        B, T, _ = x.shape
         g = torch.sigmoid(self.w_gate(x)).view(B, T, self.n_head, len(BRANCHES), 1)
         o = g[:, :, :, 0] * o_cmp + g[:, :, :, 1] * o_slc + g[:, :, :, 2] * o_win
         return self.wo(o.reshape(B, T, -1))
@@ -272,18 +283,13 @@ class NativeSparseAttention(Attention):
         (a prefill forward); cache.length is not advanced. The first call fills the compression ring from the
         prefill's tail, so it must run outside a capture."""
         B = x.shape[0]
-        H, D, blk, d = self.n_head, self.head_dim, self.l, self.d
+        blk, d = self.l, self.d
         if cache.ring_k is None:
             start = cache.num_cmp * d
             slots = torch.arange(start, start + cache.tail_k.shape[1], device=x.device) % blk
             cache.ring_k = cache.tail_k.new_zeros(B, blk, *cache.tail_k.shape[2:]).index_copy_(1, slots, cache.tail_k)
             cache.ring_v = cache.tail_v.new_zeros(B, blk, *cache.tail_v.shape[2:]).index_copy_(1, slots, cache.tail_v)
-        q = rotary.at(self.wq(x).view(B, 1, H, D), pos)
-        kv = self.wkv(x).view(B, 1, self.n_kv_sets, 2, self.n_kv_head, D)
-        sets = [kv[:, :, i].unbind(2) for i in range(self.n_kv_sets)]
-        (k_c, v_c), (k_s, v_s), (k_w, v_w) = sets * 3 if self.n_kv_sets == 1 else sets
-        k_s = rotary.at(k_s, pos)
-        k_w = k_s if self.n_kv_sets == 1 else rotary.at(k_w, pos)
+        q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: rotary.at(t, pos))
         dt = cache.k_slc.dtype
         for buf, new in ((cache.k_slc, k_s), (cache.v_slc, v_s), (cache.k_win, k_w), (cache.v_win, v_w)):
             buf.index_copy_(1, pos, new.to(dt))  # the shared_kv sets write the same tensors twice: harmless
@@ -296,10 +302,7 @@ class NativeSparseAttention(Attention):
         row = torch.where(done, first.div(d, rounding_mode="floor"), cache.k_cmp.shape[1] - 1)
         cache.k_cmp.index_copy_(1, row, rotary.at(new_k, pos).to(dt))
         cache.v_cmp.index_copy_(1, row, new_v.to(dt))
-        o_cmp, o_slc, o_win = self._branches_at(q, cache, pos)
-        g = torch.sigmoid(self.w_gate(x)).view(B, 1, H, len(BRANCHES), 1)
-        o = g[:, :, :, 0] * o_cmp + g[:, :, :, 1] * o_slc + g[:, :, :, 2] * o_win
-        return self.wo(o.reshape(B, 1, -1))
+        return self._gate(x, *self._branches_at(q, cache, pos))
 
     def _branches_at(self, q: torch.Tensor, cache: NSACache, pos: torch.Tensor):
         """The three branch outputs [B, 1, Hq, D] of decode_step: the Triton kernels that read the position on the
