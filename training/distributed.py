@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def destroy_distributed() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def rank_batches(n: int, micro: int, rank: int, world: int) -> list[torch.Tensor]:
+    """The rows [micro] (int64) of each batch `rank` scores when `world` ranks share n rows as r, r+W, r+2W, ...:
+    the same number of batches on every rank (FSDP2 forwards are collective); rows >= n are padding."""
+    n_batches = math.ceil(math.ceil(n / world) / micro)
+    return [rank + (b * micro + torch.arange(micro)) * world for b in range(n_batches)]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

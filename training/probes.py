@@ -15,20 +15,16 @@ graphs, DDP and FSDP2 work as for the validation loss.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from data import TokenLoader, load_tokenizer
 from data.synthetic import GENERATORS, NEEDS_HAYSTACK, generate
+from training.distributed import rank_batches
 
 PROBE_SEED = 0x9B0BE  # documents are the same in every run, whatever train.seed is
-
-# (x, y) -> [summed loss, scored tokens] of one batch, on the device (training/trainer.py: batch_loss)
-BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def build_probes(kinds: list[str], n: int, dataset_dir: Path, seq_len: int) -> dict[str, tuple[torch.Tensor, ...]]:
     """{kind: (x, y)} int64 [n, seq_len] CPU tensors: x the documents' first seq_len tokens, y = -1 except where
@@ -65,22 +61,11 @@ def build_probes(kinds: list[str], n: int, dataset_dir: Path, seq_len: int) -> d
     return probes
 
 
-@torch.no_grad()
-def probe_losses(probes: dict[str, tuple[torch.Tensor, ...]], batch_loss: BatchLoss, micro: int, rank: int,
-                 world: int, device: torch.device, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]
-                 ) -> dict[str, float]:
-    """{"val_probe_<kind>": mean answer-token loss}. Rank r scores samples r, r+W, ... in batches of `micro`
-    (rows past the end are all -1, scored as nothing); every rank runs the same number of batches, since FSDP2
-    forwards are collective."""
-    out = {}
-    for kind, (x, y) in probes.items():
-        n = x.shape[0]
-        totals = torch.zeros(2, device=device)
-        for b in range(math.ceil(math.ceil(n / world) / micro)):
-            rows = rank + (b * micro + torch.arange(micro)) * world
-            xb = x[rows.clamp(max=n - 1)].to(device, non_blocking=True)
-            yb = torch.where((rows < n)[:, None], y[rows.clamp(max=n - 1)], -1).to(device, non_blocking=True)
-            totals += batch_loss(xb, yb)
-        loss_sum, tokens = all_reduce_sum(totals).tolist()
-        out[f"val_probe_{kind}"] = loss_sum / tokens if tokens else float("nan")
-    return out
+def probe_batches(x: torch.Tensor, y: torch.Tensor, micro: int, rank: int,
+                  world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) batches [micro, seq_len] of one probe that `rank` scores (training.distributed.rank_batches:
+    samples r, r+W, ...); padding rows repeat the last sample with y = -1 throughout, so they score nothing."""
+    n = x.shape[0]
+    for rows in rank_batches(n, micro, rank, world):
+        take = rows.clamp(max=n - 1)
+        yield x[take], torch.where((rows < n)[:, None], y[take], -1)

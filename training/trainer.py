@@ -31,11 +31,12 @@ from training.distributed import (
     destroy_distributed,
     gradient_sync,
     init_distributed,
+    rank_batches,
     wrap_model,
 )
 from training.metrics import MetricsLogger, console_line, memory_gb, peak_bf16_flops, truncate_metrics
 from training.optim import build_optimizer
-from training.probes import build_probes, probe_losses
+from training.probes import build_probes, probe_batches
 from training.schedule import lr_at
 
 log = logging.getLogger("train")
@@ -78,19 +79,26 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
         dataset_dir, "val", seq_len=seq_len, batch_size=micro, rank=info.rank, world_size=world,
         seed=cfg.train.seed, device=info.device, shuffle=False,
     )  # fmt: skip
-    n_batches = math.ceil(math.ceil(n_seqs / world) / micro)  # the same on every rank (FSDP2 forwards are collective)
     model.eval()
-    totals = torch.zeros(2, device=info.device)  # loss summed over tokens, tokens
-    for b in range(n_batches):
-        x, y = loader.next_batch()
-        global_index = info.rank + (b * micro + torch.arange(micro, device=y.device)) * world
-        y[global_index >= n_seqs] = -1
-        totals += batch_loss(model, x, y, cfg, info)
+
+    def mean_loss(batches) -> float:  # loss per scored token over every rank's batches (nan: none scored)
+        totals = torch.zeros(2, device=info.device)  # loss summed over tokens, tokens
+        for x, y in batches:
+            totals += batch_loss(model, x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True),
+                                 cfg, info)
+        loss_sum, tokens = all_reduce_sum(totals).tolist()
+        return loss_sum / tokens if tokens else float("nan")
+
+    def val_batches():
+        for rows in rank_batches(n_seqs, micro, info.rank, world):
+            x, y = loader.next_batch()
+            y[rows.to(y.device) >= n_seqs] = -1
+            yield x, y
+
+    out = {"val_loss": mean_loss(val_batches())}
     loader.close()  # stops its prefetch thread (CUDA)
-    loss_sum, tokens = all_reduce_sum(totals).tolist()
-    out = {"val_loss": loss_sum / tokens}
-    out.update(probe_losses(probes or {}, lambda xb, yb: batch_loss(model, xb, yb, cfg, info), micro, info.rank,
-                            world, info.device, all_reduce_sum))
+    for kind, (x, y) in (probes or {}).items():
+        out[f"val_probe_{kind}"] = mean_loss(probe_batches(x, y, micro, info.rank, world))
     model.train()
     return out
 
