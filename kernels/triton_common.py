@@ -7,8 +7,10 @@ tests them). `INTERPRETED` records which of the two this process got.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -63,6 +65,21 @@ if os.environ.get("NSA_TRITON_TILES"):
         for _kernel, _sizes in json.load(f).items():
             for _size, _cfg in _sizes.items():
                 GPU_TILES[_kernel][_size].update(_cfg)
+
+
+@contextlib.contextmanager
+def tiles_set(*entries: dict, **updates) -> Iterator[None]:
+    """Within the block, the tile dicts `entries` (GPU_TILES / DECODE_TILES entries) take `updates`; afterwards
+    they hold what they held before (benchmarks trying tile alternatives)."""
+    saved = [dict(e) for e in entries]
+    for e in entries:
+        e.update(updates)
+    try:
+        yield
+    finally:
+        for e, old in zip(entries, saved):
+            e.clear()
+            e.update(old)
 
 
 def gpu_tiles(kernel: str, big: bool) -> dict[str, int]:

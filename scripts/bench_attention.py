@@ -275,29 +275,21 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
     x, (_, _, slc, _, _), _, idx = selection_inputs(B, T, Hq, Hkv, D)
     gen = torch.Generator(device=idx.device).manual_seed(1)
     tiles = [triton_common.GPU_TILES[k]["small" if D <= 128 else "big"] for k in ("selected_fwd", "selected_dq")]
-    saved = [dict(t) for t in tiles]
     res = {}
-    try:
-        for keep in (0.0, 0.5, 0.8, 0.9):
-            ids = agree_with_neighbours(idx, keep, gen) if keep else idx
-            row = {"slc_blocks": _blocks_shared(ids, 1), "slc_blocks_shared4": _blocks_shared(ids, 4)}
-            base = None
-            for share in (1, 2, 4, 8):
-                for t in tiles:
-                    t.update(share=share, pack_below_g=0)  # share 1: the one-position kernel at every G
-
-                def fwd(ids=ids):
-                    return slc(ids)
+    for keep in (0.0, 0.5, 0.8, 0.9):
+        ids = agree_with_neighbours(idx, keep, gen) if keep else idx
+        row = {"slc_blocks": _blocks_shared(ids, 1), "slc_blocks_shared4": _blocks_shared(ids, 4)}
+        base = None
+        for share in (1, 2, 4, 8):
+            def fwd(ids=ids):
+                return slc(ids)
+            with triton_common.tiles_set(*tiles, share=share, pack_below_g=0):  # 1: one position at every G
                 out = fwd()
                 base = out if base is None else base
                 row[f"share{share}"] = {"fwd": timed(fwd), "fwdbwd": timed(fwd_bwd(fwd, [x["q"], x["k_slc"],
                                                                                       x["v_slc"]])),
                                         "rel_err_vs_share1": _rel(out, base)}
-            res[str(keep)] = row
-    finally:
-        for t, cfg in zip(tiles, saved):
-            t.clear()
-            t.update(cfg)
+        res[str(keep)] = row
     return res
 
 
@@ -360,24 +352,22 @@ def tune(B, T, Hq, Hkv, D) -> dict:
         best_cfg, best_ms = dict(current), timed(run)
         tried = [{"cfg": dict(current), "ms": round(best_ms, 3)}]
         for alt in alternatives:
-            entry.clear()
-            entry.update({**current, **alt})
-            try:
-                out = run()
-                if kernel == "select":
-                    err = 1 - (out[0] == base_out[0]).all(-1).float().mean().item()
-                    ok = err <= 0.01
-                else:
-                    err = max(_rel(a, b) for a, b in zip(out, base_out))
-                    ok = err < 1e-2
-                ms = timed(run)
-                tried.append({"cfg": dict(entry), "ms": round(ms, 3), "err": err, "ok": ok})
-                if ok and ms < 0.97 * best_ms:
-                    best_cfg, best_ms = dict(entry), ms
-            except Exception as e:  # e.g. out of shared memory: not a candidate
-                tried.append({"cfg": dict(entry), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            with triton_common.tiles_set(entry, **alt):
+                try:
+                    out = run()
+                    if kernel == "select":
+                        err = 1 - (out[0] == base_out[0]).all(-1).float().mean().item()
+                        ok = err <= 0.01
+                    else:
+                        err = max(_rel(a, b) for a, b in zip(out, base_out))
+                        ok = err < 1e-2
+                    ms = timed(run)
+                    tried.append({"cfg": dict(entry), "ms": round(ms, 3), "err": err, "ok": ok})
+                    if ok and ms < 0.97 * best_ms:
+                        best_cfg, best_ms = dict(entry), ms
+                except Exception as e:  # e.g. out of shared memory: not a candidate
+                    tried.append({"cfg": dict(entry), "error": f"{type(e).__name__}: {str(e)[:200]}"})
             torch.cuda.empty_cache()
-        entry.clear()
         entry.update(best_cfg)  # keep the winner for the next kernels and later sections
         report[kernel] = {"tried": tried, "best": best_cfg, "best_ms": round(best_ms, 3)}
         winners[kernel] = {"small": best_cfg}

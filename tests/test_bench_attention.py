@@ -48,3 +48,17 @@ def test_floors_table_from_a_results_file_needs_no_gpu(tmp_path):
     assert float(rows[0].split("|")[2].split()[0]) == pytest.approx(floor, abs=1e-3)
     assert ba.peak_of(results, 900.0, None) == (900.0, 2000.0, "given / measured on FakeGPU")  # given wins
     assert ba.peak_of({}, None, None)[:2] == (ba.H100_DENSE_BF16_TFLOPS, ba.H100_READ_GBPS)
+
+
+def test_tiles_set_restores_the_entries_even_after_an_error():
+    """The benchmarks try tile alternatives inside kernels.triton_common.tiles_set: the entries take the updates
+    within the block and hold exactly their old contents afterwards (a key the block added is gone)."""
+    from kernels.triton_common import tiles_set
+
+    a, b = dict(warps=4, share=1), dict(warps=4)
+    with tiles_set(a, b, share=4, pack_below_g=0):
+        assert a == dict(warps=4, share=4, pack_below_g=0) and b == dict(warps=4, share=4, pack_below_g=0)
+    assert a == dict(warps=4, share=1) and b == dict(warps=4)
+    with pytest.raises(RuntimeError), tiles_set(a, warps=8):
+        raise RuntimeError("out of shared memory")
+    assert a == dict(warps=4, share=1)
