@@ -8,15 +8,23 @@ source "$(dirname "$0")/gpu_env.sh"
 LOG="$OUT/bench_train.log"
 bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
   python3 scripts/bench_train.py --out "$OUT/train_$name.json" "$@" 2>&1 | grep -v '%|' | tail -4 | tee -a "$LOG"; }
-# 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled (SKIP_MFU=1 leaves it out)
+# 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled (SKIP_MFU=1 leaves it out). MFU_RUNS picks
+#    variants, each timed in this process's GPU after the one before: mb32 (the reference), mb64 (micro-batch 64),
+#    graphs (CUDA graphs), autotune (max-autotune-no-cudagraphs: Triton matmul autotuning, slow to compile)
+declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_size=64"
+                [graphs]="train.micro_batch_size=32 train.compile_mode=reduce-overhead"
+                [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs")
 if [ "${SKIP_MFU:-0}" != 1 ]; then
-  bench small_t1024 --steps 10 --warmup 3 -- model=small model.loss_chunk=8192 train.batch_tokens=524288 \
-    train.micro_batch_size=32 train.compile=true
+  for v in ${MFU_RUNS:-mb32}; do
+    # shellcheck disable=SC2086
+    bench "small_t1024$([ "$v" = mb32 ] || echo "_$v")" --steps 10 --warmup 3 -- model=small model.loss_chunk=8192 \
+      train.batch_tokens=524288 train.compile=true ${MFU[$v]:?unknown MFU run $v}
+  done
 fi
 # 2. full vs NSA, same NSA-friendly model (16 query heads per KV head), one sequence per micro-step (TS: lengths;
 #    TRAIN_ARGS: more overrides for both, e.g. "train.compile=true train.compile_mode=reduce-overhead" for graphs;
-#    STEP_ARGS: bench_train.py's step counts, default "--steps 3 --warmup 2 --breakdown-steps 1")
-for T in ${TS:-8192 32768 65536}; do
+#    STEP_ARGS: bench_train.py's step counts, default "--steps 3 --warmup 2 --breakdown-steps 1"; TS="" skips it)
+for T in ${TS-8192 32768 65536}; do
   AC=$([ "$T" -ge 32768 ] && echo true || echo false)
   for ATTN in full nsa; do
     # shellcheck disable=SC2086
