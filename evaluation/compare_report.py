@@ -224,12 +224,17 @@ def _mix_layout(mix: dict[str, Any]) -> str:
 def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
     m = out.manifest
     lines = ["## What was run", ""]
-    for inv in m.get("invocations", []):
+    invocations = m.get("invocations", [])
+    for inv in invocations:
         lines.append(f"- `{inv['command']}` ({inv.get('started', '?')}, {fmt(inv.get('seconds'), 0)} s, "
                      f"{inv.get('result', '?')}" + (f", commit `{inv['git_commit']}`" if inv.get("git_commit") else "")
-                     + ")")
+                     + (f", {inv['device']}" if inv.get("device") else "") + ")")
+    # runs resumed or added on other machines: every card that ran a part, in order (the manifest's own fields
+    # are the latest invocation's)
+    cards = list(dict.fromkeys(inv["device"] for inv in invocations if inv.get("device"))) or [m.get("device", "?")]
     lines += [
-        f"- card: {m.get('device', '?')}; torch {m.get('torch', '?')}; git commit `{m.get('git_commit', '?')}`",
+        f"- card{'s' if len(cards) > 1 else ''}: {', '.join(cards)}; torch {m.get('torch', '?')}; git commit of the "
+        f"latest invocation `{m.get('git_commit', '?')}`",
         f"- seeds: {out.seeds} (both models, every seed: same data order, same initial RNG, same eval samples)",
     ]
     cfg = next((r.config for r in out.runs.values() if r.config), None)

@@ -156,7 +156,9 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
                      "full-graph-B1-T8k": {"decode_tok_s": 400.0}, "nsa-graph-B1-T8k": {"decode_tok_s": 800.0}}})
     _json(work / "manifest.json", {"scale": "gpu-small", "seeds": list(seeds), "device": "FakeGPU",
                                    "invocations": [{"command": "python scripts/reproduce.py --scale gpu-small",
-                                                    "started": "now", "seconds": 1.0}]})
+                                                    "started": "now", "seconds": 1.0},
+                                                   {"command": "python scripts/reproduce.py --scale gpu-small",
+                                                    "started": "later", "seconds": 2.0, "device": "OtherGPU"}]})
     _json(work / "progress.json", {"eval/full-s0": {"status": "done", "seconds": 12.0, "command": "python eval.py"}})
 
 
@@ -193,6 +195,11 @@ def test_every_figure_json_and_section_is_written(report):
     assert positions == sorted(positions)
     assert "CPU pipeline check" not in text  # the banner is for the cpu scale only
     assert "A hand-written remark." in text
+
+
+def test_every_card_that_ran_a_part_is_named(report):
+    text = report[2]
+    assert "s, ?, OtherGPU)" in text and "- card: OtherGPU;" in text  # the one invocation that names its card
 
 
 def test_loss_numbers_match_the_inputs(report):
