@@ -448,7 +448,23 @@ def _grid_md(s: dict[str, Any], title: str) -> list[str]:
         table(["length", "needles", "full [Wilson 95%]", "NSA [Wilson 95%]", "NSA - full [paired 95%]",
                "McNemar p"], rows), "",
         f"Lowest NSA cell within the training length: {fmt(s['min_nsa_cell_within'])}. Cells where full beats NSA "
-        f"beyond the interval: {', '.join(f'{L} tokens / {d:g}%' for L, d in flagged) if flagged else 'none'}."]
+        f"beyond the interval: {', '.join(f'{L} tokens / {d:g}%' for L, d in flagged) if flagged else 'none'}.",
+        *_selection_found_md(s.get("nsa_selection"))]
+
+
+def _selection_found_md(sel: dict[str, Any] | None) -> list[str]:
+    """Did NSA's selection find the needles it needed (outside its window), and did finding them help."""
+    if not sel:
+        return []
+    rows = [[L, v["n"], fmt(v["selected"]), f"{fmt(v['accuracy_found'])} ({v['n_found']})",
+             f"{fmt(v['accuracy_missed'])} ({v['n_missed']})", fmt(v["gate_slc"]), fmt(v["gate_win"])]
+            for L, v in sel.items()]
+    return ["", "Did NSA's selection find the needle? For needles outside the sliding window, at the query that "
+            "predicts the answer's first token (evaluation/selection.py; seeds pooled): the fraction of (layer, KV "
+            "head) pairs whose selected blocks hold the needle, NSA's accuracy where at least half did and where "
+            "fewer did (needles in brackets), and the mean gates of the selected and window branches.", "",
+            table(["length", "needles", "needle block selected", "NSA accuracy: found", "NSA accuracy: missed",
+                   "gate slc", "gate win"], rows)]
 
 
 def _position_md(s: dict[str, Any]) -> list[str]:

@@ -65,10 +65,12 @@ def greedy_generate(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     stats: Throughput | None = None,
     desc: str | None = None,
+    on_prefill: Callable[[list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts; returns, per prompt, the new tokens up to (excluding) the first
     stop token. Stop tokens cannot be produced before `min_new_tokens` tokens (their logits are masked, like
-    transformers' min_length). Output order = input order."""
+    transformers' min_length). Output order = input order. on_prefill(batch) runs after each batch's prefill
+    forward, with the batch's prompt indices in row order (e.g. to read what the model recorded)."""
     if max_new_tokens <= 0:
         return [[] for _ in prompts]
     if any(len(p) == 0 for p in prompts):
@@ -84,6 +86,8 @@ def greedy_generate(
         caches = model.new_caches(B, T + max_new_tokens)
         with autocast():
             logits = model(idx, caches=caches)[0][:, -1]
+        if on_prefill is not None:
+            on_prefill(batch)
         _sync(device)
         t1 = time.perf_counter()
         done = torch.zeros(B, dtype=torch.bool, device=device)

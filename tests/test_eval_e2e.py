@@ -279,3 +279,9 @@ def test_nsa_checkpoint_through_the_gpt_interface(run_dir, tmp_path):
     assert measured["slc_blocks"] / 4 <= measured["slc_blocks_shared4"] <= measured["slc_blocks"]
     assert res["passkey"]["samples"] == 2 and res["mqar"]["values"] > 0 and res["ppl_position"]["loss"] > 0
     assert (out / "passkey" / "heatmap.png").is_file()
+    # did the selection find the needle: every prediction says, and the metric averages the far ones
+    rows = [json.loads(line) for line in (out / "passkey" / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert 0 <= r["needle_selected"] <= 1 and 0 < r["gate_slc"] < 1 and 0 < r["gate_win"] < 1
+        assert r["needle_in_window"] is False  # depth 50% of 128 tokens: far outside a 16-token window
+    assert res["passkey"]["needle_selected@128"] == pytest.approx(sum(r["needle_selected"] for r in rows) / 2)

@@ -85,6 +85,13 @@ def _correct(task: str, arm: str, L: int, d: float) -> bool:
     return arm == "nsa" or L <= TRAIN_LENGTH
 
 
+def _selection(L: int, d: float) -> dict:
+    """Planted needle-selection diagnostics of NSA: the last depth's needle lies in the window; the first depth's
+    is found by every (layer, KV head) pair, the others by a quarter."""
+    return {"needle_selected": 1.0 if d == DEPTHS[0] else 0.25, "needle_in_window": d == DEPTHS[-1],
+            "gate_slc": 0.5, "gate_win": 0.25 * (1 + (d == DEPTHS[-1]))}
+
+
 PROBE = {"full": {10: 2.3, 20: 0.5}, "nsa": {10: 1.0, 20: 0.2}}  # onset (< ln(10) / 2): full at 20, NSA at 10
 
 
@@ -130,7 +137,8 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
             })
             for task in ("niah", "passkey"):
                 _jsonl(ev / task / "predictions.jsonl", [
-                    {"length": L, "depth": d, "sample": s, "correct": _correct(task, arm, L, d)}
+                    {"length": L, "depth": d, "sample": s, "correct": _correct(task, arm, L, d),
+                     **(_selection(L, d) if arm == "nsa" else {})}
                     for L in LENGTHS for d in DEPTHS for s in range(SAMPLES)])
             per_pos = [4.0 + (0.0 if arm == "full" else -0.2) + (0.5 if t >= TRAIN_LENGTH else 0) for t in range(128)]
             _json(ev / "ppl_position" / "loss_by_position.json", {
@@ -200,6 +208,23 @@ def test_every_figure_json_and_section_is_written(report):
 def test_every_card_that_ran_a_part_is_named(report):
     text = report[2]
     assert "s, ?, OtherGPU)" in text and "- card: OtherGPU;" in text  # the one invocation that names its card
+
+
+def test_needle_selection_table(report):
+    """NSA's selection diagnostics, per length over the needles outside the window, from the planted rows."""
+    _, result, text = report
+    sel = result["sections"]["niah"]["nsa_selection"]
+    far = [d for d in DEPTHS if d != DEPTHS[-1]]
+    for L in LENGTHS:
+        v = sel[str(L)]
+        n = len(far) * SAMPLES * 2  # two seeds pooled
+        assert v["n"] == n and v["n_found"] == SAMPLES * 2 and v["n_missed"] == n - SAMPLES * 2
+        assert v["selected"] == pytest.approx((1.0 + 0.25 * (len(far) - 1)) / len(far))
+        acc = lambda ds, L=L: sum(_correct("niah", "nsa", L, d) for d in ds) / len(ds)
+        assert v["accuracy_found"] == pytest.approx(acc(far[:1]))
+        assert v["accuracy_missed"] == pytest.approx(acc(far[1:]))
+        assert v["gate_slc"] == 0.5 and v["gate_win"] == 0.25
+    assert "| needle block selected |" in text and result["sections"]["passkey"]["nsa_selection"] is not None
 
 
 def test_loss_numbers_match_the_inputs(report):

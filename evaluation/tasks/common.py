@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,15 @@ class EvalContext:
         return zlib.crc32(repr((self.cfg.seed, *parts)).encode())
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, stop_ids: Sequence[int] | None = None,
-                 min_new_tokens: int = 0, desc: str | None = None) -> list[list[int]]:
-        """Greedy continuations (stopping at EOS by default), batched by equal prompt length."""
+                 min_new_tokens: int = 0, desc: str | None = None,
+                 on_prefill: Callable[[list[int]], None] | None = None) -> list[list[int]]:
+        """Greedy continuations (stopping at EOS by default), batched by equal prompt length (on_prefill: see
+        greedy_generate)."""
         return greedy_generate(
             self.model, prompts, max_new_tokens,
             stop_ids=[self.tok.eos_id] if stop_ids is None else stop_ids,
             min_new_tokens=min_new_tokens, batch_size=self.cfg.eval.batch_size,
-            autocast=self.loaded.autocast, stats=self.stats, desc=desc,
+            autocast=self.loaded.autocast, stats=self.stats, desc=desc, on_prefill=on_prefill,
         )
 
     def grid_lengths(self, configured: list[int] | None, task: str) -> list[int]:

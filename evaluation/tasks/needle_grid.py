@@ -19,6 +19,7 @@ from evaluation import plots
 from evaluation.loading import EvalError
 from evaluation.report import grid_markdown, write_json_atomic
 from evaluation.ruler import niah_doc
+from evaluation.selection import SelectionRecorder
 from evaluation.tasks.common import EvalContext, exact_match, log, mean, write_jsonl
 from evaluation.text_sources import haystack_ids
 
@@ -38,11 +39,13 @@ def run_grid(ctx: EvalContext, task: str, lengths: list[int], depths: list[float
         docs += [doc for doc, _ in cell]
         where += [w for _, w in cell]
     run_lengths = [L for L in lengths if L not in skipped]
-    gens = ctx.generate([doc.prompt_tokens for doc in docs], max_new_tokens, desc=task)
+    with SelectionRecorder(ctx.model) as recorder:
+        gens = ctx.generate([doc.prompt_tokens for doc in docs], max_new_tokens, desc=task,
+                            on_prefill=recorder.on_prefill if recorder else None)
     hits: dict[tuple[int, float], list[float]] = {}
     exacts: dict[tuple[int, float], list[float]] = {}
     rows = []
-    for doc, (L, d, s), gen in zip(docs, where, gens):
+    for i, (doc, (L, d, s), gen) in enumerate(zip(docs, where, gens)):
         pred = ctx.tok.decode(gen)
         expected = doc.answer.strip()
         hit, exact = expected in pred, exact_match(pred, expected)
@@ -50,6 +53,8 @@ def run_grid(ctx: EvalContext, task: str, lengths: list[int], depths: list[float
         exacts.setdefault((L, d), []).append(float(exact))
         rows.append({"length": L, "depth": d, "sample": s, "needle_start": doc.needles[0].start,
                      "expected": expected, "pred": pred, "correct": hit, "exact": exact})
+        if recorder:
+            rows[-1].update(recorder.needle_stats(i, doc.needles[0], len(doc.prompt_tokens)))
     grid = [[mean(hits.get((L, d), [])) for L in run_lengths] for d in depths]
     exact_grid = [[mean(exacts.get((L, d), [])) for L in run_lengths] for d in depths]
     all_hits = [h for v in hits.values() for h in v]
@@ -61,6 +66,11 @@ def run_grid(ctx: EvalContext, task: str, lengths: list[int], depths: list[float
     }
     for L in run_lengths:
         metrics[f"accuracy@{L}"] = mean([h for d in depths for h in hits.get((L, d), [])])
+    if recorder:  # the selection's recall of needles it must find (outside the window)
+        far = [r for r in rows if not r["needle_in_window"]]
+        metrics["needle_selected"] = mean([r["needle_selected"] for r in far])
+        for L in run_lengths:
+            metrics[f"needle_selected@{L}"] = mean([r["needle_selected"] for r in far if r["length"] == L])
     grid_json = {"task": task, "lengths": run_lengths, "depths": depths, "samples_per_cell": samples,
                  "accuracy": grid, "exact": exact_grid, "model": ctx.loaded.describe()["name"],
                  "attention": ctx.model.attn_cfg.name, "checkpoint": str(ctx.loaded.checkpoint), **extra}

@@ -35,7 +35,10 @@ compressed tokens, n selected blocks, w window keys) instead of computing a whol
 
 Sparsity. `attended_keys(T)` counts exactly from the definition the mean keys per query of each branch over
 positions 0..T-1; `record_stats = True` makes every forward store the keys each query really attended in
-`last_stats` (from the chosen block ids); `nsa_sparsity(model, T)` gives both for a whole GPT.
+`last_stats` (from the chosen block ids); `nsa_sparsity(model, T)` gives both for a whole GPT. `record_selection
+= True` keeps the block ids the last query of each forward chose (`last_selection`) and its gates (`last_gates`):
+evaluation/selection.py asks whether they cover a retrieval document's needle, and how much the selected branch
+weighs.
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ class NativeSparseAttention(Attention):
         self.wo = nn.Linear(self.n_head * D, C, bias=False)
         self.record_stats = False  # when True, forward stores the keys each query really attended in last_stats
         self.last_stats: dict[str, float] | None = None
+        self.record_selection = False  # when True, forward keeps the last query's selected block ids
+        self.last_selection: torch.Tensor | None = None  # [B, Hkv, num_select], ascending, -1 padded
+        self.last_gates: torch.Tensor | None = None  # [B, Hq, 3]: the last query's gates (cmp, slc, win)
 
     @classmethod
     def check_config(cls, model_cfg: ModelConfig, attn_cfg: AttentionConfig) -> None:
@@ -196,6 +202,8 @@ class NativeSparseAttention(Attention):
         """The gated sum of the three branch outputs [B, T, Hq, D] (gates from x [B, T, C]), projected -> [B, T, C]."""
         B, T, _ = x.shape
         g = torch.sigmoid(self.w_gate(x)).view(B, T, self.n_head, len(BRANCHES), 1)
+        if self.record_selection:
+            self.last_gates = g[:, -1, :, :, 0].detach()
         o = g[:, :, :, 0] * o_cmp + g[:, :, :, 1] * o_slc + g[:, :, :, 2] * o_win
         return self.wo(o.reshape(B, T, -1))
 
@@ -238,6 +246,8 @@ class NativeSparseAttention(Attention):
                                                      window=a.window, q_start=start)
         if self.record_stats:
             self.last_stats = self._measured_keys(idx, start)
+        if self.record_selection:
+            self.last_selection = idx[:, -1].detach()
         return o_cmp, o_slc, o_win
 
     # ------------------------------------------------------------------------------------------------------
