@@ -44,11 +44,18 @@ def test_needle_stats_window_and_gates():
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_recorder_keeps_each_prompts_own_last_selection(device, monkeypatch):
+def test_recorder_keeps_each_prompts_own_last_selection(device):
     """Batched prefills (equal lengths together) keep each prompt's own choice, as a forward of it alone makes it;
     on CUDA through the Triton selection kernel."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # batch size must not move near-ties
-    model = tiny_nsa(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the batch size must not move near-ties (a trainer test sets it)
+    try:
+        check_recorder(tiny_nsa(device), device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def check_recorder(model: GPT, device: str) -> None:
     layers = nsa_layers(model)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (40, 29, 40, 40, 13)]  # batched 2 by 2
