@@ -299,18 +299,24 @@ class NativeSparseAttention(Attention):
             slots = torch.arange(start, start + cache.tail_k.shape[1], device=x.device) % blk
             cache.ring_k = cache.tail_k.new_zeros(B, blk, *cache.tail_k.shape[2:]).index_copy_(1, slots, cache.tail_k)
             cache.ring_v = cache.tail_v.new_zeros(B, blk, *cache.tail_v.shape[2:]).index_copy_(1, slots, cache.tail_v)
-        q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: rotary.at(t, pos))
+        q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: t)  # RoPE below, in one pass
         dt = cache.k_slc.dtype
-        for buf, new in ((cache.k_slc, k_s), (cache.v_slc, v_s), (cache.k_win, k_w), (cache.v_win, v_w)):
-            buf.index_copy_(1, pos, new.to(dt))  # the shared_kv sets write the same tensors twice: harmless
         cache.ring_k.index_copy_(1, pos % blk, k_c.to(dt))
         cache.ring_v.index_copy_(1, pos % blk, v_c.to(dt))
         order = (pos + 1 + torch.arange(blk, device=x.device)) % blk  # positions pos - blk + 1 .. pos
         new_k, new_v = self._compress_unrotated(cache.ring_k[:, order], cache.ring_v[:, order], 1)
+        # The query, the selection / window keys and the compressed key of the block ending at pos all rotate at
+        # pos: one RoPE pass over their concatenation, where each alone is a dozen small kernels of the step
+        keys = [k_s] if self.n_kv_sets == 1 else [k_s, k_w]
+        rotated = rotary.at(torch.cat([q, *keys, new_k], dim=2), pos)
+        q, *keys, new_k = rotated.split([self.n_head] + [self.n_kv_head] * (len(keys) + 1), dim=2)
+        k_s, k_w = keys[0], keys[-1]
+        for buf, new in ((cache.k_slc, k_s), (cache.v_slc, v_s), (cache.k_win, k_w), (cache.v_win, v_w)):
+            buf.index_copy_(1, pos, new.to(dt))  # the shared_kv sets write the same tensors twice: harmless
         first = pos + 1 - blk  # first position of the block ending at pos
         done = (first >= 0) & (first % d == 0)
         row = torch.where(done, first.div(d, rounding_mode="floor"), cache.k_cmp.shape[1] - 1)
-        cache.k_cmp.index_copy_(1, row, rotary.at(new_k, pos).to(dt))
+        cache.k_cmp.index_copy_(1, row, new_k.to(dt))
         cache.v_cmp.index_copy_(1, row, new_v.to(dt))
         return self._gate(x, *self._branches_at(q, cache, pos))
 
