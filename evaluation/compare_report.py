@@ -374,6 +374,13 @@ def _why(out: Outputs, sections: dict[str, Any], summary: dict[str, Any], report
                 lead = "NSA" if w["nsa"] > w["full"] else "full attention"
                 lines.append(f"- {task}: {lead} retrieves more within the training length (full {fmt(w['full'])}, "
                              f"NSA {fmt(w['nsa'])}, McNemar p = {w['mcnemar']['p']:.2g}, {w['n']} needles).")
+        sel = (g.get("nsa_selection") or {}).get("within") if g.get("status") == "ok" else None
+        if sel:
+            lines.append(f"- {task}, NSA's selection: for the {sel['n']} needles outside the window within the "
+                         f"training length, {fmt(sel['selected'])} of the (layer, KV head) pairs selected the "
+                         f"needle's block at the answer; NSA answered {fmt(sel['accuracy_found'])} of those most "
+                         f"pairs found ({sel['n_found']}) and {fmt(sel['accuracy_missed'])} of the others "
+                         f"({sel['n_missed']}).")
     if sections["kernel"].get("status") != "ok":
         lines.append(f"- Kernel speed (Figure 6) not measured: {sections['kernel'].get('reason')}.")
     if not sections["decode"].get("headline"):
@@ -458,7 +465,7 @@ def _selection_found_md(sel: dict[str, Any] | None) -> list[str]:
         return []
     rows = [[L, v["n"], fmt(v["selected"]), f"{fmt(v['accuracy_found'])} ({v['n_found']})",
              f"{fmt(v['accuracy_missed'])} ({v['n_missed']})", fmt(v["gate_slc"]), fmt(v["gate_win"])]
-            for L, v in sel.items()]
+            for L, v in sel["by_length"].items()]
     return ["", "Did NSA's selection find the needle? For needles outside the sliding window, at the query that "
             "predicts the answer's first token (evaluation/selection.py; seeds pooled): the fraction of (layer, KV "
             "head) pairs whose selected blocks hold the needle, NSA's accuracy where at least half did and where "

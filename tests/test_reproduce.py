@@ -210,21 +210,28 @@ def test_every_card_that_ran_a_part_is_named(report):
     assert "s, ?, OtherGPU)" in text and "- card: OtherGPU;" in text  # the one invocation that names its card
 
 
+def acc_at(L: int, depths: list[float]) -> float:
+    return sum(_correct("niah", "nsa", L, d) for d in depths) / len(depths)
+
+
 def test_needle_selection_table(report):
     """NSA's selection diagnostics, per length over the needles outside the window, from the planted rows."""
     _, result, text = report
     sel = result["sections"]["niah"]["nsa_selection"]
     far = [d for d in DEPTHS if d != DEPTHS[-1]]
     for L in LENGTHS:
-        v = sel[str(L)]
+        v = sel["by_length"][str(L)]
         n = len(far) * SAMPLES * 2  # two seeds pooled
         assert v["n"] == n and v["n_found"] == SAMPLES * 2 and v["n_missed"] == n - SAMPLES * 2
         assert v["selected"] == pytest.approx((1.0 + 0.25 * (len(far) - 1)) / len(far))
-        acc = lambda ds, L=L: sum(_correct("niah", "nsa", L, d) for d in ds) / len(ds)
-        assert v["accuracy_found"] == pytest.approx(acc(far[:1]))
-        assert v["accuracy_missed"] == pytest.approx(acc(far[1:]))
+        assert v["accuracy_found"] == pytest.approx(acc_at(L, far[:1]))
+        assert v["accuracy_missed"] == pytest.approx(acc_at(L, far[1:]))
         assert v["gate_slc"] == 0.5 and v["gate_win"] == 0.25
+    within = sel["within"]  # lengths 32 and 64
+    assert within["n"] == 2 * len(far) * SAMPLES * 2 and within["n_found"] == 2 * SAMPLES * 2
+    assert within["accuracy_missed"] == pytest.approx((acc_at(32, far[1:]) + acc_at(64, far[1:])) / 2)
     assert "| needle block selected |" in text and result["sections"]["passkey"]["nsa_selection"] is not None
+    assert f"- niah, NSA's selection: for the {within['n']} needles outside the window" in text
 
 
 def test_loss_numbers_match_the_inputs(report):
