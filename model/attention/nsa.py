@@ -301,8 +301,9 @@ class NativeSparseAttention(Attention):
             cache.ring_v = cache.tail_v.new_zeros(B, blk, *cache.tail_v.shape[2:]).index_copy_(1, slots, cache.tail_v)
         q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: t)  # RoPE below, in one pass
         dt = cache.k_slc.dtype
-        cache.ring_k.index_copy_(1, pos % blk, k_c.to(dt))
-        cache.ring_v.index_copy_(1, pos % blk, v_c.to(dt))
+        slot = pos % blk
+        cache.ring_k.index_copy_(1, slot, k_c.to(dt))
+        cache.ring_v.index_copy_(1, slot, v_c.to(dt))
         order = (pos + 1 + torch.arange(blk, device=x.device)) % blk  # positions pos - blk + 1 .. pos
         new_k, new_v = self._compress_unrotated(cache.ring_k[:, order], cache.ring_v[:, order], 1)
         # The query, the selection / window keys and the compressed key of the block ending at pos all rotate at
