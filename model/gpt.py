@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.attention import Attention, attention_class, build_attention
+from model.attention.base import DecodePosition
 from model.config import AttentionConfig, ModelConfig
 from model.loss import linear_cross_entropy
 from model.rope import Rotary
@@ -39,10 +40,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.n_embd, cfg.hidden_dim)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
-        """With `pos` (a decoding step's position on the device) the attention takes its fixed-shape decode_step."""
+                step: DecodePosition | None = None) -> torch.Tensor:
+        """With `step` (a decoding step's position) the attention takes its fixed-shape decode_step."""
         h = self.attn_norm(x)
-        x = x + (self.attn(h, rotary, cache) if pos is None else self.attn.decode_step(h, rotary, cache, pos))
+        x = x + (self.attn(h, rotary, cache) if step is None else self.attn.decode_step(h, rotary, cache, step))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -128,8 +129,9 @@ class GPT(nn.Module):
         step whose shapes and kernel arguments stay fixed from step to step, so that it can be captured in a CUDA
         graph. The caches hold positions 0 .. pos - 1 (a prefill forward) and are written at pos."""
         x = self.embed(tok)
+        step = DecodePosition(pos)  # what the layers derive from pos, computed once
         for block, cache in zip(self.blocks, caches):
-            x = block(x, self.rotary, cache, pos)
+            x = block(x, self.rotary, cache, step)
         return self.lm_head(self.norm(x))[:, -1].float()
 
     @torch.no_grad()

@@ -6,13 +6,35 @@ The GPT only ever calls these methods, so a new attention type plugs in through 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
 from torch import nn
 
 from model.config import AttentionConfig, ModelConfig
-from model.rope import Rotary
+from model.rope import Rotary, apply_rotary
+
+
+class DecodePosition:
+    """A decoding step's position (`pos`, int64 [1] on the device) and the tensors layers derive from it (RoPE
+    rows, cache slots, masks), each computed once per step: in a step captured as a CUDA graph every layer would
+    otherwise launch the same small kernels again."""
+
+    def __init__(self, pos: torch.Tensor) -> None:
+        self.pos = pos
+        self._derived: dict[Hashable, Any] = {}
+
+    def derived(self, key: Hashable, make: Callable[[torch.Tensor], Any]) -> Any:
+        """make(pos), computed the first time `key` is asked for in this step."""
+        if key not in self._derived:
+            self._derived[key] = make(self.pos)
+        return self._derived[key]
+
+    def rotate(self, rotary: Rotary, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, H, D] rotated at the step's position."""
+        cos, sin = self.derived(("rope", id(rotary)), lambda p: (rotary.cos[p], rotary.sin[p]))
+        return apply_rotary(x, cos, sin)
 
 
 class Attention(nn.Module):
@@ -31,8 +53,8 @@ class Attention(nn.Module):
         cache's tokens, and the cache is extended by them (prefill when empty, decoding when T == 1)."""
         raise NotImplementedError
 
-    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: Any, pos: torch.Tensor) -> torch.Tensor:
-        """One decoding step, x [B, 1, C] at the position held in pos (int64 [1] on x's device) -> [B, 1, C],
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: Any, step: DecodePosition) -> torch.Tensor:
+        """One decoding step, x [B, 1, C] at the position held in step.pos (int64 [1] on x's device) -> [B, 1, C],
         with shapes and kernel arguments that stay fixed from step to step (capturable in a CUDA graph). The
         cache holds positions 0 .. pos - 1 and is written at pos; its `length` is not advanced."""
         raise NotImplementedError

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import register_attention
-from model.attention.base import Attention
+from model.attention.base import Attention, DecodePosition
 from model.config import AttentionConfig, ModelConfig
 from model.rope import Rotary
 
@@ -78,13 +78,14 @@ class FullAttention(Attention):
         k, v = self.wkv(x).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
         return rotate(self.wq(x).view(B, T, self.n_head, self.head_dim)), rotate(k), v
 
-    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: KVCache, step: DecodePosition) -> torch.Tensor:
         """See Attention.decode_step: attends over the whole cache with the keys past pos masked out."""
-        B = x.shape[0]
-        q, k, v = self._project(x, lambda t: rotary.at(t, pos))
-        cache.k.index_copy_(1, pos, k.to(cache.k.dtype))
-        cache.v.index_copy_(1, pos, v.to(cache.v.dtype))
-        visible = (torch.arange(cache.k.shape[1], device=x.device) <= pos)[None, :]  # [1 query, max_len keys]
+        B, max_len = x.shape[0], cache.k.shape[1]
+        q, k, v = self._project(x, lambda t: step.rotate(rotary, t))
+        cache.k.index_copy_(1, step.pos, k.to(cache.k.dtype))
+        cache.v.index_copy_(1, step.pos, v.to(cache.v.dtype))
+        visible = step.derived(("visible", max_len),  # [1 query, max_len keys]
+                               lambda p: (torch.arange(max_len, device=p.device) <= p)[None, :])
         q, k, v = (t.transpose(1, 2) for t in (q, cache.k.to(q.dtype), cache.v.to(q.dtype)))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=q.shape[1] != k.shape[1])
         return self.wo(o.transpose(1, 2).reshape(B, 1, -1))

@@ -59,7 +59,7 @@ from kernels import (
     selected_and_window_attention,
 )
 from model.attention import register_attention
-from model.attention.base import Attention
+from model.attention.base import Attention, DecodePosition
 from model.config import AttentionConfig, ModelConfig
 from model.rope import Rotary
 
@@ -285,41 +285,49 @@ class NativeSparseAttention(Attention):
         return (cache.k_cmp[:, :c], cache.v_cmp[:, :c], cache.k_slc[:, :end], cache.v_slc[:, :end],
                 cache.k_win[:, :end], cache.v_win[:, :end])
 
-    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: NSACache, pos: torch.Tensor) -> torch.Tensor:
-        """x [B, 1, C] at the position held in pos (int64 [1], on x's device) -> [B, 1, C], with every shape and
-        kernel argument fixed from step to step (the step can be captured in a CUDA graph and replayed): the
+    def decode_step(self, x: torch.Tensor, rotary: Rotary, cache: NSACache, step: DecodePosition) -> torch.Tensor:
+        """x [B, 1, C] at the position held in step.pos (int64 [1], on x's device) -> [B, 1, C], with every shape
+        and kernel argument fixed from step to step (the step can be captured in a CUDA graph and replayed): the
         cache is written at pos, the compressed token a step completes is computed every step and written to
         its row or, when the step completes none, to the spare row. The cache must hold positions 0 .. pos - 1
         (a prefill forward); cache.length is not advanced. The first call fills the compression ring from the
         prefill's tail, so it must run outside a capture."""
         B = x.shape[0]
-        blk, d = self.l, self.d
+        blk, d, pos = self.l, self.d, step.pos
         if cache.ring_k is None:
             start = cache.num_cmp * d
             slots = torch.arange(start, start + cache.tail_k.shape[1], device=x.device) % blk
             cache.ring_k = cache.tail_k.new_zeros(B, blk, *cache.tail_k.shape[2:]).index_copy_(1, slots, cache.tail_k)
             cache.ring_v = cache.tail_v.new_zeros(B, blk, *cache.tail_v.shape[2:]).index_copy_(1, slots, cache.tail_v)
+        n_rows = cache.k_cmp.shape[1]
+        slot, order, row = step.derived(("nsa", blk, d, n_rows), lambda p: self._ring_indices(p, n_rows))
         q, k_c, v_c, k_s, v_s, k_w, v_w = self._project(x, lambda t: t)  # RoPE below, in one pass
         dt = cache.k_slc.dtype
-        slot = pos % blk
         cache.ring_k.index_copy_(1, slot, k_c.to(dt))
         cache.ring_v.index_copy_(1, slot, v_c.to(dt))
-        order = (pos + 1 + torch.arange(blk, device=x.device)) % blk  # positions pos - blk + 1 .. pos
         new_k, new_v = self._compress_unrotated(cache.ring_k[:, order], cache.ring_v[:, order], 1)
         # The query, the selection / window keys and the compressed key of the block ending at pos all rotate at
         # pos: one RoPE pass over their concatenation, where each alone is a dozen small kernels of the step
         keys = [k_s] if self.n_kv_sets == 1 else [k_s, k_w]
-        rotated = rotary.at(torch.cat([q, *keys, new_k], dim=2), pos)
+        rotated = step.rotate(rotary, torch.cat([q, *keys, new_k], dim=2))
         q, *keys, new_k = rotated.split([self.n_head] + [self.n_kv_head] * (len(keys) + 1), dim=2)
         k_s, k_w = keys[0], keys[-1]
         for buf, new in ((cache.k_slc, k_s), (cache.v_slc, v_s), (cache.k_win, k_w), (cache.v_win, v_w)):
             buf.index_copy_(1, pos, new.to(dt))  # the shared_kv sets write the same tensors twice: harmless
-        first = pos + 1 - blk  # first position of the block ending at pos
-        done = (first >= 0) & (first % d == 0)
-        row = torch.where(done, first.div(d, rounding_mode="floor"), cache.k_cmp.shape[1] - 1)
         cache.k_cmp.index_copy_(1, row, new_k.to(dt))
         cache.v_cmp.index_copy_(1, row, new_v.to(dt))
         return self._gate(x, *self._branches_at(q, cache, pos))
+
+    def _ring_indices(self, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For decode_step at pos (the same in every layer): the ring slot of pos, the ring's slots in position
+        order (positions pos - l + 1 .. pos), and the row of the n_rows compressed-token rows that the block
+        ending at pos fills (the spare row, the last, when no block ends at pos)."""
+        blk, d = self.l, self.d
+        slot = pos % blk
+        order = (pos + 1 + torch.arange(blk, device=pos.device)) % blk
+        first = pos + 1 - blk  # first position of the block ending at pos
+        done = (first >= 0) & (first % d == 0)
+        return slot, order, torch.where(done, first.div(d, rounding_mode="floor"), n_rows - 1)
 
     def _branches_at(self, q: torch.Tensor, cache: NSACache, pos: torch.Tensor):
         """The three branch outputs [B, 1, Hq, D] of decode_step: the Triton kernels that read the position on the
