@@ -204,7 +204,7 @@ class NativeSparseAttention(Attention):
         g = torch.sigmoid(self.w_gate(x)).view(B, T, self.n_head, len(BRANCHES), 1)
         if self.record_selection:
             self.last_gates = g[:, -1, :, :, 0].detach()
-        o = g[:, :, :, 0] * o_cmp + g[:, :, :, 1] * o_slc + g[:, :, :, 2] * o_win
+        o = torch.addcmul(torch.addcmul(g[:, :, :, 0] * o_cmp, g[:, :, :, 1], o_slc), g[:, :, :, 2], o_win)  # 3 ops
         return self.wo(o.reshape(B, T, -1))
 
     def compress(
