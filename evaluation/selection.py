@@ -22,16 +22,7 @@ import torch
 from torch import nn
 
 from data.synthetic import Marked
-from model.attention.nsa import nsa_layers
-
-
-def needle_block_hits(ids: torch.Tensor, start: int, end: int, select_size: int) -> torch.Tensor:
-    """ids [..., n] chosen selection-block ids (-1: none) -> bool [...]: whether a chosen block (tokens
-    [id * select_size, (id + 1) * select_size)) overlaps the needle's tokens [start, end)."""
-    if end <= start:
-        raise ValueError(f"needle_block_hits: empty needle span [{start}, {end})")
-    first, last = start // select_size, (end - 1) // select_size
-    return ((ids >= first) & (ids <= last)).any(dim=-1)
+from model.attention.nsa import needle_block_hits, nsa_layers
 
 
 class SelectionRecorder:
@@ -54,13 +45,13 @@ class SelectionRecorder:
 
     def __exit__(self, *exc: object) -> None:
         for layer in self.layers:
-            layer.record_selection, layer.last_selection, layer.last_gates = False, None, None
+            layer.record_selection, layer.selection, layer.gates = False, None, None
 
     def on_prefill(self, batch: Sequence[int]) -> None:
         """After the prefill forward of the prompts `batch` (their indices, in row order): keep each row's
         selected block ids [layers, Hkv, n] and gates [layers, Hq, 3]."""
-        ids = torch.stack([layer.last_selection for layer in self.layers], dim=1).cpu()
-        gates = torch.stack([layer.last_gates for layer in self.layers], dim=1).float().cpu()
+        ids = torch.stack([layer.selection[:, -1] for layer in self.layers], dim=1).cpu()
+        gates = torch.stack([layer.gates[:, -1] for layer in self.layers], dim=1).float().cpu()
         for row, i in enumerate(batch):
             self.chosen[i] = (ids[row], gates[row])
 

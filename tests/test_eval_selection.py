@@ -6,9 +6,9 @@ import torch
 
 from data.synthetic import Marked
 from evaluation.generation import greedy_generate
-from evaluation.selection import SelectionRecorder, needle_block_hits
+from evaluation.selection import SelectionRecorder
 from model import GPT, AttentionConfig, ModelConfig
-from model.attention.nsa import nsa_layers
+from model.attention.nsa import needle_block_hits, nsa_layers
 
 NSA = AttentionConfig(name="nsa", compress_block=8, compress_stride=4, select_block=8, num_select=3, window=8)
 
@@ -26,7 +26,7 @@ def test_needle_block_hits_is_any_chosen_block_overlapping_the_span():
     assert needle_block_hits(ids, 24, 25, 8).tolist() == [True, False]  # block 3
     assert needle_block_hits(ids, 32, 40, 8).tolist() == [False, False]  # block 4: nobody; -1 never matches
     assert needle_block_hits(ids, 8, 16, 8).tolist() == [False, True]  # [8, 16) is block 1 alone
-    with pytest.raises(ValueError, match="empty needle span"):
+    with pytest.raises(ValueError, match="empty span"):
         needle_block_hits(ids, 5, 5, 8)
 
 
@@ -62,14 +62,14 @@ def check_recorder(model: GPT, device: str) -> None:
     with SelectionRecorder(model) as rec:
         greedy_generate(model, prompts, 4, batch_size=2, on_prefill=rec.on_prefill)
     assert sorted(rec.chosen) == list(range(len(prompts)))
-    assert all(not layer.record_selection and layer.last_selection is None for layer in layers)
+    assert all(not layer.record_selection and layer.selection is None for layer in layers)
     for i, prompt in enumerate(prompts):
         for layer in layers:
             layer.record_selection = True
         with torch.no_grad():
             model(torch.tensor([prompt], device=device))
-        alone_ids = torch.stack([layer.last_selection[0] for layer in layers]).cpu()
-        alone_gates = torch.stack([layer.last_gates[0] for layer in layers]).float().cpu()
+        alone_ids = torch.stack([layer.selection[0, -1] for layer in layers]).cpu()
+        alone_gates = torch.stack([layer.gates[0, -1] for layer in layers]).float().cpu()
         ids, gates = rec.chosen[i]
         assert ids.shape == (2, 2, 3) and gates.shape == (2, 4, 3)
         assert torch.equal(ids.long(), alone_ids.long()) and torch.allclose(gates, alone_gates, atol=1e-5)

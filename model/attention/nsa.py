@@ -36,9 +36,9 @@ compressed tokens, n selected blocks, w window keys) instead of computing a whol
 Sparsity. `attended_keys(T)` counts exactly from the definition the mean keys per query of each branch over
 positions 0..T-1; `record_stats = True` makes every forward store the keys each query really attended in
 `last_stats` (from the chosen block ids); `nsa_sparsity(model, T)` gives both for a whole GPT. `record_selection
-= True` keeps the block ids the last query of each forward chose (`last_selection`) and its gates (`last_gates`):
-evaluation/selection.py asks whether they cover a retrieval document's needle, and how much the selected branch
-weighs.
+= True` keeps the block ids every query of the latest forward chose (`selection`) and its gates (`gates`):
+evaluation/selection.py and the training probes ask whether they cover a retrieval document's needle
+(`needle_block_hits`), and how much the selected branch weighs.
 """
 
 from __future__ import annotations
@@ -154,9 +154,9 @@ class NativeSparseAttention(Attention):
         self.wo = nn.Linear(self.n_head * D, C, bias=False)
         self.record_stats = False  # when True, forward stores the keys each query really attended in last_stats
         self.last_stats: dict[str, float] | None = None
-        self.record_selection = False  # when True, forward keeps the last query's selected block ids
-        self.last_selection: torch.Tensor | None = None  # [B, Hkv, num_select], ascending, -1 padded
-        self.last_gates: torch.Tensor | None = None  # [B, Hq, 3]: the last query's gates (cmp, slc, win)
+        self.record_selection = False  # when True, forward keeps every query's selected block ids and gates
+        self.selection: torch.Tensor | None = None  # [B, T, Hkv, num_select], ascending, -1 padded
+        self.gates: torch.Tensor | None = None  # [B, T, Hq, 3]: the branch gates (cmp, slc, win)
 
     @classmethod
     def check_config(cls, model_cfg: ModelConfig, attn_cfg: AttentionConfig) -> None:
@@ -203,7 +203,7 @@ class NativeSparseAttention(Attention):
         B, T, _ = x.shape
         g = torch.sigmoid(self.w_gate(x)).view(B, T, self.n_head, len(BRANCHES), 1)
         if self.record_selection:
-            self.last_gates = g[:, -1, :, :, 0].detach()
+            self.gates = g[..., 0].detach()
         o = torch.addcmul(torch.addcmul(g[:, :, :, 0] * o_cmp, g[:, :, :, 1], o_slc), g[:, :, :, 2], o_win)  # 3 ops
         return self.wo(o.reshape(B, T, -1))
 
@@ -247,7 +247,7 @@ class NativeSparseAttention(Attention):
         if self.record_stats:
             self.last_stats = self._measured_keys(idx, start)
         if self.record_selection:
-            self.last_selection = idx[:, -1].detach()
+            self.selection = idx.detach()
         return o_cmp, o_slc, o_win
 
     # ------------------------------------------------------------------------------------------------------
@@ -415,6 +415,15 @@ class NativeSparseAttention(Attention):
                 nn.init.zeros_(layer.bias)
         nn.init.normal_(self.pe_k, std=std)
         nn.init.normal_(self.pe_v, std=std)
+
+
+def needle_block_hits(ids: torch.Tensor, start: int, end: int, select_size: int) -> torch.Tensor:
+    """ids [..., n] chosen selection-block ids (-1: none) -> bool [...]: whether a chosen block (tokens
+    [id * select_size, (id + 1) * select_size)) overlaps the tokens [start, end) (e.g. a retrieval needle)."""
+    if end <= start:
+        raise ValueError(f"needle_block_hits: empty span [{start}, {end})")
+    first, last = start // select_size, (end - 1) // select_size
+    return ((ids >= first) & (ids <= last)).any(dim=-1)
 
 
 def nsa_layers(model: nn.Module) -> list[NativeSparseAttention]:
