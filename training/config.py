@@ -56,6 +56,9 @@ class TrainConfig:
     # logged as val_probe_<kind> = answer-token loss of val_probe_samples fixed documents of the training length
     val_probes: list[str] = field(default_factory=list)
     val_probe_samples: int = 16
+    # NSA: also log val_probe_<kind>_selected, how often the selection holds the needle at the answer (one eager
+    # forward of the probes per validation; torch >= 2.6)
+    val_probe_selection: bool = False
     ckpt_interval: int = 50  # checkpoint every N steps (and at the end); 0 = only at the end
     keep_last: int = 3  # checkpoints kept
     resume: str = "auto"  # "auto": newest checkpoint in run_dir if any | "never" | path to a checkpoint file

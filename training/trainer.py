@@ -36,7 +36,7 @@ from training.distributed import (
 )
 from training.metrics import MetricsLogger, console_line, memory_gb, peak_bf16_flops, truncate_metrics
 from training.optim import build_optimizer
-from training.probes import build_probes, probe_batches
+from training.probes import Probe, build_probes, probe_batches, probe_selection
 from training.schedule import lr_at
 
 log = logging.getLogger("train")
@@ -68,7 +68,7 @@ def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Co
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistInfo,
-             probes: dict[str, tuple[torch.Tensor, ...]] | None = None) -> dict[str, float]:
+             probes: dict[str, Probe] | None = None) -> dict[str, float]:
     """{"val_loss": ..., "val_probe_<kind>": ...}. The validation loss is the mean per token over the first
     N = val_tokens // seq_len sequences of the unshuffled validation stream: the same tokens every time and for
     any world size (rank r takes sequences r, r+W, ...; rows past N are ignored), so runs with different numbers
@@ -97,8 +97,13 @@ def evaluate(model: torch.nn.Module, dataset_dir: Path, cfg: Config, info: DistI
 
     out = {"val_loss": mean_loss(val_batches())}
     loader.close()  # stops its prefetch thread (CUDA)
-    for kind, (x, y) in (probes or {}).items():
-        out[f"val_probe_{kind}"] = mean_loss(probe_batches(x, y, micro, info.rank, world))
+    for kind, probe in (probes or {}).items():
+        out[f"val_probe_{kind}"] = mean_loss(probe_batches(probe.x, probe.y, micro, info.rank, world))
+        if cfg.train.val_probe_selection:
+            hit = probe_selection(model, probe, micro, info.rank, world, info.device,
+                                  lambda: autocast_context(cfg, info.device))
+            if hit is not None:
+                out[f"val_probe_{kind}_selected"] = hit
     model.train()
     return out
 
