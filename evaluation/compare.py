@@ -321,12 +321,14 @@ PROBE_ONSET = 0.5 * float(np.log(10))  # answer loss (nats per token) counted as
 
 def probe_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
     """The answer-token loss of each retrieval probe at every validation, both models, per seed, and the first
-    step where it fell below PROBE_ONSET (retrieval onset). Only when the runs logged probes."""
+    step where it fell below PROBE_ONSET (retrieval onset); for NSA with train.val_probe_selection also the
+    fraction of (layer, KV head) pairs that selected the needle's block ("selected", at "selected_step"). Only
+    when the runs logged probes."""
     per_seed: dict[str, Any] = {}
     for s in out.trained_seeds():
         rows = {a: [r for r in out.run(a, s).metrics if any(k.startswith("val_probe_") for k in r)] for a in ARMS}
         kinds = sorted({k.removeprefix("val_probe_") for a in ARMS for r in rows[a] for k in r
-                        if k.startswith("val_probe_")})
+                        if k.startswith("val_probe_") and not k.endswith("_selected")})
         entry = {}
         for kind in kinds:
             key = f"val_probe_{kind}"
@@ -334,6 +336,9 @@ def probe_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
             entry[kind] = {a: {"step": [t for t, _ in c], "loss": [v for _, v in c],
                                "onset_step": next((t for t, v in c if v < PROBE_ONSET), None)}
                            for a, c in curves.items()}
+            selected = [(r["step"], r[f"{key}_selected"]) for r in rows["nsa"] if r.get(f"{key}_selected") is not None]
+            if selected:
+                entry[kind]["nsa"].update(selected_step=[t for t, _ in selected], selected=[v for _, v in selected])
         if entry:
             per_seed[str(s)] = entry
     if not per_seed:
@@ -360,7 +365,17 @@ def _plot_probes(data: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("nats per answer token")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+        sel = [(seed, e[kind]["nsa"]) for seed, e in data["per_seed"].items()
+               if "selected" in e.get(kind, {}).get("nsa", {})]
+        if sel:  # NSA's selection of the needle's block, on its own 0-1 axis
+            ax2 = ax.twinx()
+            for i, (seed, c) in enumerate(sel):
+                ax2.plot(c["selected_step"], c["selected"], ["-", "--", ":", "-."][i % 4], color="black", lw=0.9,
+                         alpha=0.6, label=f"NSA needle block selected, seed {seed}")
+            ax2.set_ylim(0, 1)
+            ax2.set_ylabel("fraction of (layer, KV head) pairs")
+            ax2.legend(fontsize=7, loc="lower right")
     _save_figure(fig, path)
 
 

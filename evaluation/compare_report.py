@@ -424,14 +424,19 @@ def _probes_md(s: dict[str, Any]) -> list[str]:
              "Teacher-forced loss on the final answer of fixed synthetic documents of the training length, at every "
              "validation (`train.val_probes`; training/probes.py). A model that knows the answer's format but not "
              "its value pays about ln 10 = 2.30 nats per digit; the onset is the first validation below "
-             f"{fmt(s['onset_threshold'], 2)}. Data: `retrieval_probes.json`.", ""]
+             f"{fmt(s['onset_threshold'], 2)}. Where NSA logged it (`train.val_probe_selection`), the black "
+             "curves and the last column: the fraction of its (layer, KV head) pairs whose selected blocks held the "
+             "needle at the answer, final and highest. Data: `retrieval_probes.json`.", ""]
     rows = []
     for seed, entry in s["per_seed"].items():
         for kind, arms in entry.items():
+            sel = arms["nsa"].get("selected")
             rows.append([kind, seed] + [f"{fmt(arms[a]['loss'][-1]) if arms[a]['loss'] else '-'} (onset "
                                         f"{arms[a]['onset_step'] if arms[a]['onset_step'] is not None else 'none'})"
-                                        for a in ("full", "nsa")])
-    return lines + [table(["probe", "seed", "full: final loss (onset step)", "NSA: final loss (onset step)"], rows)]
+                                        for a in ("full", "nsa")]
+                        + [f"{fmt(sel[-1])} (highest {fmt(max(sel))})" if sel else "-"])
+    return lines + [table(["probe", "seed", "full: final loss (onset step)", "NSA: final loss (onset step)",
+                           "NSA: needle block selected"], rows)]
 
 
 def _grid_md(s: dict[str, Any], title: str) -> list[str]:

@@ -119,6 +119,8 @@ def fabricate(work: Path, seeds=(0, 1)) -> None:
                 if step in (10, 20):
                     row["val_loss"] = FINAL_VAL[(arm, seed)] + (0.5 if step == 10 else 0.0)
                     row["val_probe_passkey"] = PROBE[arm][step]
+                    if arm == "nsa" and seed == 1:  # train.val_probe_selection on in one seed only
+                        row["val_probe_passkey_selected"] = {10: 0.25, 20: 0.75}[step]
                 rows.append(row)
             _jsonl(run / "metrics.jsonl", rows)
             fraction = 0.4 if arm == "nsa" else 1.0
@@ -255,10 +257,13 @@ def test_retrieval_probe_curves_and_onsets(report, tmp_path):
     out, result, text = report
     probes = json.loads((out / "retrieval_probes.json").read_text())
     for seed in ("0", "1"):
+        assert set(probes["per_seed"][seed]) == {"passkey"}  # the selection is not a probe kind of its own
         curves = probes["per_seed"][seed]["passkey"]
         assert curves["full"] == {"step": [10, 20], "loss": [2.3, 0.5], "onset_step": 20}
-        assert curves["nsa"] == {"step": [10, 20], "loss": [1.0, 0.2], "onset_step": 10}
-    assert "| passkey | 0 | 0.500 (onset 20) | 0.200 (onset 10) |" in text
+        selected = {"selected_step": [10, 20], "selected": [0.25, 0.75]} if seed == "1" else {}
+        assert curves["nsa"] == {"step": [10, 20], "loss": [1.0, 0.2], "onset_step": 10, **selected}
+    assert "| passkey | 0 | 0.500 (onset 20) | 0.200 (onset 10) | - |" in text
+    assert "| passkey | 1 | 0.500 (onset 20) | 0.200 (onset 10) | 0.750 (highest 0.750) |" in text
     # runs without probes: no figure, no section, no error
     work, bare = tmp_path / "work", tmp_path / "report"
     fabricate(work, seeds=(0,))
