@@ -146,3 +146,18 @@ def test_two_ranks_measure_the_needle_selection_once_each(tmp_path, data_overrid
                     str(REPO / "train.py"), *args], check=True, env=env, cwd=tmp_path)
     logged = [r["val_probe_passkey_selected"] for r in metrics(tmp_path) if "val_loss" in r]
     assert logged and logged[-1] == pytest.approx(recomputed_selection(tmp_path, data_overrides), abs=1e-12)
+
+
+@pytest.mark.gpu
+def test_needle_selection_under_cuda_graphs(tmp_path, data_overrides):
+    """On a GPU with torch.compile and CUDA graphs (what the gpu-small preset trains with), the eager selection
+    forward runs between graph replays, and its value follows the CPU recomputation (bf16 against float32 moves
+    near-tied picks, hence the loose bound; the exact check is the CPU test above)."""
+    run(tmp_path, ["train.steps=6", f"model.max_seq_len={SEQ}", "train.batch_tokens=1024", "train.val_tokens=1024",
+                   "attention=nsa_tiny", "train.val_probes=[passkey]", "train.val_probe_samples=5",
+                   "train.val_probe_selection=true", "train.compile=true", "train.compile_mode=reduce-overhead"],
+        data_overrides)
+    rows = [r for r in metrics(tmp_path) if "val_loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["val_probe_passkey"]) for r in rows)
+    assert rows[-1]["val_probe_passkey_selected"] == pytest.approx(recomputed_selection(tmp_path, data_overrides),
+                                                                   abs=0.25)
