@@ -48,6 +48,7 @@ class Probe(NamedTuple):
     needle: torch.Tensor
     query: torch.Tensor
 
+
 def build_probes(kinds: list[str], n: int, dataset_dir: Path, seq_len: int) -> dict[str, Probe]:
     """{kind: Probe} of n documents of each kind, exactly seq_len + 1 tokens long (the loss scores y)."""
     bad = [k for k in kinds if k not in GENERATORS]
@@ -110,7 +111,7 @@ def probe_selection(model: torch.nn.Module, probe: Probe, micro: int, rank: int,
         log.warning("train.val_probe_selection needs torch >= 2.6 (torch.compiler.set_stance): not measured")
         return None
     select_size, n = layers[0].attn_cfg.select_block, probe.x.shape[0]
-    totals = torch.zeros(2, dtype=torch.float64)  # hit fractions summed, documents
+    hit_sum, docs = 0.0, 0
     try:
         for layer in layers:
             layer.record_selection = True
@@ -124,9 +125,9 @@ def probe_selection(model: torch.nn.Module, probe: Probe, micro: int, rank: int,
                     if rows[j] < n:
                         start, end = probe.needle[i].tolist()
                         hits = needle_block_hits(ids[j, :, int(probe.query[i])], start, end, select_size)
-                        totals += torch.tensor([hits.double().mean().item(), 1.0])
+                        hit_sum, docs = hit_sum + hits.double().mean().item(), docs + 1
     finally:
         for layer in layers:
             layer.record_selection, layer.selection, layer.gates = False, None, None
-    hit_sum, docs = all_reduce_sum(totals.to(device)).tolist()
+    hit_sum, docs = all_reduce_sum(torch.tensor([hit_sum, docs], dtype=torch.float64, device=device)).tolist()
     return hit_sum / docs if docs else None
