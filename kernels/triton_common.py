@@ -56,7 +56,7 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                     "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
-    # 32k, H200, docs/benchmarks.md: atomics contend on the blocks many queries choose). It runs with atomic_warps:
+    # 32k, H200, docs/benchmarks.md; likely contention on blocks many queries choose). It runs with atomic_warps:
     # compiled for sm_90 it spills 940 bytes at 4 warps, 48 at 8 (ptxas -v, Triton 3.9).
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8),
                       "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8)},
