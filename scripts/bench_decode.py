@@ -5,7 +5,8 @@
 
 Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separate K/V per branch):
 - bandwidth: the card's measured memory bandwidth: a 1 GiB device-to-device copy (bytes read + written per
-  second) and a read-only pass (sum of 1 GiB).
+  second) and a read-only pass (sum of 1 GiB); and the timing floor of a step: a graph of 1 and of 3 chained
+  one-element kernels, timed as the attn section times a step.
 - attn: one decoding step (one query per sequence at position T - 1, keys 0..T-1) for each shape (main:
   Hq=64, Hkv=4, D=128; small: Hq=16, Hkv=1, D=64, the small_gqa16 model's), batch B and context T.
   NSA = the public ops as the model calls them (compressed attention -> block selection -> selected and
@@ -141,7 +142,14 @@ def bench_bandwidth() -> dict:
         return statistics.median(times)
     copy_s = timed(lambda: dst.copy_(src))
     read_s = timed(lambda: x.sum(dtype=torch.float32))
-    return {"copy_GBps": 2 * n / copy_s / 1e9, "read_GBps": n / read_s / 1e9}
+    out = {"copy_GBps": 2 * n / copy_s / 1e9, "read_GBps": n / read_s / 1e9}
+    src = dst = x = None  # free the 3 GiB before the graphs below
+    # The floor of graph_times: a graph of 1 and of 3 dependent one-element kernels, timed as a decoding step is.
+    # What a step's time has beyond these is its kernels' own work and memory round trips.
+    one = torch.zeros(1, device=DEV)
+    for chain in (1, 3):
+        out[f"launch{chain}_us"] = graph_times(lambda chain=chain: [one.add_(1) for _ in range(chain)])["us"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +392,9 @@ def table(results: dict) -> str:
     lines = []
     bw = results.get("bandwidth", {})
     if "copy_GBps" in bw:
-        lines.append(f"bandwidth: copy {bw['copy_GBps']:.0f} GB/s (read + write), read-only {bw['read_GBps']:.0f} GB/s")
+        lines.append(f"bandwidth: copy {bw['copy_GBps']:.0f} GB/s (read + write), read-only {bw['read_GBps']:.0f} GB/s"
+                     + (f"; graph of 1 / 3 chained tiny kernels {bw['launch1_us']:.1f} / {bw['launch3_us']:.1f} us"
+                        if "launch1_us" in bw else ""))
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
         lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'4 ops':>8} "
