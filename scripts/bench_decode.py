@@ -27,7 +27,8 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   16 query heads on 1 KV head of 64, vocabulary 8192) with full and with NSA attention, eager and with
   cuda_graph=True ("-graph": one captured decoding step replayed per token): decode tokens/s =
   B * (N - N//2) / (time of generate(N) - time of generate(N//2)) (the prefill, the first steps and the capture
-  cancel out), and the KV-cache bytes per token and layer.
+  cancel out, up to their jitter: N = --gen-new eager, --gen-new-graph graphed), and the KV-cache bytes per
+  token and layer.
 - sweep: decode tile/split alternatives for the NSA step at T=64k, B=1, main shape.
 Results go to --out as JSON (rewritten atomically after every measurement); a table is printed at the end.
 --budget-s stops starting new measurements once that many seconds have passed (they are recorded as skipped).
@@ -439,7 +440,10 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--gen-T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--gen-B", type=int, nargs="+", default=[1])
-    p.add_argument("--gen-new", type=int, default=32, help="new tokens per generate() call")
+    p.add_argument("--gen-new", type=int, default=32, help="new tokens per eager generate() call")
+    p.add_argument("--gen-new-graph", type=int, default=256,
+                   help="new tokens per graphed generate() call: its steps are ~1 ms, so 32 of them are within the "
+                        "jitter of the prefill and graph capture that the difference of two calls cancels")
     p.add_argument("--gen-layers", type=int, default=12, help="layers of the generate() model")
     p.add_argument("--sweep-T", type=int, default=65536, help="context of the sweep section")
     p.add_argument("--budget-s", type=float, default=1e9, help="start no new measurement after this many seconds")
@@ -464,14 +468,15 @@ def main() -> None:
                     attempt(results["attn"], f"{shape}-B{B}-T{T // 1024}k",
                             lambda s=shape, B=B, T=T: bench_attn_point(s, B, T, bw), checkpoint, args.budget_s)
     if "generate" in args.sections:
-        results["generate"], results["gen_layers"], results["gen_new"] = {}, args.gen_layers, args.gen_new
+        results["generate"], results["gen_layers"] = {}, args.gen_layers
+        results["gen_new"], results["gen_new_graph"] = args.gen_new, args.gen_new_graph
         for B in args.gen_B:
             for T in args.gen_T:
                 for attn in ("full", "nsa"):
                     for graph in (False, True):
                         attempt(results["generate"], f"{attn}{'-graph' if graph else ''}-B{B}-T{T // 1024}k",
-                                lambda a=attn, T=T, B=B, g=graph: bench_generate(a, T, B, args.gen_new,
-                                                                                 args.gen_layers, g),
+                                lambda a=attn, T=T, B=B, g=graph: bench_generate(
+                                    a, T, B, args.gen_new_graph if g else args.gen_new, args.gen_layers, g),
                                 checkpoint, args.budget_s)
     if "sweep" in args.sections:
         attempt(results, "sweep", lambda: bench_sweep(args.sweep_T), checkpoint, args.budget_s)
