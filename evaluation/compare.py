@@ -248,6 +248,10 @@ def loss_section(out: Outputs, report_dir: Path) -> dict[str, Any]:
             "val_loss": val,
             "last_step": {a: max(rows[a], default=0) for a in ARMS},
             "final_val": {a: (val[a][-1] if vsteps else None) for a in ARMS},
+            # where the validation loss bottomed out: a minimum well before the end means the model overfit the
+            # training text from there on, and the final difference then also measures how much each overfit
+            "lowest_val": {a: ({"loss": min(val[a]), "step": vsteps[val[a].index(min(val[a]))]} if vsteps else None)
+                           for a in ARMS},
             "train_tail_steps": [steps[-tail], steps[-1]] if steps else None,
             "train_tail_diff": paired_bootstrap(train["full"][-tail:], train["nsa"][-tail:], block=max(1, tail // 10)),
         }

@@ -265,6 +265,8 @@ def _what_was_run(out: Outputs, sections: dict[str, Any]) -> list[str]:
             att = (r.config or {}).get("attention") or {}
             sizes = ", ".join(f"{k}={att[k]}" for k in ("compress_block", "compress_stride", "select_block",
                                                          "num_select", "window") if k in att and a == "nsa")
+            if a == "nsa" and att.get("shared_kv"):
+                sizes += ", one key/value set for all branches"
             params = (res.get("model") or {}).get("params")
             rows.append([LABELS[a] + (f" ({sizes})" if sizes else ""), s, f"{params:,}" if params else "-",
                          last.get("step"), f"{last['tokens']:,}" if last.get("tokens") else "-",
@@ -332,7 +334,7 @@ def _why(out: Outputs, sections: dict[str, Any], summary: dict[str, Any], report
                        if out.run(a, s).results), None) for a in ARMS}
     if params["full"] and params["nsa"]:
         lines.append(f"- NSA has {params['nsa'] / params['full'] - 1:+.0%} parameters ({params['nsa']:,} vs "
-                     f"{params['full']:,}): its three branches' key/value projections, compression MLPs and gates. "
+                     f"{params['full']:,}): its branches' key/value projections, compression MLPs and gates. "
                      "Data, tokens, optimizer and model shape are equal; the parameter count is not.")
     frac = sections["sparsity"].get("nsa_fraction_at_train_length")
     if frac is not None:
@@ -402,18 +404,23 @@ def _loss_md(s: dict[str, Any]) -> list[str]:
         return lines + [_missing(s)]
     rows = []
     for seed, e in s["per_seed"].items():
+        lowest = e.get("lowest_val") or {}
         rows.append([seed, e["last_step"]["full"], e["last_step"]["nsa"], fmt(e["final_val"]["full"], 4),
                      fmt(e["final_val"]["nsa"], 4), fmt(e["final_val_diff"], 4, True),
+                     *(f"{fmt(lowest[a]['loss'], 4)} ({lowest[a]['step']})" if lowest.get(a) else "-" for a in ARMS),
                      f"steps {e['train_tail_steps'][0]}-{e['train_tail_steps'][1]}: {_diff(e['train_tail_diff'], 4)}"])
     fv, d = s["final_val"], s["final_val_diff"]
     rows.append(["mean", "", "", fmt(fv["full"]["mean"], 4), fmt(fv["nsa"]["mean"], 4), fmt(d["mean"], 4, True)
-                 + (f" {ci(d['lo'], d['hi'], 4, True)} (t, {d['n']} seeds)" if d["n"] >= 2 else ""),
+                 + (f" {ci(d['lo'], d['hi'], 4, True)} (t, {d['n']} seeds)" if d["n"] >= 2 else ""), "", "",
                  f"pooled: {_diff(s['train_tail_diff'], 4)}"])
     return lines + [
         "![loss curves](loss_curves.png)", "",
         "Top: training loss (moving mean) and validation loss (fixed held-out tokens) of both models; bottom: "
-        "NSA - full at the same step (below 0: NSA lower). Data: `loss_curves.json`.", "",
+        "NSA - full at the same step (below 0: NSA lower). Lowest val (step): where the validation loss bottomed "
+        "out; a lowest value well before the last step means the model overfit the training text from there on, "
+        "and the final difference then also measures how much each model overfit. Data: `loss_curves.json`.", "",
         table(["seed", "full steps", "NSA steps", "final val full", "final val NSA", "NSA - full",
+               "lowest val full (step)", "lowest val NSA (step)",
                "train loss NSA - full, last 10% of steps [95% block bootstrap]"], rows)]
 
 
