@@ -208,3 +208,85 @@ def test_generate_with_a_cuda_graph_decodes_greedily(attention):
     eos = int(graphed[0, 310])
     expect = torch.cat([prompt, _stop_at_eos(graphed[:, 300:], eos)], dim=1)
     assert torch.equal(model.generate(prompt, 40, eos_id=eos, cuda_graph=True), expect), f"seed {seed}"
+
+
+def steps_at(x, t, max_pos):
+    """(three *_at launches, nsa_step_at's one) closures of the step at position t (device tensor), caches sized
+    for max_pos, as the model's graphed decoding runs them; each returns (o_cmp, o_slc, o_win, idx)."""
+    from kernels import triton_decode as td
+
+    sizes = dict(block_size=NSA["block_size"], stride=NSA["stride"])
+    rest = dict(select_size=NSA["select_size"], num_select=NSA["num_select"])
+    pos = torch.tensor([t], device=DEV)
+
+    def three():
+        o_cmp, lse = td.compressed_attention_at(x["q"], x["k_cmp"], x["v_cmp"], pos, **sizes, max_pos=max_pos)
+        idx = td.select_blocks_at(x["q"], x["k_cmp"], lse, pos, **sizes, **rest, max_pos=max_pos)
+        return (o_cmp, *td.selected_and_window_attention_at(x["q"], x["k"], x["v"], idx, x["kw"], x["vw"], pos,
+                                                            select_size=NSA["select_size"], window=NSA["window"],
+                                                            max_pos=max_pos), idx)
+
+    def one():
+        return td.nsa_step_at(x["q"], x["k_cmp"], x["v_cmp"], x["k"], x["v"], x["kw"], x["vw"], pos, **sizes, **rest,
+                              window=NSA["window"], max_pos=max_pos)
+    return three, one, pos
+
+
+@pytest.mark.parametrize("shape", [(1, 65535, 64, 4, 128, 128), (8, 16383, 64, 4, 128, 128),
+                                   (3, 20000, 16, 1, 64, 64), (2, 5000, 32, 2, 192, 128)])
+def test_one_launch_step_equals_three_launches_and_the_reference(cuda_gen, shape):
+    """nsa_step_at (the whole step in one launch, its parts ordered by tickets and flags) gives what the three
+    *_at launches give, which match the reference; 30 repeated launches are bit-identical (no race between the
+    parts), and every counter, flag and the ticket is back at zero after them."""
+    from kernels import triton_decode as td
+
+    B, t, Hq, Hkv, Dk, Dv = shape
+    x = decode_inputs(cuda_gen, B, t, Hq, Hkv, Dk, Dv)
+    three, one, _ = steps_at(x, t, t)
+    a, b = three(), one()
+    assert torch.equal(a[3], b[3]), f"the chosen blocks differ (seed {cuda_gen.initial_seed()})"
+    for name, u, v in zip(("o_cmp", "o_slc", "o_win"), b[:3], a[:3]):
+        check(u, v, f"one launch vs three: {name}", cuda_gen, tol=1e-3)
+    f32 = {name: v.float() for name, v in x.items()}
+    ss = NSA["select_size"]
+    check(b[1], ref.selected_attention(f32["q"], f32["k"], f32["v"], b[3], select_size=ss, q_start=t),
+          "one launch: selected o vs reference", cuda_gen)
+    check(b[2], ref.window_attention(f32["q"], f32["kw"], f32["vw"], window=NSA["window"], q_start=t),
+          "one launch: window o vs reference", cuda_gen)
+    for _ in range(30):
+        again = one()
+        for u, v in zip(again, b):
+            assert torch.equal(u, v), f"a repeated one-launch step differs (seed {cuda_gen.initial_seed()})"
+    torch.cuda.synchronize()
+    assert int(td._COUNTERS[torch.device(DEV, torch.cuda.current_device())].abs().sum()) == 0
+
+
+def test_one_launch_step_in_a_cuda_graph_at_moving_positions(cuda_gen):
+    """nsa_step_at captured once in a CUDA graph and replayed as the position moves (across compressed-block and
+    selection-block boundaries) equals the three *_at launches at each position."""
+    t0, max_pos = 30000, 30200
+    x = decode_inputs(cuda_gen, 2, max_pos, 16, 1, 64, 64)
+    three, one, pos = steps_at(x, t0, max_pos)
+    one()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = one()
+    for t in (t0, t0 + 15, t0 + 16, t0 + 63, t0 + 64, max_pos):
+        pos.fill_(t)
+        x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
+        graph.replay()
+        expect = three()
+        assert torch.equal(out[3], expect[3]), f"t={t}: blocks differ (seed {cuda_gen.initial_seed()})"
+        for name, u, v in zip(("o_cmp", "o_slc", "o_win"), out[:3], expect[:3]):
+            check(u, v, f"graphed one launch at {t}: {name}", cuda_gen, tol=1e-3)
+
+
+def test_generate_with_a_cuda_graph_and_the_one_launch_step(monkeypatch):
+    """generate(cuda_graph=True) with ONE_LAUNCH_STEP (the model's decoding step through nsa_step_at) decodes
+    greedily like a full forward (up to near-ties)."""
+    from kernels import triton_decode as td
+
+    monkeypatch.setattr(td, "ONE_LAUNCH_STEP", True)
+    model, prompt, seed = small_gpu_model("nsa")
+    assert_greedy(model, model.generate(prompt, max_new_tokens=40, cuda_graph=True), prompt.shape[1], seed)
