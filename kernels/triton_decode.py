@@ -85,8 +85,9 @@ if os.environ.get("NSA_DECODE_TILES"):
 COMBINE_MODES = ("fused", "kernel")
 
 # The model's graphed decoding step (model/attention/nsa.py, _branches_at) as one launch of nsa_step_at instead
-# of the three *_at launches. Opt-in (NSA_DECODE_ONE_LAUNCH=1) until the GPU timing in docs/benchmarks.md says
-# it is faster.
+# of the three *_at launches. Opt-in (NSA_DECODE_ONE_LAUNCH=1): correct on the GPU, but not faster there (H200,
+# main shape, B = 1, 64k: 51.6 us against 48.1 us for the three launches; docs/benchmarks.md, seventh session):
+# the step is bound by the dependent memory round trips inside its parts, not by the gaps between launches.
 ONE_LAUNCH_STEP = os.environ.get("NSA_DECODE_ONE_LAUNCH", "0") == "1"
 
 
