@@ -84,12 +84,6 @@ if os.environ.get("NSA_DECODE_TILES"):
 
 COMBINE_MODES = ("fused", "kernel")
 
-# The model's graphed decoding step (model/attention/nsa.py, _branches_at) as one launch of nsa_step_at instead
-# of the three *_at launches. Opt-in (NSA_DECODE_ONE_LAUNCH=1): correct on the GPU, but not faster there (H200,
-# main shape, B = 1, 64k: 51.6 us against 48.1 us for the three launches; docs/benchmarks.md, seventh session):
-# the step is bound by the dependent memory round trips inside its parts, not by the gaps between launches.
-ONE_LAUNCH_STEP = os.environ.get("NSA_DECODE_ONE_LAUNCH", "0") == "1"
-
 
 def decode_tiles(kernel: str, big: bool, override: dict | None = None) -> dict:
     """The tile config of `kernel` ("attn" | "select") for this process (interpreter or GPU), with `override`."""
@@ -195,30 +189,6 @@ def combine_tiles(splits: int, g_pad: int, block_dv: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _group_done(FLAG, pid_bh, flag_stride, FLAG_MODE: tl.constexpr):
-    """Run by the program that completes KV group pid_bh's output in nsa_step_at's one launch. FLAG_MODE 1: raise
-    the group's ready flag FLAG[pid_bh] (release: the output is visible to whoever sees the flag). 2: lower the
-    group's two flags FLAG[pid_bh] and FLAG[pid_bh + flag_stride] for the next launch (the last consumer's job:
-    nothing waits on them any more). 0: nothing (every other launch)."""
-    if FLAG_MODE == 1:
-        tl.debug_barrier()  # every thread's output is stored before the flag announces it
-        tl.atomic_xchg(FLAG + pid_bh, 1, sem="release", scope="gpu")
-    elif FLAG_MODE == 2:
-        tl.atomic_xchg(FLAG + pid_bh, 0, sem="relaxed", scope="gpu")
-        tl.atomic_xchg(FLAG + flag_stride + pid_bh, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _wait_ready(FLAG):
-    """Spin until FLAG[0] is raised (acquire). Only ever waits on programs that took an earlier ticket in
-    _nsa_step_kernel, which are running or done: no deadlock. Under the interpreter those ran before."""
-    ready = tl.atomic_add(FLAG, 0, sem="acquire", scope="gpu")
-    while ready == 0:
-        ready = tl.atomic_add(FLAG, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
-
-
-@triton.jit
 def _attn_split(
     pid_s, pid_bh, Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
@@ -228,16 +198,14 @@ def _attn_split(
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
-    T_DEV: tl.constexpr, FLAG, flag_stride, FLAG_MODE: tl.constexpr, COHERENT: tl.constexpr,
+    T_DEV: tl.constexpr,
 ):
     """Split pid_s of KV group pid_bh (= b * Hkv + kvh): the G query heads of that group of sequence b against
     one split of its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx
     (repeats and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to
     hi. With one split it writes the output; with several, its partial state, and (FUSED) the last split of the
     group to finish combines them. T_DEV: t is read from TP[0] on the device and lo = max(t + lo_off, 0),
-    hi = max((t + hi_off) // hi_div, 0) (shapes and arguments then stay fixed from step to step: CUDA graphs).
-    FLAG_MODE, FLAG, flag_stride: what the program that completes the group's output then does to its flags
-    (_group_done; 0 = nothing). COHERENT: idx was written earlier in the same launch (load it past L1)."""
+    hi = max((t + hi_off) // hi_div, 0) (shapes and arguments then stay fixed from step to step: CUDA graphs)."""
     if T_DEV:
         t = tl.load(TP).to(tl.int32)
         lo = tl.maximum(t + lo_off, 0)
@@ -258,11 +226,7 @@ def _attn_split(
     acc = tl.zeros([G_PAD, BLOCK_DV], ACC)
     if SELECTED:
         slots = tl.arange(0, NSEL_PAD)
-        if COHERENT:
-            ids = tl.load(IDX + b * si_b + kvh.to(tl.int64) * si_h + slots, mask=slots < NSEL, other=-1,
-                          cache_modifier=".cg")
-        else:
-            ids = tl.load(IDX + b * si_b + kvh.to(tl.int64) * si_h + slots, mask=slots < NSEL, other=-1)
+        ids = tl.load(IDX + b * si_b + kvh.to(tl.int64) * si_h + slots, mask=slots < NSEL, other=-1)
         s0 = pid_s * slots_per_split
         s1 = tl.minimum(s0 + slots_per_split, NSEL)
         for it in range(s0 * N_KT, s1 * N_KT):
@@ -290,10 +254,8 @@ def _attn_split(
                 _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
                               DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK)
                 tl.atomic_xchg(COUNT + pid_bh, 0, sem="release", scope="gpu")
-                _group_done(FLAG, pid_bh, flag_stride, FLAG_MODE)
     else:
         _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hkv * G, DV, BLOCK_DV, WRITE_LSE)
-        _group_done(FLAG, pid_bh, flag_stride, FLAG_MODE)
 
 
 @triton.jit
@@ -314,7 +276,7 @@ def _decode_attn_kernel(
                 sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
                 NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
                 DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV, COUNT, 0, 0, False)
+                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
 
 
 @triton.jit
@@ -344,16 +306,14 @@ def _decode_attn_pair_kernel(
                     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
                     NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
                     DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV, COUNT, 0, 0,
-                    False)
+                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
     else:
         _attn_split(pid_s - nsplit, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                     K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
                     sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
                     NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2,
                     hi_div2, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2, T_DEV2,
-                    COUNT2, 0, 0, False)
+                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2, T_DEV2)
 
 
 @triton.jit
@@ -543,28 +503,28 @@ def _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.cons
 
 
 @triton.jit
-def _select_split(
-    pid_s, pid_bh, Q, KC, LSE, IDX, PKEY, COUNT,
+def _select_decode_kernel(
+    Q, KC, LSE, IDX, PKEY, COUNT,
     sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
     Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
     SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
     TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_PAD: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, FLAG, FLAG_MODE: tl.constexpr, COHERENT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Split pid_s of KV group pid_bh (= b * Hkv + kvh): scores the selection blocks [split * blocks_per_split,
-    ...) visible to the query at position t (j * l' <= t) for KV group kvh and keeps its top-NBT candidate keys;
-    the last split to finish (or the only one) writes the group's idx, then runs _group_done(FLAG, FLAG_MODE).
+    """Program (split, b * Hkv + kvh): scores the selection blocks [split * blocks_per_split, ...) visible to
+    the query at position t (j * l' <= t) for KV group kvh and keeps its top-NBT candidate keys.
 
     A tile holds NBV blocks (NBV <= NBT) and the compressed tokens that overlap them: those whose own block
     (the one holding their first token) is in the tile (TPB = l'/d per block) and the SPILL = l/d - 1 tokens
     before, whose blocks spill into the tile's first block; C_PAD >= NBV * TPB + SPILL.
-    T_DEV: t is read from TP[0] on the device, and TC (compressed tokens visible to it) derived from it.
-    COHERENT: lse was written earlier in the same launch (load it past L1)."""
+    T_DEV: t is read from TP[0] on the device, and TC (compressed tokens visible to it) derived from it."""
     MAX_ID: tl.constexpr = 2147483647
     if T_DEV:
         t = tl.load(TP).to(tl.int32)
         TC = tl.maximum((t + 1 - BS + STRIDE) // STRIDE, 0)
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
     kvh = pid_bh % Hkv
     g = tl.arange(0, G_PAD)
@@ -573,10 +533,7 @@ def _select_split(
     offs_dk = tl.arange(0, BLOCK_DK)
     q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    if COHERENT:
-        lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf"), cache_modifier=".cg").to(ACC)
-    else:
-        lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
+    lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
 
@@ -619,28 +576,8 @@ def _select_split(
                 tl.debug_barrier()
                 _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT, S_PAD)
                 tl.atomic_xchg(COUNT + pid_bh, 0, sem="release", scope="gpu")
-                _group_done(FLAG, pid_bh, 0, FLAG_MODE)
     else:
         _select_choose(top[None, :], IDX, b, kvh, si_b, si_h, NSEL, NBT)
-        _group_done(FLAG, pid_bh, 0, FLAG_MODE)
-
-
-@triton.jit
-def _select_decode_kernel(
-    Q, KC, LSE, IDX, PKEY, COUNT,
-    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
-    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
-    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
-    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
-    TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_PAD: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
-):
-    """Block selection: program (split, b * Hkv + kvh) runs _select_split."""
-    _select_split(tl.program_id(0), tl.program_id(1), Q, KC, LSE, IDX, PKEY, COUNT,
-                  sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
-                  Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
-                  SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL, C_PAD, S_PAD,
-                  ACC, PREC, COUNT, 0, False)
 
 
 @triton.jit
@@ -671,56 +608,46 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
                 splits=math.ceil(n_tiles / tiles_per_split), cfg=cfg)
 
 
-def _select_launch(q, k_cmp, lse, idx, *, block_size: int, stride: int, select_size: int, num_select: int,
-                   num_init: int, num_local: int, scale: float, t: int, cfg: dict | None, combine: str,
-                   pos: torch.Tensor | None, counter_base: int = 0) -> dict:
-    """One launch of _select_decode_kernel writing idx [B,1,Hkv,num_select] (int32): its split plan ("splits",
-    "cfg", "nbt", "s_pad", "pkey"), positional "args" and constexprs "consts". Counters from counter_base."""
-    B, _, Hq, Dk = q.shape
-    Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
-    if Tc == 0:
-        k_cmp = q.new_zeros(B, 1, Hkv, Dk)
-    bdk = head_block(Dk)
-    plan = select_plan(t, block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
-                       big=bdk > 128, cfg=cfg)
-    splits, nbt, nbv, c_pad, tiles_per_split = (plan[k] for k in ("splits", "nbt", "nbv", "c_pad", "tiles_per_split"))
-    split = splits > 1
-    fused = split and combine == "fused"
-    pkey = torch.empty(B * Hkv, splits, nbt, dtype=torch.int64, device=q.device) if split else idx
-    count = _counters(q.device, counter_base + B * Hkv)[counter_base:] if fused else idx
-    s_pad = max(32, next_pow2(splits))  # a floor of 32 rows (masked, no traffic): fewer compiled variants
-    args = [q, k_cmp, lse, idx, pkey, count,
-            q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
-            idx.stride(0), idx.stride(2),
-            Hkv, Hq // Hkv, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t,
-            block_size, stride, select_size, num_init, num_local, tiles_per_split * nbv, splits,
-            pos if pos is not None else idx]
-    consts = dict(SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1, T_DEV=pos is not None,
-                  DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(Hq // Hkv)), NBT=nbt, NBV=nbv,
-                  TPB=select_size // stride, SPILL=block_size // stride - 1, C_PAD=c_pad, S_PAD=s_pad,
-                  ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
-    return dict(args=args, consts=consts, splits=splits, cfg=plan["cfg"], nbt=nbt, s_pad=s_pad, pkey=pkey,
-                split=split, fused=fused)
-
-
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
                    combine: str = "fused", pos: torch.Tensor | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
-    _check_combine(combine)
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
     q, k_cmp = bthd(q), bthd(k_cmp)
-    B, Hkv = q.shape[0], k_cmp.shape[2]
-    idx = torch.empty(B, 1, Hkv, num_select, dtype=torch.int32, device=q.device)
-    sel = _select_launch(q, k_cmp, lse, idx, block_size=block_size, stride=stride, select_size=select_size,
-                         num_select=num_select, num_init=num_init, num_local=num_local, scale=scale, t=t, cfg=cfg,
-                         combine=combine, pos=pos)
-    cfg = sel["cfg"]
-    _select_decode_kernel[(sel["splits"], B * Hkv)](*sel["args"], **sel["consts"], num_warps=int(cfg["warps"]),
-                                                    num_stages=int(cfg["stages"]))
-    if sel["split"] and not sel["fused"]:
-        _select_merge_kernel[(B * Hkv,)](sel["pkey"], idx, sel["splits"], Hkv, idx.stride(0), idx.stride(2),
-                                         num_select, NBT=sel["nbt"], S_PAD=sel["s_pad"], num_warps=int(cfg["warps"]))
+    B, _, Hq, Dk = q.shape
+    Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
+    G = Hq // Hkv
+    dev = q.device
+    idx = torch.empty(B, 1, Hkv, num_select, dtype=torch.int32, device=dev)
+    if Tc == 0:
+        k_cmp = q.new_zeros(B, 1, Hkv, Dk)
+    bdk = head_block(Dk)
+    plan = select_plan(t, block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
+                       big=bdk > 128, cfg=cfg)
+    splits, cfg = plan["splits"], plan["cfg"]
+    nbt, nbv, c_pad, tiles_per_split = plan["nbt"], plan["nbv"], plan["c_pad"], plan["tiles_per_split"]
+    tpb, spill = select_size // stride, block_size // stride - 1
+    split = splits > 1
+    fused = split and combine == "fused"
+    pkey = torch.empty(B * Hkv, splits, nbt, dtype=torch.int64, device=dev) if split else idx
+    count = _counters(dev, B * Hkv) if fused else idx
+    s_pad = max(32, next_pow2(splits))  # a floor of 32 rows (masked, no traffic): fewer compiled variants
+    _select_decode_kernel[(splits, B * Hkv)](
+        q, k_cmp, lse, idx, pkey, count,
+        q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
+        idx.stride(0), idx.stride(2),
+        Hkv, G, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t, block_size,
+        stride, select_size, num_init, num_local, tiles_per_split * nbv, splits, pos if pos is not None else idx,
+        SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1, T_DEV=pos is not None,
+        DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(G)), NBT=nbt, NBV=nbv, TPB=tpb, SPILL=spill, C_PAD=c_pad,
+        S_PAD=s_pad, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+    )
+    if split and not fused:
+        _select_merge_kernel[(B * Hkv,)](pkey, idx, splits, Hkv, idx.stride(0), idx.stride(2), num_select,
+                                         NBT=nbt, S_PAD=s_pad, num_warps=int(cfg["warps"]))
     return idx
 
 
@@ -849,147 +776,6 @@ def selected_and_window_attention_at(q: torch.Tensor, k_slc: torch.Tensor, v_slc
                     "the key cache")
     return _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, scale=resolve_scale(scale, q.shape[-1]),
                                    select_size=select_size, window=window, t=max_pos, cfg=cfg, pos=pos)
-
-
-# ----------------------------------------------------------------------------------------------
-# the whole attention step in one launch
-
-@triton.jit
-def _nsa_step_kernel(
-    Q, sq_b, sq_h, Hkv, G, qk_scale, FLAGS, TICKET, n_groups,
-    K_win, V_win, IDX_win, OUT_win, LSE_win, PM_win, PL_win, PACC_win, COUNT_win,
-    sk_b_win, sk_t_win, sk_h_win, sv_b_win, sv_t_win, sv_h_win, so_b_win, so_h_win, si_b_win, si_h_win,
-    NSEL_win, t_win, lo_win, hi_win, keys_per_split_win, slots_per_split_win, nsplit_win, SEL_win, TP_win,
-    lo_off_win, hi_off_win, hi_div_win,
-    K_cmp, V_cmp, IDX_cmp, OUT_cmp, LSE_cmp, PM_cmp, PL_cmp, PACC_cmp, COUNT_cmp,
-    sk_b_cmp, sk_t_cmp, sk_h_cmp, sv_b_cmp, sv_t_cmp, sv_h_cmp, so_b_cmp, so_h_cmp, si_b_cmp, si_h_cmp,
-    NSEL_cmp, t_cmp, lo_cmp, hi_cmp, keys_per_split_cmp, slots_per_split_cmp, nsplit_cmp, SEL_cmp, TP_cmp,
-    lo_off_cmp, hi_off_cmp, hi_div_cmp,
-    K_slc, V_slc, IDX_slc, OUT_slc, LSE_slc, PM_slc, PL_slc, PACC_slc, COUNT_slc,
-    sk_b_slc, sk_t_slc, sk_h_slc, sv_b_slc, sv_t_slc, sv_h_slc, so_b_slc, so_h_slc, si_b_slc, si_h_slc,
-    NSEL_slc, t_slc, lo_slc, hi_slc, keys_per_split_slc, slots_per_split_slc, nsplit_slc, SEL_slc, TP_slc,
-    lo_off_slc, hi_off_slc, hi_div_slc,
-    Q_sel, KC_sel, LSE_sel, IDX_sel, PKEY_sel, COUNT_sel,
-    sq_b_sel, sq_h_sel, sk_b_sel, sk_t_sel, sk_h_sel, sl_b_sel, sl_h_sel, si_b_sel, si_h_sel,
-    Hkv_sel, G_sel, NSEL_sel, TC_sel, qk_scale_sel, t_sel, BS_sel, STRIDE_sel, SEL_sel, NUM_INIT_sel, NUM_LOCAL_sel,
-    blocks_per_split_sel, nsplit_sel, TP_sel,
-    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
-    SELECTED_win: tl.constexpr, SPLIT_win: tl.constexpr, FUSED_win: tl.constexpr, WRITE_LSE_win: tl.constexpr,
-    BLOCK_N_win: tl.constexpr, N_KT_win: tl.constexpr, NSEL_PAD_win: tl.constexpr, S_PAD_win: tl.constexpr,
-    DV_CHUNK_win: tl.constexpr, T_DEV_win: tl.constexpr,
-    SELECTED_cmp: tl.constexpr, SPLIT_cmp: tl.constexpr, FUSED_cmp: tl.constexpr, WRITE_LSE_cmp: tl.constexpr,
-    BLOCK_N_cmp: tl.constexpr, N_KT_cmp: tl.constexpr, NSEL_PAD_cmp: tl.constexpr, S_PAD_cmp: tl.constexpr,
-    DV_CHUNK_cmp: tl.constexpr, T_DEV_cmp: tl.constexpr,
-    SELECTED_slc: tl.constexpr, SPLIT_slc: tl.constexpr, FUSED_slc: tl.constexpr, WRITE_LSE_slc: tl.constexpr,
-    BLOCK_N_slc: tl.constexpr, N_KT_slc: tl.constexpr, NSEL_PAD_slc: tl.constexpr, S_PAD_slc: tl.constexpr,
-    DV_CHUNK_slc: tl.constexpr, T_DEV_slc: tl.constexpr,
-    SPLIT_sel: tl.constexpr, FUSED_sel: tl.constexpr, MULTI_TILE_sel: tl.constexpr, T_DEV_sel: tl.constexpr,
-    NBT_sel: tl.constexpr, NBV_sel: tl.constexpr, TPB_sel: tl.constexpr, SPILL_sel: tl.constexpr,
-    C_PAD_sel: tl.constexpr, S_PAD_sel: tl.constexpr,
-):
-    """One NSA decoding step in one launch: window attention, compressed attention, block selection and selected
-    attention, each split as in its own launch (_attn_split, _select_split). Roles go by a ticket each program
-    draws on entry (an atomic counter, reset by the last): the window splits first (they depend on nothing),
-    then the compressed ones, the selection splits, the selected ones. The program that completes a group's
-    compressed output (and lse) raises the group's flag FLAGS[g]; the selection splits of that group spin on it,
-    and the one that writes the group's idx raises FLAGS[n_groups + g], on which the selected splits spin; the
-    one that completes the selected output lowers both for the next launch. A program only waits on programs
-    with smaller tickets, which have started (so are resident or done): no deadlock however the hardware
-    schedules the grid. Under the interpreter programs run one after another in ticket order, so no wait spins.
-    The step's dependent chain (position -> compressed attention -> lse -> scores -> idx -> selected keys ->
-    output) stays, but without the gaps between launches, and the window overlaps it."""
-    ticket = tl.atomic_add(TICKET, 1, sem="relaxed", scope="gpu")
-    n_win = nsplit_win * n_groups
-    n_cmp = nsplit_cmp * n_groups
-    n_sel = nsplit_sel * n_groups
-    if ticket == n_win + n_cmp + n_sel + nsplit_slc * n_groups - 1:
-        tl.atomic_xchg(TICKET, 0, sem="relaxed", scope="gpu")  # every ticket is drawn: ready for the next launch
-    if ticket < n_win:
-        r = ticket
-        _attn_split(r % nsplit_win, r // nsplit_win, Q, sq_b, sq_h, Hkv, G, qk_scale,
-                    K_win, V_win, IDX_win, OUT_win, LSE_win, PM_win, PL_win, PACC_win, COUNT_win,
-                    sk_b_win, sk_t_win, sk_h_win, sv_b_win, sv_t_win, sv_h_win, so_b_win, so_h_win, si_b_win,
-                    si_h_win, NSEL_win, t_win, lo_win, hi_win, keys_per_split_win, slots_per_split_win, nsplit_win,
-                    SEL_win, TP_win, lo_off_win, hi_off_win, hi_div_win,
-                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED_win, SPLIT_win, FUSED_win, WRITE_LSE_win, BLOCK_N_win, N_KT_win, NSEL_PAD_win,
-                    S_PAD_win, DV_CHUNK_win, T_DEV_win, FLAGS, 0, 0, False)
-    elif ticket < n_win + n_cmp:
-        r = ticket - n_win
-        _attn_split(r % nsplit_cmp, r // nsplit_cmp, Q, sq_b, sq_h, Hkv, G, qk_scale,
-                    K_cmp, V_cmp, IDX_cmp, OUT_cmp, LSE_cmp, PM_cmp, PL_cmp, PACC_cmp, COUNT_cmp,
-                    sk_b_cmp, sk_t_cmp, sk_h_cmp, sv_b_cmp, sv_t_cmp, sv_h_cmp, so_b_cmp, so_h_cmp, si_b_cmp,
-                    si_h_cmp, NSEL_cmp, t_cmp, lo_cmp, hi_cmp, keys_per_split_cmp, slots_per_split_cmp, nsplit_cmp,
-                    SEL_cmp, TP_cmp, lo_off_cmp, hi_off_cmp, hi_div_cmp,
-                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED_cmp, SPLIT_cmp, FUSED_cmp, WRITE_LSE_cmp, BLOCK_N_cmp, N_KT_cmp, NSEL_PAD_cmp,
-                    S_PAD_cmp, DV_CHUNK_cmp, T_DEV_cmp, FLAGS, 0, 1, False)  # 1: raise FLAGS[g], lse ready
-    elif ticket < n_win + n_cmp + n_sel:
-        r = ticket - n_win - n_cmp
-        _wait_ready(FLAGS + r // nsplit_sel)
-        _select_split(r % nsplit_sel, r // nsplit_sel, Q_sel, KC_sel, LSE_sel, IDX_sel, PKEY_sel, COUNT_sel,
-                      sq_b_sel, sq_h_sel, sk_b_sel, sk_t_sel, sk_h_sel, sl_b_sel, sl_h_sel, si_b_sel, si_h_sel,
-                      Hkv_sel, G_sel, NSEL_sel, TC_sel, qk_scale_sel, t_sel, BS_sel, STRIDE_sel, SEL_sel,
-                      NUM_INIT_sel, NUM_LOCAL_sel, blocks_per_split_sel, nsplit_sel, TP_sel,
-                      SPLIT_sel, FUSED_sel, MULTI_TILE_sel, T_DEV_sel, DK, BLOCK_DK, G_PAD, NBT_sel, NBV_sel,
-                      TPB_sel, SPILL_sel, C_PAD_sel, S_PAD_sel, ACC, PREC,
-                      FLAGS + n_groups, 1, True)  # 1: raise FLAGS[n_groups + g], idx ready
-    else:
-        r = ticket - n_win - n_cmp - n_sel
-        _wait_ready(FLAGS + n_groups + r // nsplit_slc)
-        _attn_split(r % nsplit_slc, r // nsplit_slc, Q, sq_b, sq_h, Hkv, G, qk_scale,
-                    K_slc, V_slc, IDX_slc, OUT_slc, LSE_slc, PM_slc, PL_slc, PACC_slc, COUNT_slc,
-                    sk_b_slc, sk_t_slc, sk_h_slc, sv_b_slc, sv_t_slc, sv_h_slc, so_b_slc, so_h_slc, si_b_slc,
-                    si_h_slc, NSEL_slc, t_slc, lo_slc, hi_slc, keys_per_split_slc, slots_per_split_slc, nsplit_slc,
-                    SEL_slc, TP_slc, lo_off_slc, hi_off_slc, hi_div_slc,
-                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED_slc, SPLIT_slc, FUSED_slc, WRITE_LSE_slc, BLOCK_N_slc, N_KT_slc, NSEL_PAD_slc,
-                    S_PAD_slc, DV_CHUNK_slc, T_DEV_slc, FLAGS, n_groups, 2, True)  # 2: lower both flags
-
-
-def nsa_step_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, k_slc: torch.Tensor,
-                v_slc: torch.Tensor, k_win: torch.Tensor, v_win: torch.Tensor, pos: torch.Tensor, *,
-                block_size: int, stride: int, select_size: int, num_select: int, window: int, max_pos: int,
-                num_init: int = 1, num_local: int = 2, scale: float | None = None, cfg: dict | None = None,
-                select_cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One whole NSA decoding step in one launch (_nsa_step_kernel) for the query q [B,1,Hq,Dk] at position pos
-    (device) -> (o_cmp, o_slc, o_win [B,1,Hq,Dv], idx [B,1,Hkv,num_select] int32): what compressed_attention_at,
-    select_blocks_at and selected_and_window_attention_at return, chained, with the same buffers and plans
-    (cfg: attention tiles, select_cfg: selection tiles)."""
-    n_max = num_compressed_tokens(max_pos + 1, block_size, stride)
-    _check_position("nsa_step_at", pos, q, k_cmp.shape[1], n_max, "k_cmp")
-    _check_position("nsa_step_at", pos, q, min(k_slc.shape[1], k_win.shape[1]), max_pos + 1, "the key cache")
-    scale = resolve_scale(scale, q.shape[-1])
-    q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win = (bthd(x) for x in (q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win))
-    B, Hkv = q.shape[0], k_slc.shape[2]
-    n_groups = B * Hkv
-    idx = torch.empty(B, 1, Hkv, num_select, dtype=torch.int32, device=q.device)
-    # one zeroed buffer: counters for the window, compressed, selected and selection splits (n_groups each), then
-    # the two flags per group, then the ticket (fetched first, so that every part below slices the same buffer)
-    counters = _counters(q.device, 6 * n_groups + 1)
-    win = _branch(q, k_win, v_win, lo=max(0, max_pos - window + 1), hi=max_pos + 1, cfg=cfg, pos=pos,
-                  offsets=(1 - window, 1, 1))
-    cmp = _branch(q, k_cmp, v_cmp, lo=0, hi=n_max, write_lse=True, cfg=cfg, counter_base=n_groups, pos=pos,
-                  offsets=(-(max_pos + 1), stride + 1 - block_size, stride))
-    slc = _branch(q, k_slc, v_slc, lo=0, hi=max_pos + 1, idx=idx, select_size=select_size, cfg=cfg,
-                  counter_base=2 * n_groups, pos=pos)
-    sel = _select_launch(q, k_cmp, cmp["lse"], idx, block_size=block_size, stride=stride, select_size=select_size,
-                         num_select=num_select, num_init=num_init, num_local=num_local, scale=scale, t=max_pos,
-                         cfg=select_cfg, combine="fused", pos=pos, counter_base=3 * n_groups)
-    flags, ticket = counters[4 * n_groups :], counters[6 * n_groups :]
-    args, consts = _shared_args(q, k_slc, v_slc, scale)
-    for name, br in (("win", win), ("cmp", cmp), ("slc", slc)):
-        args += br["args"]
-        consts.update({f"{key}_{name}": value for key, value in br["consts"].items()})
-    args += sel["args"]
-    consts.update({f"{key}_sel": value for key, value in sel["consts"].items() if key not in consts})
-    args[6:6] = [flags, ticket, n_groups]  # after the shared queries' arguments
-    n_programs = (win["plan"]["splits"] + cmp["plan"]["splits"] + slc["plan"]["splits"] + sel["splits"]) * n_groups
-    attn_cfg = slc["plan"]["cfg"]
-    _nsa_step_kernel[(n_programs,)](*args, **consts, num_warps=int(attn_cfg["warps"]),
-                                    num_stages=int(attn_cfg["stages"]))
-    return cmp["o"], slc["o"], win["o"], idx
 
 
 # op name -> decode function with the op's public signature (kernels/__init__.py dispatches T == 1 calls here)

@@ -13,8 +13,7 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   window attention in one launch, kernels.selected_and_window_attention), dispatched to the decode kernels of
   kernels/triton_decode.py; also as four launches ("4 ops": selected and window attention separately), with
   the splits combined by a second launch ("kernel") instead of inside the launch, and per op; and as the
-  model's graphed decoding runs it, the position in a device tensor: the three *_at launches ("at") and the
-  whole step in one launch ("1 launch", nsa_step_at, checked against the three first). Full attention
+  model's graphed decoding runs it, the position in a device tensor (the three *_at launches: "at"). Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
   default, flash, efficient and cuDNN backends; "full" is the fastest of them.
@@ -218,41 +217,27 @@ def nsa_ops(x: dict, T: int, cfg: dict | None = None, combine: str | None = None
     return cmp, select, slc, win, step, step_separate
 
 
-def nsa_steps_at(x: dict, T: int):
-    """(three launches, one launch) closures of the step as the model's graphed decoding runs it: the *_at ops
-    with the position T - 1 in a device tensor (kernels/triton_decode.py), the caches sized for it."""
+def nsa_step_at(x: dict, T: int):
+    """The step as the model's graphed decoding runs it: the three *_at ops (kernels/triton_decode.py) with the
+    position T - 1 in a device tensor, the caches sized for it."""
     from kernels import triton_decode as td
     s, q, pos = NSA, x["q"], torch.tensor([T - 1], device=DEV)
     sizes = dict(block_size=s["block_size"], stride=s["stride"])
 
-    def three():
+    def step():
         o_cmp, lse = td.compressed_attention_at(q, x["k_cmp"], x["v_cmp"], pos, **sizes, max_pos=T - 1)
         idx = td.select_blocks_at(q, x["k_cmp"], lse, pos, **sizes, select_size=s["select_size"],
                                   num_select=s["num_select"], max_pos=T - 1)
         return (o_cmp, *td.selected_and_window_attention_at(q, x["k_slc"], x["v_slc"], idx, x["k_win"], x["v_win"],
                                                             pos, select_size=s["select_size"], window=s["window"],
-                                                            max_pos=T - 1), idx)
-
-    def one():
-        return td.nsa_step_at(q, x["k_cmp"], x["v_cmp"], x["k_slc"], x["v_slc"], x["k_win"], x["v_win"], pos,
-                              **sizes, select_size=s["select_size"], num_select=s["num_select"], window=s["window"],
-                              max_pos=T - 1)
-    return three, one
+                                                            max_pos=T - 1))
+    return step
 
 
 def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
     cmp, select, slc, win, step, step_separate = nsa_ops(x, T)
     out = graph_times(step)
-    three, one = nsa_steps_at(x, T)
-    out["at_us"] = graph_times(three)["us"]
-    try:  # the step in one launch (td.nsa_step_at): checked against the three launches, then timed
-        a, b = three(), one()
-        out["one_launch_idx_equal"] = bool(torch.equal(a[3], b[3]))
-        out["one_launch_max_rel_err"] = max(((u.float() - v.float()).norm() / v.float().norm().clamp_min(1e-30)).item()
-                                            for u, v in zip(b[:3], a[:3]))
-        out["one_launch_us"] = graph_times(one)["us"]
-    except Exception as e:  # a failure is a result: recorded, and the other measurements go on
-        out["one_launch_us"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    out["at_us"] = graph_times(nsa_step_at(x, T))["us"]
     out["eager_us"] = eager_us(step)
     out["separate_us"] = graph_times(step_separate)["us"]
     step_kernel = nsa_ops(x, T, combine="kernel")[4]
@@ -310,8 +295,6 @@ def bench_attn_point(shape: str, B: int, T: int, bw: dict | None) -> dict:
                table4_speedup=T / table4_tokens(T),
                nsa_GBps=nsa_b / row["nsa"]["us"] / 1e3, nsa_loaded_GBps=loaded_b / row["nsa"]["us"] / 1e3,
                full_GBps=full_b / row["full"]["us"] / 1e3)
-    if isinstance(row["nsa"].get("one_launch_us"), float):
-        row["speedup_one_launch"] = row["full"]["us"] / row["nsa"]["one_launch_us"]
     if bw:
         row["nsa_bw_fraction"] = row["nsa_GBps"] / bw["copy_GBps"]
         row["full_bw_fraction"] = row["full_GBps"] / bw["copy_GBps"]
@@ -435,8 +418,8 @@ def table(results: dict) -> str:
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
         lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'4 ops':>8} "
-                     f"{'2-launch':>8} {'at':>7} {'1 launch':>8} "
-                     f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'x 1L':>6} {'T4 x':>6} | "
+                     f"{'2-launch':>8} {'at':>7} "
+                     f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | "
                      f"{'NSA GB/s':>8} {'%copy':>6}")
         for key, r in results["attn"].items():
             n, fu = r.get("nsa", {}), r.get("full", {})
@@ -446,9 +429,9 @@ def table(results: dict) -> str:
             lines.append(
                 f"{key:>16} | {f(n['us'])} {f(n.get('cmp_us'), '7.1f')} {f(n.get('select_us'), '7.1f')} "
                 f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "
-                f"{f(n.get('combine_kernel_us'))} {f(n.get('at_us'), '7.1f')} {f(n.get('one_launch_us'))} "
+                f"{f(n.get('combine_kernel_us'))} {f(n.get('at_us'), '7.1f')} "
                 f"{f(n.get('eager_us'))} | {f(fu.get('us'))} {fu.get('best', '-'):>18} | {f(r['speedup'], '6.2f')} "
-                f"{f(r.get('speedup_one_launch'), '6.2f')} {f(r['table4_speedup'], '6.2f')} | "
+                f"{f(r['table4_speedup'], '6.2f')} | "
                 f"{f(r['nsa_GBps'], '8.0f')} {f(100 * r.get('nsa_bw_fraction', math.nan), '6.1f')}")
     if results.get("generate"):
         lines.append(f"\n[generate] small model ({results.get('gen_layers')} layers, Hq=16, Hkv=1, D=64): "

@@ -266,37 +266,6 @@ def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
                             max_pos=M - 1)
 
 
-@pytest.mark.parametrize("G,many", [(1, True), (3, False), (16, True)])
-def test_decode_step_at_in_one_launch_equals_the_reference(gen, G, many):
-    """nsa_step_at (the four parts of a step in one launch, their order kept by flags and tickets) against the
-    reference at positions before the first compressed token, on and after block boundaries and at max_pos,
-    with many splits per part or one; afterwards every counter, flag and the ticket are back at zero."""
-    B, Hkv, D, bs, d, ss, n, w, M = 2, 2, 16, 8, 4, 16, 5, 24, 150
-    q = randn(gen, B, 1, Hkv * G, D)
-    kc = randn(gen, B, ref.num_compressed_tokens(M, bs, d), Hkv, D)
-    vc = randn(gen, *kc.shape)
-    ks, vs, kw, vw = (randn(gen, B, M, Hkv, D) for _ in range(4))
-    sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, num_init=1, num_local=2)
-    cfg, select_cfg = (split_cfg(True), dict(max_splits=8, tiles_per_split=1)) if many else (split_cfg(False), None)
-    for t in (0, 5, 7, 11, 31, 32, 100, M - 1):
-        pos = torch.tensor([t], dtype=torch.int64)
-        nc = ref.num_compressed_tokens(t + 1, bs, d)
-        o_c, o_s, o_w, idx = td.nsa_step_at(q, kc, vc, ks, vs, kw, vw, pos, **sizes, window=w, max_pos=M - 1,
-                                            cfg=cfg, select_cfg=select_cfg)
-        o_r, lse_r = ref.compressed_attention(q, kc[:, :nc], vc[:, :nc], block_size=bs, stride=d, q_start=t)
-        idx_r = ref.select_blocks(q, kc[:, :nc], lse_r, **sizes, q_start=t)
-        k_vis = [x[:, :t + 1] for x in (ks, vs, kw, vw)]
-        close(o_c, o_r, f"o_cmp at {t}", gen)
-        assert torch.equal(idx, idx_r), f"t={t} seed {gen.initial_seed()}\n{idx}\n{idx_r}"
-        close(o_s, ref.selected_attention(q, *k_vis[:2], idx_r, select_size=ss, q_start=t), f"o_slc at {t}", gen)
-        close(o_w, ref.window_attention(q, *k_vis[2:], window=w, q_start=t), f"o_win at {t}", gen)
-        assert not td._COUNTERS[CPU].any(), f"t={t}: counters, flags or ticket left set"
-    plan = td.attn_plan(M, B * Hkv, D, D, G, F64, CPU, cfg)
-    assert (plan["splits"] > 1) == many  # the case says which it covers
-    with pytest.raises(ValueError, match="nsa_step_at: the key cache has 150 rows but max_pos needs 151"):
-        td.nsa_step_at(q, kc, vc, ks, vs, kw, vw, pos, **sizes, window=w, max_pos=M)
-
-
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
 def test_combine_of_a_split_count_that_is_not_a_power_of_two(gen, combine):
     """The combine loads every split's state as one padded tile: 3 splits (padded to 4) must give the reference,
@@ -382,16 +351,11 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
     assert torch.equal(out[:, prompt.shape[1] :], greedy), f"seed {seed}"
 
 
-@pytest.mark.parametrize("one_launch", [False, True])
-def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch, one_launch):
-    """GPT.decode_step with the Triton *_at kernels (the position read on the device; three launches or, with
-    ONE_LAUNCH_STEP, nsa_step_at's one) continues a prefill with the tokens generate() picks through the per-step
-    kernels, float64, the same small NSA as above."""
+def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch):
+    """GPT.decode_step with the Triton *_at kernels (the position read on the device) continues a prefill with
+    the tokens generate() picks through the per-step kernels, float64, the same small NSA as above."""
     calls = []
-    monkeypatch.setattr(td, "ONE_LAUNCH_STEP", one_launch)
-    names = ("nsa_step_at",) if one_launch else ("compressed_attention_at", "select_blocks_at",
-                                                 "selected_and_window_attention_at")
-    for name in names:
+    for name in ("compressed_attention_at", "select_blocks_at", "selected_and_window_attention_at"):
         fn = getattr(td, name)
         monkeypatch.setattr(td, name, lambda *a, _fn=fn, _n=name, **kw: calls.append(_n) or _fn(*a, **kw))
     monkeypatch.setattr(kernels, "TRITON_OPS", {})
@@ -404,5 +368,5 @@ def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(m
         for t in range(6, 19):
             tok = model.decode_step(tok, caches, torch.tensor([t])).argmax(-1, keepdim=True)
             steps.append(tok)
-    assert len(calls) == len(names) * 2 * 13  # per step and layer
+    assert len(calls) == 3 * 2 * 13
     assert torch.equal(torch.cat(steps, dim=1), out[:, 6:]), f"seed {seed}"

@@ -339,10 +339,6 @@ class NativeSparseAttention(Attention):
             from kernels import triton_decode as td
 
             sizes = dict(block_size=self.l, stride=self.d)
-            if td.ONE_LAUNCH_STEP:
-                return td.nsa_step_at(q, k_cmp, v_cmp, k_s, v_s, k_w, v_w, pos, **sizes, select_size=a.select_block,
-                                      num_select=a.num_select, window=a.window, max_pos=max_pos,
-                                      num_init=a.num_init, num_local=a.num_local)[:3]
             o_cmp, lse = td.compressed_attention_at(q, k_cmp, v_cmp, pos, **sizes, max_pos=max_pos)
             idx = td.select_blocks_at(q, k_cmp, lse, pos, **sizes, select_size=a.select_block,
                                       num_select=a.num_select, num_init=a.num_init, num_local=a.num_local,
