@@ -7,9 +7,10 @@
 #   device run (carry .whl): VARIANTS="shared_kv:attention.shared_kv=true window64:attention.window=64" \
 #       SEEDS=3 bash scripts/gpu_nsa_ablation.sh
 #   VARIANTS="shared_kv:attention.shared_kv=true" SEEDS="0 1" bash scripts/gpu_nsa_ablation.sh   # two seeds at once
-# A variant is name:override[;override...]. A job writes $WORK/<name>/{runs,eval,logs}/ (WORK default /tmp/abl),
-# everything packed without checkpoints into $OUT/ablation.tgz. docs/results/gpu-small-ablations/NOTES.md says
-# how the reports there were built from these and the full-attention runs of the same seeds.
+# A variant is name:override[;override...]. A job writes $WORK/<name>/{runs,eval,logs}/ and the commands it ran
+# (WORK default /tmp/abl), everything packed without checkpoints into $OUT/ablation.tgz. Back here,
+# scripts/assemble_ablation.py pairs a variant with the reproduction's full-attention runs of the same seeds and
+# builds its report (docs/results/gpu-small-ablations/).
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 WORK=${WORK:-/tmp/abl}
@@ -24,12 +25,17 @@ run_job() {  # $1 = name:overrides, $2 = seed, $3 = CUDA_VISIBLE_DEVICES
   mkdir -p "$dir/logs"
   IFS=";" read -ra extra <<<"$sets"
   echo "== $name seed $seed on GPUs $3: ${extra[*]}"
-  CUDA_VISIBLE_DEVICES=$3 timeout "${TRAIN_TIMEOUT:-420}" $PY -m torch.distributed.run --standalone --nproc_per_node=2 \
-    train.py experiment=repro_gpu_small_nsa run_dir="$dir/runs/nsa-s$seed" train.seed="$seed" \
-    train.val_probe_selection=true "${extra[@]}" >"$dir/logs/train_nsa-s$seed.log" 2>&1
+  local train=(python -m torch.distributed.run --standalone --nproc_per_node=2 train.py experiment=repro_gpu_small_nsa
+               "run_dir=$dir/runs/nsa-s$seed" "train.seed=$seed" train.val_probe_selection=true "${extra[@]}")
+  local eval=(python eval.py "checkpoint=$dir/runs/nsa-s$seed" "out_dir=$dir/eval/nsa-s$seed" "${EVAL[@]}")
+  # the commands as run, one per line (scripts/assemble_ablation.py puts them in the report)
+  for cmd in train eval; do
+    local -n words=$cmd
+    $PY -c "import shlex, sys; print(shlex.join(sys.argv[1:]))" "${words[@]}"
+  done >"$dir/commands_nsa-s$seed.txt"
+  CUDA_VISIBLE_DEVICES=$3 timeout "${TRAIN_TIMEOUT:-420}" $PY "${train[@]:1}" >"$dir/logs/train_nsa-s$seed.log" 2>&1
   echo "   $name seed $seed: train exit $?"
-  CUDA_VISIBLE_DEVICES=$first timeout "${EVAL_TIMEOUT:-200}" $PY eval.py checkpoint="$dir/runs/nsa-s$seed" \
-    out_dir="$dir/eval/nsa-s$seed" "${EVAL[@]}" >"$dir/logs/eval_nsa-s$seed.log" 2>&1
+  CUDA_VISIBLE_DEVICES=$first timeout "${EVAL_TIMEOUT:-200}" $PY "${eval[@]:1}" >"$dir/logs/eval_nsa-s$seed.log" 2>&1
   echo "   $name seed $seed: eval exit $?"
 }
 jobs=()

@@ -378,6 +378,44 @@ def test_report_of_a_partial_run_says_what_is_missing(tmp_path):
     assert "Measured decoding: not run." in text and result["sections"]["decode"]["headline"] == {}
 
 
+def test_assemble_ablation_pairs_a_variant_with_the_baselines_full_runs(tmp_path):
+    """scripts/assemble_ablation.py: the baseline's full-attention runs and benchmarks, the variant's NSA runs
+    (without checkpoints) with the commands it recorded, the invocations of the chosen seeds; the report builds."""
+    spec = importlib.util.spec_from_file_location("assemble_ablation", REPO / "scripts" / "assemble_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, other, variant, out = (tmp_path / n for n in ("base", "other", "variant", "out"))
+    fabricate(base)
+    fabricate(other)  # the variant's NSA run of seed 1: a fabricated run whose metrics are told apart below
+    (other / "runs" / "nsa-s1" / "checkpoints").mkdir()
+    (other / "runs" / "nsa-s1" / "checkpoints" / "step_20.pt").write_bytes(b"x")
+    for sub in ("runs", "eval"):  # gpu_nsa_ablation.sh's layout: <variant>/{runs,eval}/nsa-s<seed>
+        (variant / sub).mkdir(parents=True)
+        (other / sub / "nsa-s1").rename(variant / sub / "nsa-s1")
+    _jsonl(variant / "runs" / "nsa-s1" / "metrics.jsonl", [{"step": 20, "tokens": 20480, "loss": 1.25}])
+    (variant / "commands_nsa-s1.txt").write_text("python train.py attention.shared_kv=true\npython eval.py x\n")
+    manifest = json.loads((base / "manifest.json").read_text())
+    manifest["invocations"][0]["command"] += " --seeds 0"
+    (base / "manifest.json").write_text(json.dumps(manifest))
+    mod.assemble(base, variant, [1], out, {"command": "bash scripts/gpu_nsa_ablation.sh", "started": "t",
+                                           "seconds": 1.0, "git_commit": "abc", "device": "FakeGPU"})
+    assert not list(out.rglob("*.pt")) and not (out / "runs" / "nsa-s1" / "checkpoints").exists()
+    assert (out / "runs" / "full-s1" / "metrics.jsonl").read_text() == \
+        (base / "runs" / "full-s1" / "metrics.jsonl").read_text()
+    assert json.loads((out / "runs" / "nsa-s1" / "metrics.jsonl").read_text())["loss"] == 1.25
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["train/nsa-s1"]["command"] == "python train.py attention.shared_kv=true"
+    assert progress["eval/nsa-s1"]["command"] == "python eval.py x"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["seeds"] == [1] and [i["command"] for i in m["invocations"]] == [
+        "python scripts/reproduce.py --scale gpu-small", "bash scripts/gpu_nsa_ablation.sh"]  # not the seed-0 one
+    assert build(out, tmp_path / "report")["sections"]["loss"]["status"] == "ok"
+    with pytest.raises(SystemExit, match="is not empty"):
+        mod.assemble(base, variant, [1], out, {})
+    with pytest.raises(SystemExit, match="holds no run of nsa-s0"):
+        mod.assemble(base, variant, [0], tmp_path / "out2", {"started": "t", "git_commit": "abc"})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the driver, with a fake train/eval/bench
 
