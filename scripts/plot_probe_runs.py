@@ -1,0 +1,76 @@
+"""Retrieval-probe curves of any training runs on one figure, with their data as JSON beside it.
+
+The reproduction report draws the probes of its own full / NSA pairs; this compares arbitrary runs, e.g. NSA
+variants against each other (each run's metrics.jsonl, logged with train.val_probes):
+
+    python scripts/plot_probe_runs.py --kind passkey --out docs/results/x/probes.png \\
+        "NSA shared K/V, seed 1=/tmp/runs/nsa_shared-s1" "NSA, seed 1=/tmp/runs/nsa-s1"
+
+A run may also be a curve saved earlier: LABEL=FILE.json:KEY1/KEY2/... names a {"step": [...], "loss": [...]}
+object inside that JSON (for runs whose folders are gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.compare import PROBE_ONSET, read_jsonl  # noqa: E402
+from evaluation.report import write_json_atomic  # noqa: E402
+
+
+def curve(source: str, kind: str) -> dict[str, list]:
+    """{"step", "loss"} of the `kind` probe from a run folder, or from FILE.json:KEY/KEY/... ."""
+    path, _, keys = source.partition(".json:")
+    if keys:
+        obj = json.loads(Path(path + ".json").read_text())
+        for key in keys.split("/"):
+            obj = obj[key]
+        return {"step": list(obj["step"]), "loss": list(obj["loss"])}
+    metrics = Path(source) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"error: {metrics} does not exist: pass a training run folder or FILE.json:KEY/...")
+    rows = [r for r in read_jsonl(metrics) if f"val_probe_{kind}" in r]
+    if not rows:
+        raise SystemExit(f"error: {metrics} logged no val_probe_{kind}: train with train.val_probes=[{kind}]")
+    return {"step": [r["step"] for r in rows], "loss": [r[f"val_probe_{kind}"] for r in rows]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN", help="a label and a run folder (or FILE.json:KEY/...)")
+    p.add_argument("--kind", default="passkey", help="the probe (train.val_probes): passkey or needle")
+    p.add_argument("--out", type=Path, required=True, help="the figure (.png); its data goes to the same name .json")
+    args = p.parse_args()
+    curves = {}
+    for spec in args.runs:
+        label, sep, source = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {spec!r}: give LABEL=RUN")
+        curves[label] = curve(source, args.kind)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, c in curves.items():
+        ax.plot(c["step"], c["loss"], marker="o", ms=3, label=label)
+    ax.axhline(PROBE_ONSET, color="red", lw=0.8, ls=":", label="onset threshold")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{args.kind} probe: answer loss (nats/token)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    write_json_atomic(args.out.with_suffix(".json"), {"kind": args.kind, "onset_threshold": PROBE_ONSET,
+                                                       "runs": curves})
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
