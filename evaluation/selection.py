@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from data.synthetic import Marked
-from model.attention.nsa import needle_block_hits, nsa_layers
+from model.attention.nsa import needle_block_hits, nsa_layers, set_selection_recording
 
 
 class SelectionRecorder:
@@ -39,13 +39,11 @@ class SelectionRecorder:
         return bool(self.layers)
 
     def __enter__(self) -> SelectionRecorder:
-        for layer in self.layers:
-            layer.record_selection = True
+        set_selection_recording(self.layers, True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for layer in self.layers:
-            layer.record_selection, layer.selection, layer.gates = False, None, None
+        set_selection_recording(self.layers, False)
 
     def on_prefill(self, batch: Sequence[int]) -> None:
         """After the prefill forward of the prompts `batch` (their indices, in row order): keep each row's

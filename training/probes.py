@@ -30,7 +30,7 @@ import torch
 
 from data import TokenLoader, load_tokenizer
 from data.synthetic import GENERATORS, NEEDS_HAYSTACK, generate
-from model.attention.nsa import needle_block_hits, nsa_layers
+from model.attention.nsa import needle_block_hits, nsa_layers, set_selection_recording
 from training.distributed import all_reduce_sum, rank_batches
 
 log = logging.getLogger(__name__)
@@ -113,21 +113,21 @@ def probe_selection(model: torch.nn.Module, probe: Probe, micro: int, rank: int,
     select_size, n = layers[0].attn_cfg.select_block, probe.x.shape[0]
     hit_sum, docs = 0.0, 0
     try:
-        for layer in layers:
-            layer.record_selection = True
+        set_selection_recording(layers, True)
         with torch.compiler.set_stance("force_eager"):  # no graph to recompile or capture for the recording
             for rows in rank_batches(n, micro, rank, world):
                 take = rows.clamp(max=n - 1)
                 with autocast():
                     model(probe.x[take].to(device))
-                ids = torch.stack([layer.selection for layer in layers], dim=1)  # [micro, layers, T, Hkv, n]
+                # each row's blocks at its answer query only: [micro, layers, Hkv, n]
+                row, query = torch.arange(len(take), device=device), probe.query[take].to(device)
+                ids = torch.stack([layer.selection[row, query] for layer in layers], dim=1)
                 for j, i in enumerate(take.tolist()):
                     if rows[j] < n:
                         start, end = probe.needle[i].tolist()
-                        hits = needle_block_hits(ids[j, :, int(probe.query[i])], start, end, select_size)
+                        hits = needle_block_hits(ids[j], start, end, select_size)
                         hit_sum, docs = hit_sum + hits.double().mean().item(), docs + 1
     finally:
-        for layer in layers:
-            layer.record_selection, layer.selection, layer.gates = False, None, None
+        set_selection_recording(layers, False)
     hit_sum, docs = all_reduce_sum(torch.tensor([hit_sum, docs], dtype=torch.float64, device=device)).tolist()
     return hit_sum / docs if docs else None

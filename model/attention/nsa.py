@@ -430,6 +430,14 @@ def nsa_layers(model: nn.Module) -> list[NativeSparseAttention]:
     return [m for m in model.modules() if isinstance(m, NativeSparseAttention)]
 
 
+def set_selection_recording(layers: list[NativeSparseAttention], on: bool) -> None:
+    """Turn record_selection on or off in these layers; turning it off also drops what they recorded."""
+    for layer in layers:
+        layer.record_selection = on
+        if not on:
+            layer.selection = layer.gates = None
+
+
 SHARE_TILE = 4  # consecutive query positions that would share their selected blocks' loads
 
 
