@@ -83,6 +83,7 @@ if os.environ.get("NSA_DECODE_TILES"):
                 DECODE_TILES[_kernel][_size].update(_cfg)
 
 COMBINE_MODES = ("fused", "kernel")
+COMBINE_COLS = 16  # combine="kernel": output columns per combine program (1 / 8 of a 128-wide head per program)
 
 
 def decode_tiles(kernel: str, big: bool, override: dict | None = None) -> dict:
@@ -150,12 +151,13 @@ def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
 @triton.jit
 def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
                   DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
-                  ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
+                  ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr, col0=0, SPAN: tl.constexpr = 0):
     """Merge the nsplit partial states of KV group pid_bh (PM, PL [B*Hkv, nsplit, G_PAD], PACC [..., BLOCK_DV])
-    and store the group's output rows. Every split's state is read in one vectorised load per tensor ([S_PAD,
-    G_PAD] maxima and sums, [S_PAD, G_PAD, DV_CHUNK] chunks of the accumulators, the chunks unrolled), not
-    split after split: a loop over the splits waits for each load in turn, and those round trips were most
-    of a decode op's time. Loads bypass L1 (.cg): other programs wrote the partials."""
+    and store the group's output rows: columns col0 .. col0 + SPAN - 1 of them (SPAN 0: all; the lse goes with
+    column 0). Every split's state is read in one vectorised load per tensor ([S_PAD, G_PAD] maxima and sums,
+    [S_PAD, G_PAD, DV_CHUNK] chunks of the accumulators, the chunks unrolled), not split after split: a loop
+    over the splits waits for each load in turn, and those round trips were most of a decode op's time. Loads
+    bypass L1 (.cg): other programs wrote the partials."""
     b = (pid_bh // Hkv).to(tl.int64)
     kvh = pid_bh % Hkv
     g = tl.arange(0, G_PAD)
@@ -171,15 +173,16 @@ def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
     w = tl.exp2(pm - m_use[None, :])  # 0 for splits (and padded ones) that saw no key
     l_tot = tl.sum(pl * w, axis=0)
     l_safe = tl.where(l_tot > 0, l_tot, 1.0)
-    for c in tl.static_range(0, BLOCK_DV, DV_CHUNK):
-        offs = c + tl.arange(0, DV_CHUNK)
+    for c in tl.static_range(0, SPAN if SPAN > 0 else BLOCK_DV, DV_CHUNK):
+        offs = col0 + c + tl.arange(0, DV_CHUNK)
         part = tl.load(PACC + rows[:, :, None] * BLOCK_DV + offs[None, None, :], mask=s_ok[:, None, None],
                        other=0.0, cache_modifier=".cg")
         o = tl.sum(part * w[:, :, None], axis=0) / l_safe[:, None]
         tl.store(OUT + b * so_b + head[:, None] * so_h + offs[None, :], o.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & (offs[None, :] < DV))
     if WRITE_LSE:
-        _store_lse(m_tot, l_tot, LSE, b, head, row_ok, Hkv * G)
+        if col0 == 0:
+            _store_lse(m_tot, l_tot, LSE, b, head, row_ok, Hkv * G)
 
 
 def combine_tiles(splits: int, g_pad: int, block_dv: int) -> tuple[int, int]:
@@ -320,8 +323,10 @@ def _decode_attn_pair_kernel(
 def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, Hkv, G, so_b, so_h,
                          DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
                          ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
+    """combine="kernel": program (group, c) merges columns c * DV_CHUNK .. of one KV group's splits, so that the
+    combine's reads spread over BLOCK_DV / DV_CHUNK programs per group instead of one."""
     _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), nsplit, Hkv, G, so_b, so_h,
-                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK)
+                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK, tl.program_id(1) * DV_CHUNK, DV_CHUNK)
 
 
 def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype, device: torch.device,
@@ -416,13 +421,15 @@ def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
 
 
 def _combine_separately(q, br: dict, shared: dict, cfg: dict) -> None:
-    """combine="kernel": merge a split branch's partial states in a second launch."""
+    """combine="kernel": merge a split branch's partial states in a second launch, each group's columns spread
+    over programs of at most COMBINE_COLS columns."""
     o, lse = br["o"], br["lse"] if br["lse"] is not None else br["o"]
-    _attn_combine_kernel[(q.shape[0] * br["Hkv"],)](
+    chunk = min(br["consts"]["DV_CHUNK"], COMBINE_COLS)
+    _attn_combine_kernel[(q.shape[0] * br["Hkv"], shared["BLOCK_DV"] // chunk)](
         *br["partials"], o, lse, br["plan"]["splits"], br["Hkv"], br["G"], o.stride(0), o.stride(2),
         DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"],
         WRITE_LSE=br["lse"] is not None, ACC=shared["ACC"], S_PAD=br["consts"]["S_PAD"],
-        DV_CHUNK=br["consts"]["DV_CHUNK"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+        DV_CHUNK=chunk, num_warps=4, num_stages=1,
     )
 
 

@@ -35,16 +35,95 @@ from kernels.triton_common import LOG2E, bthd, dot_precision, gpu_tiles, head_bl
 
 
 @triton.jit
+def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, full, carry, TC, qk_scale, BS, STRIDE, SEL,
+                 DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
+                 NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
+    """Block scores [NPOS, NBT] of the tile of blocks jb0 .. jb0 + NBT - 1 (steps 1-3 of the module docstring),
+    and the carry into the next tile. full: every compressed token of the tile is visible to every position
+    (the tiles before the diagonal), so no mask is computed (rows without a query have q = 0 and lse2 = +inf,
+    hence p = 0). Only that step branches: the load and the dot stay where Triton pipelines them."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    c = tl.arange(0, C_PAD)
+    jj = tl.arange(0, NBT)
+    i = jb0 * TPB + c
+    i_ok = (c < NBT * TPB) & (i < TC)
+    kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                 mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC)
+    if full:
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+    else:
+        vis = (i[None, :] * STRIDE + BS - 1 <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
+    pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
+
+    if ALIGNED:
+        # C_PAD = NBT * TPB tokens, TPB per block: token r of a block starts r*d into it, so its weight
+        # on its own block and on the next depends on r only; the spill moves one block to the right
+        pg3 = tl.reshape(pg, [NPOS, NBT, TPB])
+        r = tl.arange(0, TPB)
+        w_own = (tl.minimum(BS, SEL - r * STRIDE)).to(ACC) / STRIDE
+        w_spill = (tl.maximum(r * STRIDE + BS - SEL, 0)).to(ACC) / STRIDE
+        own = tl.sum(pg3 * w_own[None, None, :], axis=2)  # [NPOS, NBT]
+        spill = tl.sum(pg3 * w_spill[None, None, :], axis=2)  # [NPOS, NBT], belongs to block + 1
+        shift = (jj[:, None] + 1) == jj[None, :]  # [NBT, NBT]: block k spills into k + 1
+        score = own + tl.sum(spill[:, :, None] * shift[None, :, :].to(ACC), axis=1)
+        score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+        carry = tl.sum(tl.where(jj[None, :] == NBT - 1, spill, 0.0), axis=1)
+    else:
+        # general sizes: overlap weights of each token with the tile's blocks and the next tile's first
+        tok_lo = i * STRIDE
+        tok_hi = tok_lo + BS
+        blk_lo = (jb0 + jj) * SEL
+        ov = tl.minimum(tok_hi[:, None], blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
+        w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT]
+        nxt_lo = (jb0 + NBT) * SEL
+        ov_next = tl.minimum(tok_hi, nxt_lo + SEL) - tl.maximum(tok_lo, nxt_lo)
+        w_next = tl.where(i_ok & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE  # [C_PAD]
+        score = tl.sum(pg[:, :, None] * w[None, :, :], axis=1)  # [NPOS, NBT]
+        score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+        carry = tl.sum(pg * w_next[None, :], axis=1)
+    return score, carry
+
+
+@triton.jit
+def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
+    """The NBT largest keys of top [NPOS, NBT] (distinct, in any order) and cand [NPOS, C] (C a multiple of
+    NBT; keys of invisible blocks below every key of top), in any order. Skipped when no candidate beats its
+    row's smallest kept key; when no row has more than INSERT_MAX that do, they enter one at a time (each
+    replaces its row's smallest key: two row reductions per entry); else both lists are sorted and merged."""
+    GONE: tl.constexpr = -(2**62)  # below every key: a candidate that has entered
+    kept_min = tl.min(top, axis=1)
+    n_in = tl.max(tl.sum((cand > kept_min[:, None]).to(tl.int32), axis=1))
+    if n_in > INSERT_MAX:
+        C: tl.constexpr = cand.shape[1]
+        srt = tl.reshape(tl.sort(cand, dim=1), [top.shape[0], C // NBT, NBT])  # ascending
+        kk = tl.arange(0, C // NBT)
+        best = tl.sum(tl.where((kk == C // NBT - 1)[None, :, None], srt, 0), axis=1)  # its NBT largest, ascending
+        top = tl.maximum(tl.sort(top, dim=1, descending=True), best)  # bitonic half-cleaner: the NBT largest
+    else:
+        for _ in range(n_in):
+            best = tl.max(cand, axis=1)
+            kept_min = tl.min(top, axis=1)
+            enters = (top == kept_min[:, None]) & (best > kept_min)[:, None]
+            top = tl.where(enters, best[:, None], top)
+            cand = tl.where(cand == best[:, None], GONE, cand)
+    return top
+
+
+@triton.jit
 def _select_kernel(
     Q, KC, LSE, IDX,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sl_b, sl_t, sl_h, si_b, si_t, si_h,
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, MERGE_TILES: tl.constexpr,
+    PREC: tl.constexpr, MERGE_TILES: tl.constexpr, INSERT_MAX: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
+    NO_KEY: tl.constexpr = -(2**40)  # an invisible block: below the initial keys -1 .. -NBT
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
@@ -69,79 +148,35 @@ def _select_kernel(
     ppos = t0 + prow
     cur = ppos // SEL  # the block holding the position
     jj = tl.arange(0, NBT)
-    c = tl.arange(0, C_PAD)
 
     t_last = tl.minimum(t0 + NPOS, T) - 1
     n_blocks = t_last // SEL + 1  # blocks visible to the tile's last position
+    # tiles whose compressed tokens the first position already sees in full need no mask
+    n_vis0 = tl.where(t0 + 1 >= BS, (t0 + 1 - BS) // STRIDE + 1, 0)
+    full_end = tl.minimum((n_vis0 // (NBT * TPB)) * NBT, n_blocks)
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
-    top = tl.full([NPOS, NBT], -1, tl.int64)
+    top = -1 - tl.zeros([NPOS, NBT], tl.int64) - jj[None, :]  # distinct placeholders, below every real key
     kk = tl.arange(0, MERGE_TILES)
-    cands = tl.full([NPOS, MERGE_TILES, NBT], -1, tl.int64)  # MERGE_TILES > 1: candidates of tiles not merged yet
+    cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)  # candidates of tiles not merged yet
     carry = tl.zeros([NPOS], ACC)
     for jb0 in range(0, n_blocks, NBT):
-        # compressed tokens whose own block (the one holding their first token) is in this tile
-        i = jb0 * TPB + c
-        i_ok = (c < NBT * TPB) & (i < TC)
-        kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                     mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC) * qk_scale
-        vis = (i[None, :] * STRIDE + BS - 1 <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
-        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-        pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
-
-        if ALIGNED:
-            # C_PAD = NBT * TPB tokens, TPB per block: token r of a block starts r*d into it, so its weight
-            # on its own block and on the next depends on r only; the spill moves one block to the right
-            pg3 = tl.reshape(pg, [NPOS, NBT, TPB])
-            r = tl.arange(0, TPB)
-            w_own = (tl.minimum(BS, SEL - r * STRIDE)).to(ACC) / STRIDE
-            w_spill = (tl.maximum(r * STRIDE + BS - SEL, 0)).to(ACC) / STRIDE
-            own = tl.sum(pg3 * w_own[None, None, :], axis=2)  # [NPOS, NBT]
-            spill = tl.sum(pg3 * w_spill[None, None, :], axis=2)  # [NPOS, NBT], belongs to block + 1
-            shift = (jj[:, None] + 1) == jj[None, :]  # [NBT, NBT]: block k spills into k + 1
-            score = own + tl.sum(spill[:, :, None] * shift[None, :, :].to(ACC), axis=1)
-            score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
-            carry = tl.sum(tl.where(jj[None, :] == NBT - 1, spill, 0.0), axis=1)
-        else:
-            # general sizes: overlap weights of each token with the tile's blocks and the next tile's first
-            tok_lo = i * STRIDE
-            tok_hi = tok_lo + BS
-            blk_lo = (jb0 + jj) * SEL
-            ov = tl.minimum(tok_hi[:, None], blk_lo[None, :] + SEL) - tl.maximum(tok_lo[:, None], blk_lo[None, :])
-            w = tl.where(i_ok[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE  # [C_PAD, NBT]
-            nxt_lo = (jb0 + NBT) * SEL
-            ov_next = tl.minimum(tok_hi, nxt_lo + SEL) - tl.maximum(tok_lo, nxt_lo)
-            w_next = tl.where(i_ok & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE  # [C_PAD]
-            score = tl.sum(pg[:, :, None] * w[None, :, :], axis=1)  # [NPOS, NBT]
-            score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
-            carry = tl.sum(pg * w_next[None, :], axis=1)
-
-        # candidate keys of this tile, merged into the running top-NBT (only if one of them can enter it)
+        score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, jb0 < full_end, carry, TC, qk_scale,
+                                    BS, STRIDE, SEL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC)
+        # candidate keys of this tile
         blk = jb0 + jj
         visible = blk[None, :] <= cur[:, None]
         forced = visible & ((blk[None, :] < NUM_INIT) | (blk[None, :] > cur[:, None] - NUM_LOCAL))
         bits = score.to(tl.float32).to(tl.int32, bitcast=True)
         bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
-        key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), -1)
-        if MERGE_TILES == 1:
-            kept_min = tl.min(top, axis=1)  # the smallest key kept per position
-            if tl.max((key > kept_min[:, None]).to(tl.int32)) > 0:
-                cand = tl.sort(key, dim=1)  # ascending
-                top = tl.sort(tl.maximum(top, cand), dim=1, descending=True)
-        else:
-            # collect MERGE_TILES tiles' candidates, then merge them at once: one sort of MERGE_TILES * NBT keys
-            # instead of MERGE_TILES sorts of NBT, and one merge instead of MERGE_TILES
-            slot = (jb0 // NBT) % MERGE_TILES
-            cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
-            if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
-                flat = tl.reshape(cands, [NPOS, MERGE_TILES * NBT])
-                kept_min = tl.min(top, axis=1)
-                if tl.max((flat > kept_min[:, None]).to(tl.int32)) > 0:
-                    srt = tl.reshape(tl.sort(flat, dim=1), [NPOS, MERGE_TILES, NBT])  # ascending
-                    best = tl.sum(tl.where((kk == MERGE_TILES - 1)[None, :, None], srt, 0), axis=1)  # its top NBT
-                    top = tl.sort(tl.maximum(top, best), dim=1, descending=True)
-                cands = tl.full([NPOS, MERGE_TILES, NBT], -1, tl.int64)
+        key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), NO_KEY)
+        # merged into the running top-NBT every MERGE_TILES tiles (and after the last)
+        slot = (jb0 // NBT) % MERGE_TILES
+        cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
+        if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
+            top = _merge_top(top, tl.reshape(cands, [NPOS, MERGE_TILES * NBT]), NBT, INSERT_MAX)
+            cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)
 
+    top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
     ids = tl.where(chosen, MAX_ID - (top & MAX_ID), MAX_ID).to(tl.int32)
     ids = tl.sort(ids, dim=1)  # ascending ids, unused slots (MAX_ID) last
@@ -181,6 +216,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
         ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), MERGE_TILES=cfg.get("merge_tiles", 1),
+        INSERT_MAX=cfg.get("insert_max", 0),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

@@ -302,9 +302,10 @@ TUNE = {
                   dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3)],
     "band_dq": [dict(rows=128, block_n=64, warps=8, stages=2), dict(rows=64, block_n=64, warps=4, stages=2),
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3)],
-    "select": [dict(rows=32, warps=4, stages=2), dict(rows=128, warps=4, stages=2), dict(rows=64, warps=8, stages=2),
-               dict(rows=64, warps=4, stages=3), dict(merge_tiles=2), dict(merge_tiles=4),
-               dict(rows=128, warps=8, merge_tiles=4)],
+    "select": [dict(insert_max=0, merge_tiles=2), dict(insert_max=4, merge_tiles=1), dict(insert_max=8, merge_tiles=1),
+               dict(insert_max=16, merge_tiles=1), dict(insert_max=16, merge_tiles=2),
+               dict(rows=32, warps=4, stages=2), dict(rows=128, warps=4, stages=2), dict(rows=64, warps=8, stages=2),
+               dict(rows=64, warps=4, stages=3)],
     "selected_fwd": [dict(warps=2, stages=3), dict(warps=4, stages=4), dict(warps=8, stages=3),
                      dict(warps=4, stages=2)],
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2)],
@@ -319,8 +320,9 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def tune(B, T, Hq, Hkv, D) -> dict:
-    """Greedy per-kernel tile search (see the module docstring); returns the measurements and the winners."""
+def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
+    """Greedy per-kernel tile search (see the module docstring) over the TUNE kernels (or those in `only`);
+    returns the measurements and the winners."""
     from kernels import triton_common
     x, (cmp, select, slc, win, _), lse, idx = selection_inputs(B, T, Hq, Hkv, D)
     grad = torch.randn(B, T, Hq, D, device="cuda", dtype=torch.bfloat16)
@@ -345,6 +347,8 @@ def tune(B, T, Hq, Hkv, D) -> dict:
                 "selected_dkdv": selected(True)}
     report, winners = {}, {}
     for kernel, alternatives in TUNE.items():
+        if only and kernel not in only:
+            continue
         entry = triton_common.GPU_TILES[kernel]["small"]
         current = dict(entry)
         run = workload[kernel]
@@ -528,6 +532,7 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["peak", "main", "gsweep", "paper", "profile"],
                    choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
+    p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     p.add_argument("--floors-from", help="print the floors table of this results JSON and exit (no GPU needed)")
@@ -553,7 +558,7 @@ def main() -> None:
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
         print("tune T=32768", flush=True)
-        results["tune"] = tune(B, 32768, Hq, HKV, D_MAIN)
+        results["tune"] = tune(B, 32768, Hq, HKV, D_MAIN, args.tune_kernels)
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
 
