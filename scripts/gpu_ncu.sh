@@ -21,4 +21,12 @@ for entry in ${WORKLOADS:-decode:--B=1 decode:--B=8 forward:--T=65536 backward:-
     --print-details all "${filter[@]}" --log-file "$OUT/$name.txt" \
     $PY scripts/profile_kernels.py "$workload" $args 2>&1 | tail -3
   grep -E "^  [_a-zA-Z].*\(|Duration|DRAM Throughput|Registers Per|Achieved Occupancy" "$OUT/$name.txt" | head -60
+  # the sections worth committing (speed of light, launch, occupancy, scheduler, warp states, workload
+  # distribution) in $name.summary.txt; the whole report (megabytes) gzipped beside it
+  awk '/^  [_a-zA-Z].*Context/ {print; keep=0; next}
+       /Section: (GPU Speed Of Light Throughput|Launch Statistics|Occupancy|Warp State Statistics|Scheduler Statistics|GPU and Memory Workload Distribution)$/ {keep=1; print; next}
+       /Section:/ {keep=0}
+       keep && (/OPT|^          |----- ---/ || /^ *$/) {next}
+       keep {print}' "$OUT/$name.txt" > "$OUT/$name.summary.txt"
+  gzip -f "$OUT/$name.txt"
 done
