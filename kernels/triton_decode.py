@@ -13,13 +13,14 @@ heads; G is padded to >= 16 rows for the tensor cores).
         (importance p = exp(q.k_cmp * scale - lse) summed over the group's heads, spread over the blocks by the
         overlap weights of NSA.md) and keeps its top-n candidate keys; the splits' candidates are then merged.
 
-Combining the splits. By default the last program of a KV group to finish combines them inside the same launch
-(`combine="fused"`): each program stores its partial, then increments a per-group counter with an acq_rel
-atomic; the one that sees count == splits - 1 reads every partial and writes the result, then resets the
-counter to 0 for the next launch. The counters live in one zeroed int32 buffer per device that the kernels
-keep at zero (`_counters`); a second stream running decode kernels concurrently on the same device would
-share them, which is not supported. `combine="kernel"` runs the same combine code as a second launch instead
-(no counters), e.g. to compare the two.
+Combining the splits, two ways. `combine="kernel"` (the attention ops' default, ATTN_COMBINE) runs a second
+launch whose programs each merge a slice of a group's output columns (and the selected and window branches of
+a step share that launch). `combine="fused"` (block selection's default, SELECT_COMBINE) has the last program
+of a KV group to finish combine them inside the same launch: each program stores its partial, then increments
+a per-group counter with an acq_rel atomic; the one that sees count == splits - 1 reads every partial and
+writes the result, then resets the counter to 0 for the next launch. The counters live in one zeroed int32
+buffer per device that the kernels keep at zero (`_counters`); a second stream running decode kernels
+concurrently on the same device would share them, which is not supported.
 
 The top-n merge: candidates are int64 keys (score bits << 31) | (MAX_ID - block id), as in
 kernels/triton_select.py (float32 scores >= 0 order like their bit patterns, forced blocks get +inf, the lower
@@ -83,6 +84,13 @@ if os.environ.get("NSA_DECODE_TILES"):
                 DECODE_TILES[_kernel][_size].update(_cfg)
 
 COMBINE_MODES = ("fused", "kernel")
+# The defaults. Attention: "kernel". In "fused", one program per KV group reads every split's [G_PAD, BLOCK_DV]
+# float32 state; at the main shape, 64k, that lone program was most of each op's time (Nsight Compute: its SM
+# busy 17 us of the compressed op's 19), and "kernel" spreads the same reads over BLOCK_DV / COMBINE_COLS
+# programs per group: the NSA step 48.8 -> 38.8 us at B = 1, 103 -> 76 us at B = 8 (H200, docs/benchmarks.md).
+# Block selection merges a few int64 keys per split: "fused", which saves a launch.
+ATTN_COMBINE = "kernel"
+SELECT_COMBINE = "fused"
 COMBINE_COLS = 16  # combine="kernel": output columns per combine program (1 / 8 of a 128-wide head per program)
 
 
@@ -320,13 +328,23 @@ def _decode_attn_pair_kernel(
 
 
 @triton.jit
-def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, Hkv, G, so_b, so_h,
-                         DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
-                         ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr):
-    """combine="kernel": program (group, c) merges columns c * DV_CHUNK .. of one KV group's splits, so that the
-    combine's reads spread over BLOCK_DV / DV_CHUNK programs per group instead of one."""
-    _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), nsplit, Hkv, G, so_b, so_h,
-                  DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK, tl.program_id(1) * DV_CHUNK, DV_CHUNK)
+def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, PM2, PL2, PACC2, OUT2, nsplit2, Hkv, G, so_b, so_h,
+                         so_b2, so_h2, DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
+                         WRITE_LSE: tl.constexpr, ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
+                         S_PAD2: tl.constexpr, DV_CHUNK2: tl.constexpr):
+    """combine="kernel": program (group, c, branch) merges columns c * DV_CHUNK .. of one KV group's splits of
+    one branch, so that the combine's reads spread over BLOCK_DV / DV_CHUNK programs per group instead of one.
+    Branch 1 (grid axis 2 = 1) is a second split branch of the same step (window attention beside selected
+    attention), combined in the same launch; it writes no lse."""
+    col = tl.program_id(1)
+    if tl.program_id(2) == 0:
+        if col * DV_CHUNK < BLOCK_DV:
+            _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), nsplit, Hkv, G, so_b, so_h,
+                          DV, BLOCK_DV, G_PAD, WRITE_LSE, ACC, S_PAD, DV_CHUNK, col * DV_CHUNK, DV_CHUNK)
+    else:
+        if col * DV_CHUNK2 < BLOCK_DV:
+            _attn_combine(PM2, PL2, PACC2, OUT2, OUT2, tl.program_id(0), nsplit2, Hkv, G, so_b2, so_h2,
+                          DV, BLOCK_DV, G_PAD, False, ACC, S_PAD2, DV_CHUNK2, col * DV_CHUNK2, DV_CHUNK2)
 
 
 def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype, device: torch.device,
@@ -363,7 +381,7 @@ def _check_combine(combine: str) -> None:
 
 
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
-            cfg: dict | None = None, combine: str = "fused", counter_base: int = 0,
+            cfg: dict | None = None, combine: str = ATTN_COMBINE, counter_base: int = 0,
             pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
@@ -420,21 +438,26 @@ def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
     return args, consts
 
 
-def _combine_separately(q, br: dict, shared: dict, cfg: dict) -> None:
-    """combine="kernel": merge a split branch's partial states in a second launch, each group's columns spread
-    over programs of at most COMBINE_COLS columns."""
-    o, lse = br["o"], br["lse"] if br["lse"] is not None else br["o"]
-    chunk = min(br["consts"]["DV_CHUNK"], COMBINE_COLS)
-    _attn_combine_kernel[(q.shape[0] * br["Hkv"], shared["BLOCK_DV"] // chunk)](
-        *br["partials"], o, lse, br["plan"]["splits"], br["Hkv"], br["G"], o.stride(0), o.stride(2),
-        DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"],
-        WRITE_LSE=br["lse"] is not None, ACC=shared["ACC"], S_PAD=br["consts"]["S_PAD"],
-        DV_CHUNK=chunk, num_warps=4, num_stages=1,
+def _combine_separately(q, branches: list[dict], shared: dict) -> None:
+    """combine="kernel": merge the partial states of one or two split branches of a step in one more launch,
+    each group's columns spread over programs of at most COMBINE_COLS columns."""
+    chunks = [min(br["consts"]["DV_CHUNK"], COMBINE_COLS) for br in branches]
+    args = []
+    for br in branches + branches[:1] * (2 - len(branches)):  # a lone branch fills the second's arguments
+        args.append([*br["partials"][:3], br["o"], br["plan"]["splits"], br["o"].stride(0), br["o"].stride(2)])
+    (pm, pl, pacc, o, n, sb, sh), (pm2, pl2, pacc2, o2, n2, sb2, sh2) = args
+    first = branches[0]
+    _attn_combine_kernel[(q.shape[0] * first["Hkv"], shared["BLOCK_DV"] // min(chunks), len(branches))](
+        pm, pl, pacc, o, first["lse"] if first["lse"] is not None else o, n, pm2, pl2, pacc2, o2, n2,
+        first["Hkv"], first["G"], sb, sh, sb2, sh2,
+        DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"], WRITE_LSE=first["lse"] is not None,
+        ACC=shared["ACC"], S_PAD=first["consts"]["S_PAD"], DV_CHUNK=chunks[0],
+        S_PAD2=branches[-1]["consts"]["S_PAD"], DV_CHUNK2=chunks[-1], num_warps=4, num_stages=1,
     )
 
 
 def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
-                      write_lse: bool = False, cfg: dict | None = None, combine: str = "fused",
+                      write_lse: bool = False, cfg: dict | None = None, combine: str = ATTN_COMBINE,
                       pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)):
     """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
     [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
@@ -448,12 +471,12 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
     _decode_attn_kernel[(br["plan"]["splits"], q.shape[0] * k.shape[2])](
         *args, *br["args"], **consts, **br["consts"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
     if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
-        _combine_separately(q, br, consts, cfg)
+        _combine_separately(q, [br], consts)
     return br["o"], br["lse"]
 
 
 def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
-                            t: int, cfg: dict | None = None, combine: str = "fused",
+                            t: int, cfg: dict | None = None, combine: str = ATTN_COMBINE,
                             pos: torch.Tensor | None = None):
     """Selected and window attention of one decoding step in one launch (_decode_attn_pair_kernel) -> (o_slc,
     o_win), each [B,1,Hq,Dv]: the same results as the two separate launches. With `pos`, t is the largest
@@ -471,9 +494,9 @@ def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float,
     _decode_attn_pair_kernel[(slc["plan"]["splits"] + win["plan"]["splits"], n_groups)](
         *args, *slc["args"], *win["args"], **consts, **slc["consts"], **second,
         num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
-    for br in (slc, win):
-        if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
-            _combine_separately(q, br, consts, cfg)
+    unmerged = [br for br in (slc, win) if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]]
+    if unmerged:
+        _combine_separately(q, unmerged, consts)
     return slc["o"], win["o"]
 
 
@@ -617,7 +640,7 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
 
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
-                   combine: str = "fused", pos: torch.Tensor | None = None) -> torch.Tensor:
+                   combine: str = SELECT_COMBINE, pos: torch.Tensor | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
     if combine not in COMBINE_MODES:
@@ -670,7 +693,7 @@ def _use_chunked(*tensors: torch.Tensor) -> bool:
 
 def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
                          stride: int, scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                         combine: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+                         combine: str = ATTN_COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of kernels.compressed_attention: q [B,1,Hq,Dk] at position q_start against its
     visible compressed tokens k_cmp/v_cmp [B,Tc,Hkv,D] (all Tc = num_compressed_tokens(q_start + 1) of them)."""
     if _use_chunked(q, k_cmp, v_cmp):
@@ -686,7 +709,7 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
                   select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                  combine: str = "fused") -> torch.Tensor:
+                  combine: str = SELECT_COMBINE) -> torch.Tensor:
     """One decoding step of kernels.select_blocks -> int32 idx [B,1,Hkv,num_select] (ascending ids, -1 last)."""
     if _use_chunked(q):
         return chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
@@ -699,7 +722,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *, select_size: int,
                        scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                       combine: str = "fused") -> torch.Tensor:
+                       combine: str = ATTN_COMBINE) -> torch.Tensor:
     """One decoding step of kernels.selected_attention: q [B,1,Hq,Dk] at q_start, k/v [B,q_start+1,Hkv,D]."""
     if _use_chunked(q, k, v):
         return chunked.selected_attention(q, k, v, idx, select_size=select_size, scale=scale, q_start=q_start)
@@ -708,7 +731,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: t
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float | None = None,
-                     q_start: int = 0, cfg: dict | None = None, combine: str = "fused") -> torch.Tensor:
+                     q_start: int = 0, cfg: dict | None = None, combine: str = ATTN_COMBINE) -> torch.Tensor:
     """One decoding step of kernels.window_attention: keys q_start - window < s <= q_start."""
     if _use_chunked(q, k, v):
         return chunked.window_attention(q, k, v, window=window, scale=scale, q_start=q_start)
@@ -719,7 +742,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
 def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
                                   k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
                                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                                  combine: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+                                  combine: str = ATTN_COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of selected_attention(q, k_slc, v_slc, idx) and window_attention(q, k_win, v_win) in
     one launch -> (o_slc, o_win)."""
     if _use_chunked(q, k_slc, v_slc, k_win, v_win):

@@ -33,16 +33,18 @@ import triton.language as tl
 
 from kernels.triton_common import LOG2E, bthd, dot_precision, gpu_tiles, head_block, next_pow2, tl_acc
 
+NO_KEY: tl.constexpr = tl.constexpr(-(2**40))  # the key of an invisible block: below the initial keys -1 .. -NBT
+
 
 @triton.jit
-def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, full, carry, TC, qk_scale, BS, STRIDE, SEL,
+def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
                  DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
                  NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
     """Block scores [NPOS, NBT] of the tile of blocks jb0 .. jb0 + NBT - 1 (steps 1-3 of the module docstring),
-    and the carry into the next tile. full: every compressed token of the tile is visible to every position
-    (the tiles before the diagonal), so no mask is computed (rows without a query have q = 0 and lse2 = +inf,
-    hence p = 0). Only that step branches: the load and the dot stay where Triton pipelines them."""
+    and the carry into the next tile. MASKED=False: every compressed token of the tile is visible to every
+    position (the tiles before the diagonal), so no mask is computed (rows without a query have q = 0 and
+    lse2 = +inf, hence p = 0)."""
     offs_dk = tl.arange(0, BLOCK_DK)
     c = tl.arange(0, C_PAD)
     jj = tl.arange(0, NBT)
@@ -51,11 +53,11 @@ def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, full, carry, TC, qk_sc
     kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
                  mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC)
-    if full:
-        p = tl.exp2(s * qk_scale - lse2[:, None])
-    else:
+    if MASKED:
         vis = (i[None, :] * STRIDE + BS - 1 <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
+    else:
+        p = tl.exp2(s * qk_scale - lse2[:, None])
     pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
 
     if ALIGNED:
@@ -113,6 +115,33 @@ def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
 
 
 @triton.jit
+def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry, TC, qk_scale, BS, STRIDE,
+                 SEL, NUM_INIT, NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr,
+                 NPOS: tl.constexpr, NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr, MERGE_TILES: tl.constexpr, INSERT_MAX: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """One tile of blocks: its scores become candidate keys, collected in cands [NPOS, MERGE_TILES, NBT] and
+    merged into top every MERGE_TILES tiles (and after the last) -> (top, cands, carry)."""
+    MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
+    score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL, DK,
+                                BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED)
+    jj = tl.arange(0, NBT)
+    blk = jb0 + jj
+    visible = blk[None, :] <= cur[:, None]
+    forced = visible & ((blk[None, :] < NUM_INIT) | (blk[None, :] > cur[:, None] - NUM_LOCAL))
+    bits = score.to(tl.float32).to(tl.int32, bitcast=True)
+    bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
+    key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), NO_KEY)
+    kk = tl.arange(0, MERGE_TILES)
+    slot = (jb0 // NBT) % MERGE_TILES
+    cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
+    if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
+        top = _merge_top(top, tl.reshape(cands, [NPOS, MERGE_TILES * NBT]), NBT, INSERT_MAX)
+        cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)
+    return top, cands, carry
+
+
+@triton.jit
 def _select_kernel(
     Q, KC, LSE, IDX,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sl_b, sl_t, sl_h, si_b, si_t, si_h,
@@ -123,7 +152,6 @@ def _select_kernel(
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
-    NO_KEY: tl.constexpr = -(2**40)  # an invisible block: below the initial keys -1 .. -NBT
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
@@ -156,25 +184,18 @@ def _select_kernel(
     full_end = tl.minimum((n_vis0 // (NBT * TPB)) * NBT, n_blocks)
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
     top = -1 - tl.zeros([NPOS, NBT], tl.int64) - jj[None, :]  # distinct placeholders, below every real key
-    kk = tl.arange(0, MERGE_TILES)
     cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)  # candidates of tiles not merged yet
     carry = tl.zeros([NPOS], ACC)
-    for jb0 in range(0, n_blocks, NBT):
-        score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, jb0 < full_end, carry, TC, qk_scale,
-                                    BS, STRIDE, SEL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC)
-        # candidate keys of this tile
-        blk = jb0 + jj
-        visible = blk[None, :] <= cur[:, None]
-        forced = visible & ((blk[None, :] < NUM_INIT) | (blk[None, :] > cur[:, None] - NUM_LOCAL))
-        bits = score.to(tl.float32).to(tl.int32, bitcast=True)
-        bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
-        key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), NO_KEY)
-        # merged into the running top-NBT every MERGE_TILES tiles (and after the last)
-        slot = (jb0 // NBT) % MERGE_TILES
-        cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
-        if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
-            top = _merge_top(top, tl.reshape(cands, [NPOS, MERGE_TILES * NBT]), NBT, INSERT_MAX)
-            cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)
+    # the tiles before the diagonal, then the rest: two loops, not a branch in one (Triton 3.6's software
+    # pipeliner fails on a loop with a branch around the dot)
+    for jb0 in range(0, full_end, NBT):
+        top, cands, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry,
+                                         TC, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD,
+                                         NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MERGE_TILES, INSERT_MAX, False)
+    for jb0 in range(full_end, n_blocks, NBT):
+        top, cands, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry,
+                                         TC, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD,
+                                         NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MERGE_TILES, INSERT_MAX, True)
 
     top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
