@@ -36,12 +36,12 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                   "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
-    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile). 2 won the tune
-    # section at the main shape (32k: 6.9 -> 5.4 ms, H200); head dims past 128 untimed, so left at 1.
-    # insert_max: a merge where no row has more than this many candidates entering its top-n inserts them one
-    # at a time instead of sorting (0: always sort; see kernels/triton_select.py).
-    "select": {"small": dict(rows=64, warps=4, stages=2, merge_tiles=2, insert_max=8),
-               "big": dict(rows=64, warps=4, stages=2, merge_tiles=1, insert_max=8)},
+    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile). insert_max: a merge
+    # where no row has more than this many candidates entering its top-n inserts them one at a time instead of
+    # sorting (0: always sort; see kernels/triton_select.py). Tune section at the main shape, 32k, H200: merge
+    # every tile, insert up to 4: 5.19 ms; 2 tiles sorted (the earlier default): 6.08 ms. "big": untimed.
+    "select": {"small": dict(rows=64, warps=4, stages=2, merge_tiles=1, insert_max=4),
+               "big": dict(rows=64, warps=4, stages=2, merge_tiles=1, insert_max=4)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py

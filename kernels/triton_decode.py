@@ -13,14 +13,14 @@ heads; G is padded to >= 16 rows for the tensor cores).
         (importance p = exp(q.k_cmp * scale - lse) summed over the group's heads, spread over the blocks by the
         overlap weights of NSA.md) and keeps its top-n candidate keys; the splits' candidates are then merged.
 
-Combining the splits, two ways. `combine="kernel"` (the attention ops' default, ATTN_COMBINE) runs a second
-launch whose programs each merge a slice of a group's output columns (and the selected and window branches of
-a step share that launch). `combine="fused"` (block selection's default, SELECT_COMBINE) has the last program
-of a KV group to finish combine them inside the same launch: each program stores its partial, then increments
-a per-group counter with an acq_rel atomic; the one that sees count == splits - 1 reads every partial and
-writes the result, then resets the counter to 0 for the next launch. The counters live in one zeroed int32
-buffer per device that the kernels keep at zero (`_counters`); a second stream running decode kernels
-concurrently on the same device would share them, which is not supported.
+Combining the splits, two ways. `combine="kernel"` (the default, COMBINE) runs a second launch: for attention,
+its programs each merge a slice of a group's output columns (the selected and window branches of a step share
+that launch); for block selection, one program per group merges the splits' candidates. `combine="fused"` has
+the last program of a KV group to finish combine them inside the same launch: each program stores its
+partial, then increments a per-group counter with an acq_rel atomic; the one that sees count == splits - 1
+reads every partial and writes the result, then resets the counter to 0 for the next launch. The counters live
+in one zeroed int32 buffer per device that the kernels keep at zero (`_counters`); a second stream running
+decode kernels concurrently on the same device would share them, which is not supported.
 
 The top-n merge: candidates are int64 keys (score bits << 31) | (MAX_ID - block id), as in
 kernels/triton_select.py (float32 scores >= 0 order like their bit patterns, forced blocks get +inf, the lower
@@ -84,13 +84,11 @@ if os.environ.get("NSA_DECODE_TILES"):
                 DECODE_TILES[_kernel][_size].update(_cfg)
 
 COMBINE_MODES = ("fused", "kernel")
-# The defaults. Attention: "kernel". In "fused", one program per KV group reads every split's [G_PAD, BLOCK_DV]
-# float32 state; at the main shape, 64k, that lone program was most of each op's time (Nsight Compute: its SM
-# busy 17 us of the compressed op's 19), and "kernel" spreads the same reads over BLOCK_DV / COMBINE_COLS
-# programs per group: the NSA step 48.8 -> 38.8 us at B = 1, 103 -> 76 us at B = 8 (H200, docs/benchmarks.md).
-# Block selection merges a few int64 keys per split: "fused", which saves a launch.
-ATTN_COMBINE = "kernel"
-SELECT_COMBINE = "fused"
+# The default: "kernel". In "fused", one program per KV group reads every split's state; for the attention
+# ops at the main shape, 64k, that lone program was most of each op's time (Nsight Compute: its SM busy 17 us of
+# the compressed op's 19), and "kernel" spreads the same reads over BLOCK_DV / COMBINE_COLS programs per group.
+# NSA step, main shape, 64k (H200, docs/benchmarks.md): B = 1 47.8 -> 36.4 us, B = 8 102.7 -> 74.4 us.
+COMBINE = "kernel"
 COMBINE_COLS = 16  # combine="kernel": output columns per combine program (1 / 8 of a 128-wide head per program)
 
 
@@ -381,7 +379,7 @@ def _check_combine(combine: str) -> None:
 
 
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
-            cfg: dict | None = None, combine: str = ATTN_COMBINE, counter_base: int = 0,
+            cfg: dict | None = None, combine: str = COMBINE, counter_base: int = 0,
             pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
@@ -457,7 +455,7 @@ def _combine_separately(q, branches: list[dict], shared: dict) -> None:
 
 
 def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
-                      write_lse: bool = False, cfg: dict | None = None, combine: str = ATTN_COMBINE,
+                      write_lse: bool = False, cfg: dict | None = None, combine: str = COMBINE,
                       pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)):
     """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
     [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
@@ -476,7 +474,7 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
 
 
 def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
-                            t: int, cfg: dict | None = None, combine: str = ATTN_COMBINE,
+                            t: int, cfg: dict | None = None, combine: str = COMBINE,
                             pos: torch.Tensor | None = None):
     """Selected and window attention of one decoding step in one launch (_decode_attn_pair_kernel) -> (o_slc,
     o_win), each [B,1,Hq,Dv]: the same results as the two separate launches. With `pos`, t is the largest
@@ -640,7 +638,7 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
 
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
-                   combine: str = SELECT_COMBINE, pos: torch.Tensor | None = None) -> torch.Tensor:
+                   combine: str = COMBINE, pos: torch.Tensor | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
     if combine not in COMBINE_MODES:
@@ -693,7 +691,7 @@ def _use_chunked(*tensors: torch.Tensor) -> bool:
 
 def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
                          stride: int, scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                         combine: str = ATTN_COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
+                         combine: str = COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of kernels.compressed_attention: q [B,1,Hq,Dk] at position q_start against its
     visible compressed tokens k_cmp/v_cmp [B,Tc,Hkv,D] (all Tc = num_compressed_tokens(q_start + 1) of them)."""
     if _use_chunked(q, k_cmp, v_cmp):
@@ -709,7 +707,7 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
                   select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                  combine: str = SELECT_COMBINE) -> torch.Tensor:
+                  combine: str = COMBINE) -> torch.Tensor:
     """One decoding step of kernels.select_blocks -> int32 idx [B,1,Hkv,num_select] (ascending ids, -1 last)."""
     if _use_chunked(q):
         return chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
@@ -722,7 +720,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *, select_size: int,
                        scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                       combine: str = ATTN_COMBINE) -> torch.Tensor:
+                       combine: str = COMBINE) -> torch.Tensor:
     """One decoding step of kernels.selected_attention: q [B,1,Hq,Dk] at q_start, k/v [B,q_start+1,Hkv,D]."""
     if _use_chunked(q, k, v):
         return chunked.selected_attention(q, k, v, idx, select_size=select_size, scale=scale, q_start=q_start)
@@ -731,7 +729,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: t
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float | None = None,
-                     q_start: int = 0, cfg: dict | None = None, combine: str = ATTN_COMBINE) -> torch.Tensor:
+                     q_start: int = 0, cfg: dict | None = None, combine: str = COMBINE) -> torch.Tensor:
     """One decoding step of kernels.window_attention: keys q_start - window < s <= q_start."""
     if _use_chunked(q, k, v):
         return chunked.window_attention(q, k, v, window=window, scale=scale, q_start=q_start)
@@ -742,7 +740,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
 def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
                                   k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
                                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                                  combine: str = ATTN_COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
+                                  combine: str = COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of selected_attention(q, k_slc, v_slc, idx) and window_attention(q, k_win, v_win) in
     one launch -> (o_slc, o_win)."""
     if _use_chunked(q, k_slc, v_slc, k_win, v_win):
