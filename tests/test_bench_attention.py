@@ -62,3 +62,17 @@ def test_tiles_set_restores_the_entries_even_after_an_error():
     with pytest.raises(RuntimeError), tiles_set(a, warps=8):
         raise RuntimeError("out of shared memory")
     assert a == dict(warps=4, share=1)
+
+
+def test_tune_alternatives_name_existing_tile_options():
+    """Every alternative of the tune section sets options its kernel's tiles have (a misspelt key would time
+    the default again under another name), and --tune-kernels accepts exactly the tuned kernels."""
+    from kernels.triton_common import GPU_TILES
+
+    for kernel, alternatives in ba.TUNE.items():
+        known = set(GPU_TILES[kernel]["small"])
+        for alt in alternatives:
+            assert set(alt) <= known, f"{kernel}: {sorted(set(alt) - known)} not in GPU_TILES"
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_attention.py"), "--tune-kernels", "nope"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "invalid choice" in out.stderr
