@@ -11,15 +11,19 @@ power of two), and for each tile:
    part falling in the next tile's first block is carried over in `carry`). When l'/d is a power of
    two (ALIGNED) this is a reshape [NPOS, NBT, l'/d] and two small weighted sums, else a general
    [NPOS, C, NBT] weighted sum;
-4. merges the tile's candidates into a running top-NBT list kept in registers, skipped when no
-   candidate beats the smallest key kept (with the "merge_tiles" tile option M > 1: the candidates of M
-   tiles are collected first and merged at once, fewer and larger sorts).
+4. merges the tile's candidates into a running top-NBT list kept in registers (with the "merge_tiles"
+   tile option M > 1: the candidates of M tiles are collected first and merged at once).
+Tiles wholly before the diagonal (every compressed token visible to the program's first position) skip the
+visibility mask of step 1; they run in a loop of their own, before the loop over the rest.
 
 Top-n in registers: each candidate becomes one int64 sort key, (priority bits << 31) | (MAXID - id).
 Priorities are non-negative float32 scores (whose bit patterns order like the floats), +inf for forced
-blocks, and key -1 for invisible blocks; MAXID - id makes the lower id win a tie, exactly like the
-reference's stable descending sort. Merging two descending-sorted lists A, B of NBT keys: the NBT
-largest of A ∪ B are max(A[i], B[NBT-1-i]) (a bitonic half-cleaner), so a tile costs two small sorts.
+blocks; MAXID - id makes the lower id win a tie, exactly like the reference's stable descending sort.
+Invisible blocks get NO_KEY, below the running list's initial placeholders -1 .. -NBT, so every key in the
+list stays distinct. The list is kept unsorted. A merge is skipped when no candidate beats its row's
+smallest kept key; when no row has more than `insert_max` (a tile option) that do, they enter one at a time,
+each replacing its row's smallest key (i.i.d. scores bring about NBT / k to the k-th tile); otherwise both
+lists are sorted and the NBT largest of A ∪ B taken as max(A[i], B[NBT-1-i]) (a bitonic half-cleaner).
 Finally the chosen ids are written in ascending order with -1 padding, as the reference returns them.
 """
 
