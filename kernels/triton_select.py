@@ -73,9 +73,10 @@ def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, B
         w_spill = (tl.maximum(r * STRIDE + BS - SEL, 0)).to(ACC) / STRIDE
         own = tl.sum(pg3 * w_own[None, None, :], axis=2)  # [NPOS, NBT]
         spill = tl.sum(pg3 * w_spill[None, None, :], axis=2)  # [NPOS, NBT], belongs to block + 1
-        shift = (jj[:, None] + 1) == jj[None, :]  # [NBT, NBT]: block k spills into k + 1
-        score = own + tl.sum(spill[:, :, None] * shift[None, :, :].to(ACC), axis=1)
-        score = score + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+        # block k spills into k + 1: a gather keeps score in the 2D layout of `own` (a [NPOS, NBT, NBT] shift
+        # product gave it a 3D-derived layout that made every later step on the keys several times dearer)
+        prev = tl.gather(spill, tl.broadcast_to(tl.maximum(jj - 1, 0)[None, :], [NPOS, NBT]), 1)
+        score = own + tl.where(jj[None, :] == 0, carry[:, None], prev)
         carry = tl.sum(tl.where(jj[None, :] == NBT - 1, spill, 0.0), axis=1)
     else:
         # general sizes: overlap weights of each token with the tile's blocks and the next tile's first
