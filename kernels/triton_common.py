@@ -36,13 +36,12 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                   "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
-    # merge_tiles: tiles of blocks whose top-n candidates are merged at once (1: every tile). insert_max: a merge
-    # where no row has more than this many candidates entering its top-n inserts them one at a time instead of
-    # sorting (0: always sort; see kernels/triton_select.py). Tune section at the main shape, 32k, H200, with
-    # the gathered spill: 128 rows 2.84 ms, 64 rows 3.16 (sorting 2 tiles at once 3.34; inserting up to 8 3.32,
-    # up to 16 3.97; 8 warps 4.87). "big": untimed.
-    "select": {"small": dict(rows=128, warps=4, stages=2, merge_tiles=1, insert_max=4),
-               "big": dict(rows=64, warps=4, stages=2, merge_tiles=1, insert_max=4)},
+    # insert_max: a merge where no row has more than this many candidates entering its top-n inserts them one at
+    # a time instead of sorting (0: always sort; see kernels/triton_select.py). Tune section at the main shape,
+    # 32k, H200, with the gathered spill: 128 rows 2.84 ms, 64 rows 3.16 (always sorting, 2 tiles at once 3.34;
+    # inserting up to 8 3.32, up to 16 3.97; 8 warps 4.87). "big": untimed.
+    "select": {"small": dict(rows=128, warps=4, stages=2, insert_max=4),
+               "big": dict(rows=64, warps=4, stages=2, insert_max=4)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py

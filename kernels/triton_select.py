@@ -11,8 +11,9 @@ power of two), and for each tile:
    part falling in the next tile's first block is carried over in `carry`). When l'/d is a power of
    two (ALIGNED) this is a reshape [NPOS, NBT, l'/d] and two small weighted sums, else a general
    [NPOS, C, NBT] weighted sum;
-4. merges the tile's candidates into a running top-NBT list kept in registers (with the "merge_tiles"
-   tile option M > 1: the candidates of M tiles are collected first and merged at once).
+4. merges the tile's candidates into a running top-NBT list kept in registers. (Collecting several tiles'
+   candidates before merging, the former tile option merge_tiles, lost to merging every tile once the
+   merges got cheap: 3.34-3.84 against 3.16 ms at 32k, H200, docs/benchmarks.md.)
 Tiles wholly before the diagonal (every compressed token visible to the program's first position) skip the
 visibility mask of step 1; they run in a loop of their own, before the loop over the rest.
 
@@ -96,19 +97,16 @@ def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, B
 
 @triton.jit
 def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
-    """The NBT largest keys of top [NPOS, NBT] (distinct, in any order) and cand [NPOS, C] (C a multiple of
-    NBT; keys of invisible blocks below every key of top), in any order. Skipped when no candidate beats its
-    row's smallest kept key; when no row has more than INSERT_MAX that do, they enter one at a time (each
-    replaces its row's smallest key: two row reductions per entry); else both lists are sorted and merged."""
+    """The NBT largest keys of top and cand, both [NPOS, NBT] (top's keys distinct, in any order; keys of
+    invisible blocks below every key of top), in any order. Skipped when no candidate beats its row's smallest
+    kept key; when no row has more than INSERT_MAX that do, they enter one at a time (each replaces its row's
+    smallest key: two row reductions per entry); else both lists are sorted and merged."""
     GONE: tl.constexpr = -(2**62)  # below every key: a candidate that has entered
     kept_min = tl.min(top, axis=1)
     n_in = tl.max(tl.sum((cand > kept_min[:, None]).to(tl.int32), axis=1))
     if n_in > INSERT_MAX:
-        C: tl.constexpr = cand.shape[1]
-        srt = tl.reshape(tl.sort(cand, dim=1), [top.shape[0], C // NBT, NBT])  # ascending
-        kk = tl.arange(0, C // NBT)
-        best = tl.sum(tl.where((kk == C // NBT - 1)[None, :, None], srt, 0), axis=1)  # its NBT largest, ascending
-        top = tl.maximum(tl.sort(top, dim=1, descending=True), best)  # bitonic half-cleaner: the NBT largest
+        # bitonic half-cleaner: with top descending and cand ascending, the NBT largest are the pairwise maxima
+        top = tl.maximum(tl.sort(top, dim=1, descending=True), tl.sort(cand, dim=1))
     else:
         for _ in range(n_in):
             best = tl.max(cand, axis=1)
@@ -120,13 +118,11 @@ def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
 
 
 @triton.jit
-def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry, TC, qk_scale, BS, STRIDE,
-                 SEL, NUM_INIT, NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr,
-                 NPOS: tl.constexpr, NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr, MERGE_TILES: tl.constexpr, INSERT_MAX: tl.constexpr,
-                 MASKED: tl.constexpr):
-    """One tile of blocks: its scores become candidate keys, collected in cands [NPOS, MERGE_TILES, NBT] and
-    merged into top every MERGE_TILES tiles (and after the last) -> (top, cands, carry)."""
+def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE, SEL, NUM_INIT,
+                 NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
+                 NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr, INSERT_MAX: tl.constexpr, MASKED: tl.constexpr):
+    """One tile of blocks: its scores become candidate keys, merged into the running top -> (top, carry)."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
     score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL, DK,
                                 BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED)
@@ -137,13 +133,7 @@ def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, ca
     bits = score.to(tl.float32).to(tl.int32, bitcast=True)
     bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
     key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), NO_KEY)
-    kk = tl.arange(0, MERGE_TILES)
-    slot = (jb0 // NBT) % MERGE_TILES
-    cands = tl.where((kk == slot)[None, :, None], key[:, None, :], cands)
-    if (slot == MERGE_TILES - 1) | (jb0 + NBT >= n_blocks):
-        top = _merge_top(top, tl.reshape(cands, [NPOS, MERGE_TILES * NBT]), NBT, INSERT_MAX)
-        cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)
-    return top, cands, carry
+    return _merge_top(top, key, NBT, INSERT_MAX), carry
 
 
 @triton.jit
@@ -153,7 +143,7 @@ def _select_kernel(
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, MERGE_TILES: tl.constexpr, INSERT_MAX: tl.constexpr,
+    PREC: tl.constexpr, INSERT_MAX: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
@@ -189,18 +179,17 @@ def _select_kernel(
     full_end = tl.minimum((n_vis0 // (NBT * TPB)) * NBT, n_blocks)
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
     top = -1 - tl.zeros([NPOS, NBT], tl.int64) - jj[None, :]  # distinct placeholders, below every real key
-    cands = tl.full([NPOS, MERGE_TILES, NBT], NO_KEY, tl.int64)  # candidates of tiles not merged yet
     carry = tl.zeros([NPOS], ACC)
     # the tiles before the diagonal, then the rest: two loops, not a branch in one (Triton 3.6's software
     # pipeliner fails on a loop with a branch around the dot)
     for jb0 in range(0, full_end, NBT):
-        top, cands, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry,
-                                         TC, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD,
-                                         NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MERGE_TILES, INSERT_MAX, False)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
+                                  SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
+                                  PREC, INSERT_MAX, False)
     for jb0 in range(full_end, n_blocks, NBT):
-        top, cands, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, n_blocks, cur, top, cands, carry,
-                                         TC, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD,
-                                         NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MERGE_TILES, INSERT_MAX, True)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
+                                  SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
+                                  PREC, INSERT_MAX, True)
 
     top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
@@ -241,8 +230,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), MERGE_TILES=cfg.get("merge_tiles", 1),
-        INSERT_MAX=cfg.get("insert_max", 0),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), INSERT_MAX=cfg["insert_max"],
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

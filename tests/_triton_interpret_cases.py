@@ -111,18 +111,17 @@ SELECT_CASES = [  # T, Hkv, G, D, block_size, stride, select_size, num_select, n
 ]
 
 
-# (merge_tiles, insert_max): merge each tile's candidates or 4 tiles' at once; by sorting whenever one enters
-# (0), by sorting only when more than 2 (or 16) enter a row, else entering one at a time
-MERGES = [(1, 0), (4, 0), (1, 2), (2, 16)]
+# insert_max: merge each tile's candidates by sorting whenever one enters (0); by sorting only when more than 2
+# (or 16) enter a row, else entering one at a time
+INSERT_MAX = [0, 2, 16]
 
 
-@pytest.mark.parametrize("merge", MERGES, ids=[f"merge{m}-insert{i}" for m, i in MERGES])
+@pytest.mark.parametrize("insert_max", INSERT_MAX)
 @pytest.mark.parametrize("case", SELECT_CASES)
-def test_select_blocks_matches_reference_exactly(gen, case, merge, monkeypatch):
+def test_select_blocks_matches_reference_exactly(gen, case, insert_max, monkeypatch):
     from kernels.triton_common import GPU_TILES
 
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "merge_tiles", merge[0])
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", merge[1])
+    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", insert_max)
     T, Hkv, G, D, bs, d, ss, n, ni, nl = case
     q = randn(gen, 1, T, Hkv * G, D, grad=False)
     kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
@@ -136,13 +135,12 @@ def test_select_blocks_matches_reference_exactly(gen, case, merge, monkeypatch):
                               f"{bad[0].tolist()}: {idx[tuple(bad[0])].tolist()} vs {expected[tuple(bad[0])].tolist()}")
 
 
-@pytest.mark.parametrize("merge", MERGES, ids=[f"merge{m}-insert{i}" for m, i in MERGES])
-def test_select_blocks_ties_go_to_lower_block_id(gen, merge, monkeypatch):
+@pytest.mark.parametrize("insert_max", INSERT_MAX)
+def test_select_blocks_ties_go_to_lower_block_id(gen, insert_max, monkeypatch):
     # zero queries: every visible compressed token equally important, every block the same score
     from kernels.triton_common import GPU_TILES
 
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "merge_tiles", merge[0])
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", merge[1])
+    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", insert_max)
     T, ss = 40, 4
     q = torch.zeros(1, T, 2, 16, dtype=F64)
     kc = randn(gen, 1, T // ss, 1, 16, grad=False)
