@@ -76,3 +76,17 @@ def test_tune_alternatives_name_existing_tile_options():
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_attention.py"), "--tune-kernels", "nope"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_profile_kernels_script_imports_the_benchmarks_it_drives():
+    """scripts/profile_kernels.py (run under Nsight Compute on the GPU) builds its workloads from the two benchmark
+    scripts' helpers: its help must come up on CPU, naming every workload, so a renamed helper fails here."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_kernels.py"), "--help"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "{decode,forward,backward}" in out.stdout
+    import profile_kernels as pk
+
+    for helper in (pk.bench_decode.make_cache, pk.bench_decode.nsa_step_at, pk.bench_attention.make_inputs,
+                   pk.bench_attention.nsa_workloads):
+        assert callable(helper)
