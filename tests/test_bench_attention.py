@@ -1,8 +1,11 @@
-"""scripts/bench_attention.py's floors (FLOPs and unavoidable bytes per NSA kernel), which run without a GPU."""
+"""The benchmark and profiling scripts' parts that run without a GPU: bench_attention.py's floors (FLOPs and unavoidable
+bytes per NSA kernel) and tile alternatives, profile_kernels.py's helpers, sass_report.py's offline Hopper build."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +93,15 @@ def test_profile_kernels_script_imports_the_benchmarks_it_drives():
     for helper in (pk.bench_decode.make_cache, pk.bench_decode.nsa_step_at, pk.bench_attention.make_inputs,
                    pk.bench_attention.nsa_workloads):
         assert callable(helper)
+
+
+def test_sass_report_compiles_a_decode_kernel_for_hopper_without_a_gpu():
+    """scripts/sass_report.py builds a kernel for sm_90a here (no GPU) and counts its SASS: the decode attention
+    kernel's key loop must come out pipelined (async copies) with a loop body of real size."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "sass_report.py"), "decode-attn"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    copies = int(re.search(r"async copies (\d+)", out.stdout).group(1))
+    loop_sizes = [int(n) for n in re.findall(r"loop of (\d+):", out.stdout)]
+    assert "registers" in out.stdout and copies > 0 and loop_sizes and max(loop_sizes) > 50, out.stdout

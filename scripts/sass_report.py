@@ -1,0 +1,154 @@
+"""Compile NSA's Triton kernels for Hopper (sm_90a) on a machine without a GPU, and count what they became.
+
+    python scripts/sass_report.py select decode-attn          # the presets below
+    python scripts/sass_report.py select --triton /tmp/t36    # with another Triton (pip install --target /tmp/t36
+                                                              # triton==3.6.0: the lent GPU's version)
+    python scripts/sass_report.py select --dump /tmp/sass     # also write each kernel's SASS there
+
+For each kernel: registers and spills (ptxas), whether the loads of its loops were pipelined (async copies in
+the TTGIR) and whether its dots became wgmma, the SASS instruction count, and the instructions between each
+backward branch and its target (a loop's body, its inner branches included), with the most frequent opcodes.
+Counting instructions per loop trip is how the selection kernel's layout problem was found (docs/benchmarks.md,
+"Eighth session on H200"); registers decide occupancy. The compile mirrors Triton's JIT: pointers and the
+stride arguments named in the preset are marked 16-divisible, as the launcher specialises them, so loads
+vectorise and pipeline as they do on the GPU. Needs Triton's bundled ptxas-blackwell (ptxas understands the
+PTX version newer Tritons emit) and nvdisasm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# preset -> (module, kernel, pointer/float types, constexprs, 16-divisible int args, warps, stages); main shape
+# (Hq=64, Hkv=4, D=128, bf16) with the paper's NSA sizes and the shipped tile defaults
+PRESETS = {
+    "select": ("kernels.triton_select", "_select_kernel",
+               dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
+               dict(DK=128, BLOCK_DK=128, G_PAD=16, NPOS=8, NBT=16, TPB=4, C_PAD=64, ALIGNED=True, ACC="fp32",
+                    PREC="tf32", INSERT_MAX=4),
+               ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
+    "decode-attn": ("kernels.triton_decode", "_decode_attn_kernel",
+                    dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", PM="*fp32",
+                         PL="*fp32", PACC="*fp32", COUNT="*i32", TP="*i64", qk_scale="fp32"),
+                    dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, ACC="fp32", PREC="tf32",
+                         SELECTED=False, SPLIT=True, FUSED=False, WRITE_LSE=True, BLOCK_N=64, N_KT=1, NSEL_PAD=2,
+                         S_PAD=16, DV_CHUNK=32, T_DEV=True),
+                    ("sq_b", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_h"), 8, 3),
+    "decode-combine": ("kernels.triton_decode", "_attn_combine_kernel",
+                       dict(PM="*fp32", PL="*fp32", PACC="*fp32", OUT="*bf16", LSE="*fp32", PM2="*fp32",
+                            PL2="*fp32", PACC2="*fp32", OUT2="*bf16"),
+                       dict(DV=128, BLOCK_DV=128, G_PAD=16, WRITE_LSE=True, ACC="fp32", S_PAD=16, DV_CHUNK=16,
+                            S_PAD2=8, DV_CHUNK2=16),
+                       ("so_b", "so_h", "so_b2", "so_h2"), 4, 1),
+    "decode-select": ("kernels.triton_decode", "_select_decode_kernel",
+                      dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", PKEY="*i64", COUNT="*i32", TP="*i64",
+                           qk_scale="fp32"),
+                      dict(SPLIT=True, FUSED=False, MULTI_TILE=True, T_DEV=True, DK=128, BLOCK_DK=128, G_PAD=16,
+                           NBT=16, NBV=16, TPB=4, SPILL=1, C_PAD=128, S_LOG2=6, ACC="fp32", PREC="tf32"),
+                      ("sq_b", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_h"), 4, 2),
+    "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
+                            dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
+}
+
+
+def compile_preset(name: str):
+    """The compiled kernel of a preset (triton.compile's result: .asm holds "ttgir", "ptx", ...)."""
+    import importlib
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, kernel, types, consts, div16, warps, stages = PRESETS[name]
+    fn = getattr(importlib.import_module(module), kernel)
+    consts = {k: (tl.float32 if v == "fp32" else v) for k, v in consts.items()}
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
+             if n not in consts and (sig[n].startswith("*") or n in div16)}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def ptxas_and_sass(ptx: str) -> tuple[str, str]:
+    """(ptxas -v's resource lines, nvdisasm's SASS) of a PTX module, for sm_90a."""
+    with tempfile.TemporaryDirectory() as d:
+        src, cubin = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
+        Path(src).write_text(ptx)
+        res = subprocess.run([tool("ptxas-blackwell"), "-arch=sm_90a", "-v", src, "-o", cubin],
+                             capture_output=True, text=True, check=True)
+        sass = subprocess.run([tool("nvdisasm"), "-c", cubin], capture_output=True, text=True, check=True).stdout
+    used = [line.split("info    :")[-1].strip() for line in res.stderr.splitlines()
+            if "Used" in line or "spill" in line]
+    return "; ".join(used), sass
+
+
+INSTR = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+BRANCH = re.compile(r"BRA(?:\.\w+)?\s+(?:U?P\w+,\s*)?`\((\.L_x_\d+)\)")
+
+
+def loops(sass: str) -> list[tuple[int, collections.Counter]]:
+    """(instructions, opcode counts) between each backward branch and the label it jumps to, in code order (the
+    one-instruction self-loop that ends every kernel left out)."""
+    lines = sass.splitlines()
+    where = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
+    out = []
+    for i, line in enumerate(lines):
+        m = BRANCH.search(line)
+        if m and m.group(1) in where and where[m.group(1)] < i:
+            ops = collections.Counter(o.group(1) for body in lines[where[m.group(1)]:i + 1] if (o := INSTR.match(body)))
+            if sum(ops.values()) > 1:
+                out.append((sum(ops.values()), ops))
+    return out
+
+
+def report(name: str, dump: str | None) -> str:
+    k = compile_preset(name)
+    resources, sass = ptxas_and_sass(k.asm["ptx"])
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        Path(dump, f"{name}.sass").write_text(sass)
+    ttgir = k.asm["ttgir"]
+    total = sum(1 for line in sass.splitlines() if INSTR.match(line))
+    lines = [f"{name}: {resources}",
+             f"  async copies {ttgir.count('async_copy_global_to_local')}, wgmma {ttgir.count('warp_group_dot ')}, "
+             f"SASS instructions {total}"]
+    for n, ops in loops(sass):
+        lines.append(f"  loop of {n}: " + ", ".join(f"{op} {c}" for op, c in ops.most_common(8)))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("presets", nargs="+", choices=sorted(PRESETS))
+    p.add_argument("--triton", help="a folder holding another Triton package, put first on the import path")
+    p.add_argument("--dump", help="write each kernel's SASS to this folder")
+    args = p.parse_args()
+    if args.triton:
+        sys.path.insert(0, args.triton)
+    import triton
+
+    print(f"triton {triton.__version__}, sm_90a")
+    for name in args.presets:
+        print(report(name, args.dump), flush=True)
+
+
+if __name__ == "__main__":
+    main()
