@@ -39,12 +39,41 @@ from kernels.triton_common import (
 
 
 @triton.jit
+def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1. MASKED=False: every
+    key of the tile exists and is visible to every row, so no visibility mask is computed."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    j = j0 + tl.arange(0, BLOCK_N)
+    j_ok = j < S
+    k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    if MASKED:
+        first = j * KS + KOFF
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        s = tl.where(vis, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
+                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _band_fwd_kernel(
     Q, K, V, OUT, LSE,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
     T, S, Hkv, G, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    SPLIT_MASK: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     pid_m = tl.program_id(0)
@@ -73,24 +102,27 @@ def _band_fwd_kernel(
     m_i = tl.full([BM], float("-inf"), ACC)
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
-    for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + tl.arange(0, BLOCK_N)
-        j_ok = j < S
-        k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                    mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        first = j * KS + KOFF
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
-                    mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-        m_i = m_new
+    if SPLIT_MASK:
+        # tiles [full_lo, full_hi) are seen whole by every row: the first row sees their last key
+        # (first(j) <= t0) and the last row still sees their first (first(j) + WIN > t_last); they skip the
+        # mask, in a loop of their own between the masked edges (a branch in one loop breaks Triton 3.6's
+        # pipeliner, kernels/triton_select.py)
+        full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
+        full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
+        full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
+        full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
+    else:
+        full_lo = hi
+        full_hi = hi
+    for j0 in range(lo, full_lo, BLOCK_N):
+        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
+                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
+    for j0 in range(full_lo, full_hi, BLOCK_N):
+        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
+                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, False)
+    for j0 in range(full_hi, hi, BLOCK_N):
+        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
+                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
 
     o, lse = finish_rows(m_i, l_i, acc)
     o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
@@ -282,7 +314,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         T, S, Hkv, G, scale * LOG2E, ks, koff, _window_bound(win, T),
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), SPLIT_MASK=bool(cfg["split_mask"]),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse

@@ -295,7 +295,8 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
 
 # alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
 TUNE = {
-    "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3), dict(rows=64, block_n=64, warps=4, stages=3),
+    "band_fwd": [dict(split_mask=1), dict(rows=128, block_n=128, warps=8, stages=3),
+                 dict(rows=64, block_n=64, warps=4, stages=3),
                  dict(rows=128, block_n=64, warps=8, stages=4), dict(rows=128, block_n=64, warps=4, stages=3)],
     "band_dkdv": [dict(rows=32, block_n=64, warps=4, stages=2), dict(rows=32, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=32, warps=4, stages=2), dict(rows=128, block_n=64, warps=8, stages=2),

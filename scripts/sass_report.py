@@ -5,9 +5,10 @@
                                                               # triton==3.6.0: the lent GPU's version)
     python scripts/sass_report.py select --dump /tmp/sass     # also write each kernel's SASS there
 
-For each kernel: registers and spills (ptxas), whether the loads of its loops were pipelined (async copies in
-the TTGIR) and whether its dots became wgmma, the SASS instruction count, and the instructions between each
-backward branch and its target (a loop's body, its inner branches included), with the most frequent opcodes.
+For each kernel: registers and spills (ptxas), shared memory, whether the loads of its loops were pipelined
+(async copies in the TTGIR) and whether its dots became wgmma, the SASS instruction count, and the instructions
+between each backward branch and its target (a loop's body, its inner branches included), with the most
+frequent opcodes.
 Counting instructions per loop trip is how the selection kernel's layout problem was found (docs/benchmarks.md,
 "Eighth session on H200"); registers decide occupancy. The compile mirrors Triton's JIT: pointers and the
 stride arguments named in the preset are marked 16-divisible, as the launcher specialises them, so loads
@@ -39,9 +40,10 @@ PRESETS = {
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
                  dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=4, BLOCK_N=64, ACC="fp32",
-                      PREC="tf32"),
+                      PREC="tf32", SPLIT_MASK=False),
                  ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h"),
                  4, 3),
+    "band-fwd-split-mask": None,  # band-fwd with SPLIT_MASK=True (filled in below)
     "band-dkdv": ("kernels.triton_banded", "_band_bwd_dkdv_kernel",
                   dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DK_OUT="*fp32",
                        DV_OUT="*fp32", sm_scale="fp32", qk_scale="fp32"),
@@ -77,6 +79,8 @@ PRESETS = {
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
 }
+_fwd = PRESETS["band-fwd"]
+PRESETS["band-fwd-split-mask"] = (*_fwd[:3], {**_fwd[3], "SPLIT_MASK": True}, *_fwd[4:])
 
 
 def compile_preset(name: str):
@@ -146,7 +150,7 @@ def report(name: str, dump: str | None) -> str:
         Path(dump, f"{name}.sass").write_text(sass)
     ttgir = k.asm["ttgir"]
     total = sum(1 for line in sass.splitlines() if INSTR.match(line))
-    lines = [f"{name}: {resources}",
+    lines = [f"{name}: {resources}; shared memory {k.metadata.shared} bytes",
              f"  async copies {ttgir.count('async_copy_global_to_local')}, wgmma {ttgir.count('warp_group_dot ')}, "
              f"SASS instructions {total}"]
     for n, ops in loops(sass):

@@ -72,11 +72,21 @@ CMP_CASES = [  # B, T, Hkv, G, Dk, Dv, block_size, stride
     pytest.param((2, 45, 2, 1, 16, 32, 8, 8), id="G1-Dv>Dk-l=d"),
     pytest.param((1, 41, 1, 4, 32, 16, 4, 2), id="G4"),
     pytest.param((1, 6, 2, 2, 16, 16, 8, 4), id="T<l"),
+    pytest.param((1, 230, 1, 2, 16, 16, 8, 4), id="G2-T230"),  # whole key tiles before the diagonal
 ]
 
 
+@pytest.fixture(params=[0, 1], ids=["one-loop", "split-mask"])
+def band_split_mask(request, monkeypatch):
+    """The banded forward with its visibility mask on every key tile, or only on those some row sees in part."""
+    from kernels.triton_common import GPU_TILES
+
+    monkeypatch.setitem(GPU_TILES["band_fwd"]["small"], "split_mask", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CMP_CASES)
-def test_compressed_attention(gen, case):
+def test_compressed_attention(gen, case, band_split_mask):
     B, T, Hkv, G, Dk, Dv, bs, d = case
     Tc = ref.num_compressed_tokens(T, bs, d)
     q, kc, vc = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
@@ -264,11 +274,12 @@ WINDOW_CASES = [  # B, T, Hkv, G, Dk, Dv, window
     pytest.param((1, 37, 1, 16, 16, 8, 1), id="G16-w1"),
     pytest.param((2, 45, 1, 1, 16, 32, 16), id="G1-w16"),
     pytest.param((1, 40, 1, 4, 32, 16, 100), id="G4-w>T"),
+    pytest.param((1, 160, 1, 2, 16, 16, 70), id="G2-w70-T160"),  # whole key tiles inside the band
 ]
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES)
-def test_window_attention(gen, case):
+def test_window_attention(gen, case, band_split_mask):
     B, T, Hkv, G, Dk, Dv, w = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
     o = kernels.window_attention(q, k, v, window=w)
