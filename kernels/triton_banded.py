@@ -103,14 +103,9 @@ def _band_fwd_kernel(
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
     if SPLIT_MASK:
-        # tiles [full_lo, full_hi) are seen whole by every row: the first row sees their last key
-        # (first(j) <= t0) and the last row still sees their first (first(j) + WIN > t_last); they skip the
-        # mask, in a loop of their own between the masked edges (a branch in one loop breaks Triton 3.6's
-        # pipeliner, kernels/triton_select.py)
-        full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
-        full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
-        full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
-        full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
+        # the tiles every row sees whole skip the mask, in a loop of their own between the masked edges (a
+        # branch inside one loop breaks Triton 3.6's pipeliner, kernels/triton_select.py)
+        full_lo, full_hi = _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N)
     else:
         full_lo = hi
         full_hi = hi
@@ -150,17 +145,52 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
 
 
 @triton.jit
+def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T, Hq, G, t_lo,
+                    t_hi, qk_scale, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr,
+                    BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                    MASKED: tl.constexpr):
+    """Add query tile t0's contribution to (dk, dv) of one key tile. MASKED=False: every row of the tile sees
+    every key (rows outside [t_lo, t_hi) load q = 0 and lse = +inf, hence p = 0, without a mask)."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    pos = t0 + rows // G_PAD
+    row_ok = (g < G) & (pos < t_hi) & (pos >= t_lo)
+    pos64 = pos.to(tl.int64)
+    q = tl.load(q_base + pos64[:, None] * sq_t + offs_dk[None, :],
+                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    do = tl.load(do_base + pos64[:, None] * sdo_t + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
+    delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    if MASKED:
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        vis = vis & row_ok[:, None]
+        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+    else:
+        p = tl.exp2(s - lse2[:, None])
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
+    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
 def _band_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN, SPLIT_LEN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    SPLIT_MASK: tl.constexpr,
 ):
     """dK, dV of one key tile, summed over the G heads and the queries of split pid_s.
 
     Writes ACC-dtype partial sums to DK_OUT/DV_OUT [NSPLIT, B, S, Hkv, D] (contiguous); the launcher
-    sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle).
+    sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle). SPLIT_MASK: the query
+    tiles whose every row sees every key of the tile skip the visibility mask, in a loop of their own.
     """
     BM: tl.constexpr = NPOS * G_PAD
     pid_n = tl.program_id(0)
@@ -189,27 +219,30 @@ def _band_bwd_dkdv_kernel(
     g = rows % G_PAD
     head = (kvh * G + g).to(tl.int64)
     Hq = Hkv * G
+    q_base = Q + b * sq_b + head[:, None] * sq_h
+    do_base = DO + b * sdo_b + head[:, None] * sdo_h
     dk = tl.zeros([BLOCK_N, BLOCK_DK], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
-    for t0 in range(start, t_hi, NPOS):
-        pos = t0 + rows // G_PAD
-        row_ok = (g < G) & (pos < t_hi) & (pos >= t_lo)
-        pos64 = pos.to(tl.int64)
-        q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                    mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
-        delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        vis = vis & row_ok[:, None]
-        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+    if SPLIT_MASK & (j0 + BLOCK_N <= S):
+        # query tiles [full_lo, full_hi) see the whole key tile: their first row sees its last key and their
+        # last row still sees its first (t0 + NPOS <= first(j0) + WIN)
+        full_lo = tl.minimum(tl.maximum((j_last * KS + KOFF + NPOS - 1) // NPOS * NPOS, start), t_hi)
+        full_hi = tl.maximum(tl.minimum((j0 * KS + KOFF + WIN) // NPOS * NPOS, t_hi // NPOS * NPOS), full_lo)
+    else:
+        full_lo = t_hi
+        full_hi = t_hi
+    for t0 in range(start, full_lo, NPOS):
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
+                                 ACC, PREC, True)
+    for t0 in range(full_lo, full_hi, NPOS):
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
+                                 ACC, PREC, False)
+    for t0 in range(full_hi, t_hi, NPOS):
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
+                                 ACC, PREC, True)
     dk = dk * sm_scale
 
     B = tl.num_programs(1) // Hkv
@@ -219,12 +252,50 @@ def _band_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
+    """Add key tile j0's contribution to dq. MASKED=False: every key of the tile exists and every row sees it."""
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    j = j0 + tl.arange(0, BLOCK_N)
+    j_ok = j < S
+    k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
+                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    if MASKED:
+        first = j * KS + KOFF
+        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+    else:
+        p = tl.exp2(s - lse2[:, None])
+    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+
+
+@triton.jit
+def _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
+    """(full_lo, full_hi): the key tiles in [full_lo, full_hi) (multiples of BLOCK_N within [lo, hi]) that every
+    query row t0 .. t_last sees whole: the first row sees their last key (first(j) <= t0), the last row still
+    sees their first (first(j) + WIN > t_last), and all their keys exist (j < S)."""
+    full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
+    full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
+    full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
+    full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
+    return full_lo, full_hi
+
+
+@triton.jit
 def _band_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    SPLIT_MASK: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     pid_m = tl.program_id(0)
@@ -256,20 +327,20 @@ def _band_bwd_dq_kernel(
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     dq = tl.zeros([BM, BLOCK_DK], ACC)
-    for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + tl.arange(0, BLOCK_N)
-        j_ok = j < S
-        k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                    mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
-                    mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-        first = j * KS + KOFF
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    if SPLIT_MASK:
+        full_lo, full_hi = _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N)
+    else:
+        full_lo = hi
+        full_hi = hi
+    for j0 in range(lo, full_lo, BLOCK_N):
+        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
+    for j0 in range(full_lo, full_hi, BLOCK_N):
+        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, False)
+    for j0 in range(full_hi, hi, BLOCK_N):
+        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos64[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -375,7 +446,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, SPLIT_MASK=bool(cfg["split_mask"]), **common,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)
@@ -392,7 +463,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, SPLIT_MASK=bool(cfg["split_mask"]), **common,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk, dv

@@ -43,14 +43,20 @@ PRESETS = {
                       PREC="tf32", SPLIT_MASK=False),
                  ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h"),
                  4, 3),
-    "band-fwd-split-mask": None,  # band-fwd with SPLIT_MASK=True (filled in below)
     "band-dkdv": ("kernels.triton_banded", "_band_bwd_dkdv_kernel",
                   dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DK_OUT="*fp32",
                        DV_OUT="*fp32", sm_scale="fp32", qk_scale="fp32"),
                   dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=8, BLOCK_N=64, ACC="fp32",
-                       PREC="tf32"),
+                       PREC="tf32", SPLIT_MASK=False),
                   ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "sdo_b", "sdo_t", "sdo_h"),
                   8, 2),
+    "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
+                dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
+                     sm_scale="fp32", qk_scale="fp32"),
+                dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=8, BLOCK_N=64, ACC="fp32",
+                     PREC="tf32", SPLIT_MASK=False),
+                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "sdo_b", "sdo_t", "sdo_h",
+                 "sdq_b", "sdq_t", "sdq_h"), 8, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
                      dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
@@ -79,8 +85,9 @@ PRESETS = {
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
 }
-_fwd = PRESETS["band-fwd"]
-PRESETS["band-fwd-split-mask"] = (*_fwd[:3], {**_fwd[3], "SPLIT_MASK": True}, *_fwd[4:])
+for _name in ("band-fwd", "band-dkdv", "band-dq"):  # each with the tile option split_mask on
+    _p = PRESETS[_name]
+    PRESETS[f"{_name}-split-mask"] = (*_p[:3], {**_p[3], "SPLIT_MASK": True}, *_p[4:])
 
 
 def compile_preset(name: str):

@@ -78,10 +78,12 @@ CMP_CASES = [  # B, T, Hkv, G, Dk, Dv, block_size, stride
 
 @pytest.fixture(params=[0, 1], ids=["one-loop", "split-mask"])
 def band_split_mask(request, monkeypatch):
-    """The banded forward with its visibility mask on every key tile, or only on those some row sees in part."""
+    """The banded kernels (forward, dK/dV, dQ) with their visibility mask on every tile, or only on the tiles
+    that some row sees in part."""
     from kernels.triton_common import GPU_TILES
 
-    monkeypatch.setitem(GPU_TILES["band_fwd"]["small"], "split_mask", request.param)
+    for kernel in ("band_fwd", "band_dkdv", "band_dq"):
+        monkeypatch.setitem(GPU_TILES[kernel]["small"], "split_mask", request.param)
     return request.param
 
 
