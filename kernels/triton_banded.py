@@ -33,9 +33,17 @@ from kernels.triton_common import (
     finish_rows,
     gpu_tiles,
     head_block,
+    load_kv_tile,
     next_pow2,
     tl_acc,
 )
+
+
+@triton.jit
+def _band_visible(j, j_ok, pos, KS, KOFF, WIN):
+    """[R, BLOCK_N] which keys j each query row at pos sees: first(j) <= pos < first(j) + WIN, j < S."""
+    first = j * KS + KOFF
+    return (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
 
 
 @triton.jit
@@ -44,24 +52,17 @@ def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, K
                    BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
     """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1. MASKED=False: every
     key of the tile exists and is visible to every row, so no visibility mask is computed."""
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
-    k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     if MASKED:
-        first = j * KS + KOFF
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        s = tl.where(vis, s, float("-inf"))
+        s = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
     p = tl.exp2(s - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
-                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
     return m_new, l_i, acc
 
@@ -91,24 +92,12 @@ def _band_fwd_kernel(
     q_rows = Q + b * sq_b + pos.to(tl.int64) * sq_t + head * sq_h
     q = tl.load(q_rows[:, None] + offs_dk[None, :], mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
 
-    # keys that any row of the tile can see: first(j) <= last position, first(j) + WIN > first position
-    t_last = tl.minimum(t0 + NPOS, T) - 1
-    hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
-    lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
-    lo = (lo // BLOCK_N) * BLOCK_N
-
+    lo, full_lo, full_hi, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N, SPLIT_MASK)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     m_i = tl.full([BM], float("-inf"), ACC)
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
-    if SPLIT_MASK:
-        # the tiles every row sees whole skip the mask, in a loop of their own between the masked edges (a
-        # branch inside one loop breaks Triton 3.6's pipeliner, kernels/triton_select.py)
-        full_lo, full_hi = _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N)
-    else:
-        full_lo = hi
-        full_hi = hi
     for j0 in range(lo, full_lo, BLOCK_N):
         m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
                                        sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
@@ -145,10 +134,10 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
 
 
 @triton.jit
-def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T, Hq, G, t_lo,
-                    t_hi, qk_scale, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr,
-                    BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                    MASKED: tl.constexpr):
+def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T, Hq, G, t_lo,
+                    t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr,
+                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr,
+                    PREC: tl.constexpr, MASKED: tl.constexpr):
     """Add query tile t0's contribution to (dk, dv) of one key tile. MASKED=False: every row of the tile sees
     every key (rows outside [t_lo, t_hi) load q = 0 and lse = +inf, hence p = 0, without a mask)."""
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -165,8 +154,7 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first,
     delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     if MASKED:
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        vis = vis & row_ok[:, None]
+        vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
         p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
     else:
         p = tl.exp2(s - lse2[:, None])
@@ -203,11 +191,8 @@ def _band_bwd_dkdv_kernel(
     j_ok = j < S
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + b * sk_b + kvh.to(tl.int64) * sk_h + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    v = tl.load(V + b * sv_b + kvh.to(tl.int64) * sv_h + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
-                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    first = j * KS + KOFF
+    k, v = load_kv_tile(K + b * sk_b + kvh.to(tl.int64) * sk_h, V + b * sv_b + kvh.to(tl.int64) * sv_h,
+                        j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
 
     # queries that see some key of the tile, restricted to this split's share of [0, T)
     j_last = tl.minimum(j0 + BLOCK_N, S) - 1
@@ -232,17 +217,17 @@ def _band_bwd_dkdv_kernel(
         full_lo = t_hi
         full_hi = t_hi
     for t0 in range(start, full_lo, NPOS):
-        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
-                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
-                                 ACC, PREC, True)
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
+                                 G_PAD, ACC, PREC, True)
     for t0 in range(full_lo, full_hi, NPOS):
-        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
-                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
-                                 ACC, PREC, False)
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
+                                 G_PAD, ACC, PREC, False)
     for t0 in range(full_hi, t_hi, NPOS):
-        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, first, j_ok, dk, dv, b, T,
-                                 Hq, G, t_lo, t_hi, qk_scale, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD,
-                                 ACC, PREC, True)
+        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
+                                 Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
+                                 G_PAD, ACC, PREC, True)
     dk = dk * sm_scale
 
     B = tl.num_programs(1) // Hkv
@@ -256,19 +241,12 @@ def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, 
                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
     """Add key tile j0's contribution to dq. MASKED=False: every key of the tile exists and every row sees it."""
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
-    k = tl.load(k_base + j.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                mask=j_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    v = tl.load(v_base + j.to(tl.int64)[:, None] * sv_t + offs_dv[None, :],
-                mask=j_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     if MASKED:
-        first = j * KS + KOFF
-        vis = (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
-        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+        p = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), tl.exp2(s - lse2[:, None]), 0.0)
     else:
         p = tl.exp2(s - lse2[:, None])
     dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
@@ -277,15 +255,24 @@ def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, 
 
 
 @triton.jit
-def _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
-    """(full_lo, full_hi): the key tiles in [full_lo, full_hi) (multiples of BLOCK_N within [lo, hi]) that every
-    query row t0 .. t_last sees whole: the first row sees their last key (first(j) <= t0), the last row still
-    sees their first (first(j) + WIN > t_last), and all their keys exist (j < S)."""
-    full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
-    full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
-    full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
-    full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
-    return full_lo, full_hi
+def _key_tiles(t0, t_last, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr, SPLIT_MASK: tl.constexpr):
+    """The key tiles that query rows t0 .. t_last walk, as lo <= full_lo <= full_hi <= hi (lo, full_lo, full_hi
+    multiples of BLOCK_N): keys [lo, hi) are those some row sees (first(j) <= t_last, first(j) + WIN > t0);
+    with SPLIT_MASK, the tiles in [full_lo, full_hi) are seen whole by every row (the first row sees their last
+    key, the last row still sees their first, all their keys exist) and need no mask; else full_lo = full_hi = hi.
+    (Those tiles run in a loop of their own: a branch inside one loop breaks Triton 3.6's pipeliner.)"""
+    hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
+    lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
+    lo = (lo // BLOCK_N) * BLOCK_N
+    if SPLIT_MASK:
+        full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
+        full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
+        full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
+        full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
+    else:
+        full_lo = hi
+        full_hi = hi
+    return lo, full_lo, full_hi, hi
 
 
 @triton.jit
@@ -320,18 +307,10 @@ def _band_bwd_dq_kernel(
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
 
-    t_last = tl.minimum(t0 + NPOS, T) - 1
-    hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
-    lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
-    lo = (lo // BLOCK_N) * BLOCK_N
+    lo, full_lo, full_hi, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N, SPLIT_MASK)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     dq = tl.zeros([BM, BLOCK_DK], ACC)
-    if SPLIT_MASK:
-        full_lo, full_hi = _full_key_tiles(t0, t_last, lo, hi, S, KS, KOFF, WIN, BLOCK_N)
-    else:
-        full_lo = hi
-        full_hi = hi
     for j0 in range(lo, full_lo, BLOCK_N):
         dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
                            DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)

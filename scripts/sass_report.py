@@ -29,6 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+_BAND = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, BLOCK_N=64, ACC="fp32", PREC="tf32",
+             SPLIT_MASK=False)  # the banded kernels' shared constexprs (tile option split_mask off)
+_QKV_STRIDES = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h")
+
 # preset -> (module, kernel, pointer/float types, constexprs, 16-divisible int args, warps, stages); main shape
 # (Hq=64, Hkv=4, D=128, bf16) with the paper's NSA sizes and the shipped tile defaults
 PRESETS = {
@@ -39,24 +43,15 @@ PRESETS = {
                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
-                 dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=4, BLOCK_N=64, ACC="fp32",
-                      PREC="tf32", SPLIT_MASK=False),
-                 ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h"),
-                 4, 3),
+                 {**_BAND, "NPOS": 4}, (*_QKV_STRIDES, "so_b", "so_t", "so_h"), 4, 3),
     "band-dkdv": ("kernels.triton_banded", "_band_bwd_dkdv_kernel",
                   dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DK_OUT="*fp32",
                        DV_OUT="*fp32", sm_scale="fp32", qk_scale="fp32"),
-                  dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=8, BLOCK_N=64, ACC="fp32",
-                       PREC="tf32", SPLIT_MASK=False),
-                  ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "sdo_b", "sdo_t", "sdo_h"),
-                  8, 2),
+                  {**_BAND, "NPOS": 8}, (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 8, 2),
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
                      sm_scale="fp32", qk_scale="fp32"),
-                dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=8, BLOCK_N=64, ACC="fp32",
-                     PREC="tf32", SPLIT_MASK=False),
-                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "sdo_b", "sdo_t", "sdo_h",
-                 "sdq_b", "sdq_t", "sdq_h"), 8, 2),
+                {**_BAND, "NPOS": 8}, (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h"), 8, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
                      dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
