@@ -58,8 +58,10 @@ def main() -> None:
             raise SystemExit(f"error: {spec!r}: give LABEL=RUN")
         curves[label] = curve(source, args.kind)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, c in curves.items():
-        ax.plot(c["step"], c["loss"], marker="o", ms=3, label=label)
+    # more runs than the default cycle's 10 colours would repeat one: take tab20's then
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (label, c) in enumerate(curves.items()):
+        ax.plot(c["step"], c["loss"], marker="o", ms=3, label=label, color=palette[i % len(palette)])
     ax.axhline(PROBE_ONSET, color="red", lw=0.8, ls=":", label="onset threshold")
     ax.set_xlabel("step")
     ax.set_ylabel(f"{args.kind} probe: answer loss (nats/token)")
