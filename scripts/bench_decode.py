@@ -11,10 +11,9 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   Hq=64, Hkv=4, D=128; small: Hq=16, Hkv=1, D=64, the small_gqa16 model's), batch B and context T.
   NSA = the public ops as the model calls them (compressed attention -> block selection -> selected and
   window attention in one launch, kernels.selected_and_window_attention), dispatched to the decode kernels of
-  kernels/triton_decode.py (the attention ops' splits combined by a second launch, the selection's inside its
-  own: the defaults); also as four launches ("4 ops": selected and window attention separately), with every
-  op's splits combined inside its launch ("fused"), with the selection's merged by a second launch too ("all
-  kernel"), and per op; and as the model's graphed decoding runs it, the position in a device tensor (the
+  kernels/triton_decode.py (every op's splits combined by a second launch: the default); also as four launches
+  ("4 ops": selected and window attention separately), with every op's splits combined inside its own launch
+  ("fused"), and per op; and as the model's graphed decoding runs it, the position in a device tensor (the
   *_at launches: "at"). Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
@@ -243,7 +242,6 @@ def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
     out["eager_us"] = eager_us(step)
     out["separate_us"] = graph_times(step_separate)["us"]
     out["fused_us"] = graph_times(nsa_ops(x, T, combine="fused")[4])["us"]
-    out["all_kernel_us"] = graph_times(nsa_ops(x, T, combine="kernel")[4])["us"]
     if per_op:
         _, lse = cmp()
         idx = select(lse)
@@ -420,7 +418,7 @@ def table(results: dict) -> str:
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
         lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'4 ops':>8} "
-                     f"{'fused':>8} {'all kern':>8} {'at':>7} "
+                     f"{'fused':>8} {'at':>7} "
                      f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | "
                      f"{'NSA GB/s':>8} {'%copy':>6}")
         for key, r in results["attn"].items():
@@ -431,7 +429,7 @@ def table(results: dict) -> str:
             lines.append(
                 f"{key:>16} | {f(n['us'])} {f(n.get('cmp_us'), '7.1f')} {f(n.get('select_us'), '7.1f')} "
                 f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "
-                f"{f(n.get('fused_us'))} {f(n.get('all_kernel_us'))} {f(n.get('at_us'), '7.1f')} "
+                f"{f(n.get('fused_us'))} {f(n.get('at_us'), '7.1f')} "
                 f"{f(n.get('eager_us'))} | {f(fu.get('us'))} {fu.get('best', '-'):>18} | {f(r['speedup'], '6.2f')} "
                 f"{f(r['table4_speedup'], '6.2f')} | "
                 f"{f(r['nsa_GBps'], '8.0f')} {f(100 * r.get('nsa_bw_fraction', math.nan), '6.1f')}")
