@@ -49,15 +49,13 @@ def _band_visible(j, j_ok, pos, KS, KOFF, WIN):
 @triton.jit
 def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
-    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1. MASKED=False: every
-    key of the tile exists and is visible to every row, so no visibility mask is computed."""
+                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1."""
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
     k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    if MASKED:
-        s = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), s, float("-inf"))
+    s = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
     p = tl.exp2(s - m_use[:, None])
@@ -74,7 +72,6 @@ def _band_fwd_kernel(
     T, S, Hkv, G, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    SPLIT_MASK: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     pid_m = tl.program_id(0)
@@ -92,21 +89,15 @@ def _band_fwd_kernel(
     q_rows = Q + b * sq_b + pos.to(tl.int64) * sq_t + head * sq_h
     q = tl.load(q_rows[:, None] + offs_dk[None, :], mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
 
-    lo, full_lo, full_hi, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N, SPLIT_MASK)
+    lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     m_i = tl.full([BM], float("-inf"), ACC)
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
-    for j0 in range(lo, full_lo, BLOCK_N):
+    for j0 in range(lo, hi, BLOCK_N):
         m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
-                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
-    for j0 in range(full_lo, full_hi, BLOCK_N):
-        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
-                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, False)
-    for j0 in range(full_hi, hi, BLOCK_N):
-        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
-                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
+                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
 
     o, lse = finish_rows(m_i, l_i, acc)
     o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
@@ -137,9 +128,8 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
 def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T, Hq, G, t_lo,
                     t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr,
                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr,
-                    PREC: tl.constexpr, MASKED: tl.constexpr):
-    """Add query tile t0's contribution to (dk, dv) of one key tile. MASKED=False: every row of the tile sees
-    every key (rows outside [t_lo, t_hi) load q = 0 and lse = +inf, hence p = 0, without a mask)."""
+                    PREC: tl.constexpr):
+    """Add query tile t0's contribution to (dk, dv) of one key tile."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     pos = t0 + rows // G_PAD
@@ -153,11 +143,8 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_o
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
     delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    if MASKED:
-        vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
-        p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-    else:
-        p = tl.exp2(s - lse2[:, None])
+    vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
+    p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
     dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
     ds = p * (dp - delta[:, None])
@@ -172,13 +159,11 @@ def _band_bwd_dkdv_kernel(
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN, SPLIT_LEN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    SPLIT_MASK: tl.constexpr,
 ):
     """dK, dV of one key tile, summed over the G heads and the queries of split pid_s.
 
     Writes ACC-dtype partial sums to DK_OUT/DV_OUT [NSPLIT, B, S, Hkv, D] (contiguous); the launcher
-    sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle). SPLIT_MASK: the query
-    tiles whose every row sees every key of the tile skip the visibility mask, in a loop of their own.
+    sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle).
     """
     BM: tl.constexpr = NPOS * G_PAD
     pid_n = tl.program_id(0)
@@ -208,26 +193,10 @@ def _band_bwd_dkdv_kernel(
     do_base = DO + b * sdo_b + head[:, None] * sdo_h
     dk = tl.zeros([BLOCK_N, BLOCK_DK], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
-    if SPLIT_MASK & (j0 + BLOCK_N <= S):
-        # query tiles [full_lo, full_hi) see the whole key tile: their first row sees its last key and their
-        # last row still sees its first (t0 + NPOS <= first(j0) + WIN)
-        full_lo = tl.minimum(tl.maximum((j_last * KS + KOFF + NPOS - 1) // NPOS * NPOS, start), t_hi)
-        full_hi = tl.maximum(tl.minimum((j0 * KS + KOFF + WIN) // NPOS * NPOS, t_hi // NPOS * NPOS), full_lo)
-    else:
-        full_lo = t_hi
-        full_hi = t_hi
-    for t0 in range(start, full_lo, NPOS):
+    for t0 in range(start, t_hi, NPOS):
         dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
                                  Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
-                                 G_PAD, ACC, PREC, True)
-    for t0 in range(full_lo, full_hi, NPOS):
-        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
-                                 Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
-                                 G_PAD, ACC, PREC, False)
-    for t0 in range(full_hi, t_hi, NPOS):
-        dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
-                                 Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
-                                 G_PAD, ACC, PREC, True)
+                                 G_PAD, ACC, PREC)
     dk = dk * sm_scale
 
     B = tl.num_programs(1) // Hkv
@@ -239,40 +208,26 @@ def _band_bwd_dkdv_kernel(
 @triton.jit
 def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
-    """Add key tile j0's contribution to dq. MASKED=False: every key of the tile exists and every row sees it."""
+                  BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Add key tile j0's contribution to dq."""
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
     k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    if MASKED:
-        p = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), tl.exp2(s - lse2[:, None]), 0.0)
-    else:
-        p = tl.exp2(s - lse2[:, None])
+    p = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
 
 
 @triton.jit
-def _key_tiles(t0, t_last, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr, SPLIT_MASK: tl.constexpr):
-    """The key tiles that query rows t0 .. t_last walk, as lo <= full_lo <= full_hi <= hi (lo, full_lo, full_hi
-    multiples of BLOCK_N): keys [lo, hi) are those some row sees (first(j) <= t_last, first(j) + WIN > t0);
-    with SPLIT_MASK, the tiles in [full_lo, full_hi) are seen whole by every row (the first row sees their last
-    key, the last row still sees their first, all their keys exist) and need no mask; else full_lo = full_hi = hi.
-    (Those tiles run in a loop of their own: a branch inside one loop breaks Triton 3.6's pipeliner.)"""
+def _key_tiles(t0, t_last, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
+    """The key tiles that query rows t0 .. t_last walk, as [lo, hi) with lo a multiple of BLOCK_N: the keys some
+    row sees (first(j) <= t_last, first(j) + WIN > t0). (Tiles that every row sees whole could skip the mask in
+    a loop of their own: 21-27% fewer instructions per tile, but no faster on the H200; docs/benchmarks.md.)"""
     hi = tl.minimum(tl.maximum(t_last - KOFF + KS, 0) // KS, S)
     lo = tl.maximum(t0 - KOFF - WIN + KS, 0) // KS
-    lo = (lo // BLOCK_N) * BLOCK_N
-    if SPLIT_MASK:
-        full_lo = tl.where(t_last - KOFF - WIN >= 0, (t_last - KOFF - WIN) // KS + 1, 0)
-        full_lo = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo), hi)
-        full_hi = tl.where(t0 - KOFF >= 0, (t0 - KOFF) // KS + 1, 0)  # keys 0 .. full_hi - 1 visible to t0
-        full_hi = tl.maximum(tl.minimum(tl.minimum(full_hi, S) // BLOCK_N * BLOCK_N, hi), full_lo)
-    else:
-        full_lo = hi
-        full_hi = hi
-    return lo, full_lo, full_hi, hi
+    return (lo // BLOCK_N) * BLOCK_N, hi
 
 
 @triton.jit
@@ -282,7 +237,6 @@ def _band_bwd_dq_kernel(
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    SPLIT_MASK: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     pid_m = tl.program_id(0)
@@ -307,19 +261,13 @@ def _band_bwd_dq_kernel(
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
 
-    lo, full_lo, full_hi, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N, SPLIT_MASK)
+    lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     dq = tl.zeros([BM, BLOCK_DK], ACC)
-    for j0 in range(lo, full_lo, BLOCK_N):
+    for j0 in range(lo, hi, BLOCK_N):
         dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
-    for j0 in range(full_lo, full_hi, BLOCK_N):
-        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, False)
-    for j0 in range(full_hi, hi, BLOCK_N):
-        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC, True)
+                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos64[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -364,7 +312,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         T, S, Hkv, G, scale * LOG2E, ks, koff, _window_bound(win, T),
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), SPLIT_MASK=bool(cfg["split_mask"]),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse
@@ -425,7 +373,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, SPLIT_MASK=bool(cfg["split_mask"]), **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)
@@ -442,7 +390,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, SPLIT_MASK=bool(cfg["split_mask"]), **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk, dv

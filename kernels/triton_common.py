@@ -30,22 +30,17 @@ LOG2E = 1.4426950408889634
 # NSA_TRITON_TILES=path.json ({kernel: {"small"|"big": {...}}}) overrides entries for experiments.
 # "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128); "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
-    # split_mask 1 (band kernels): tiles that every row sees whole skip the visibility mask, in a loop of their own.
-    # SASS per trip of those tiles, sm_90a, Triton 3.6 (scripts/sass_report.py band-fwd band-dq band-dkdv and their
-    # -split-mask presets): forward 630 -> 495, dQ 462 -> 345, dK/dV 695 -> 594 but with 136 bytes of spills. Not
-    # timed yet, so off; the tune section tries it.
-    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3, split_mask=0),
-                 "big": dict(rows=64, block_n=64, warps=4, stages=2, split_mask=0)},
-    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_mask=0),
-                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_mask=0)},
-    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_mask=0),
-                "big": dict(rows=64, block_n=32, warps=4, stages=2, split_mask=0)},
-    # insert_max: a merge where no row has more than this many candidates entering its top-n inserts them one at
-    # a time instead of sorting (0: always sort; see kernels/triton_select.py). Tune section at the main shape,
-    # 32k, H200, with the gathered spill: 128 rows 2.84 ms, 64 rows 3.16 (always sorting, 2 tiles at once 3.34;
-    # inserting up to 8 3.32, up to 16 3.97; 8 warps 4.87). "big": untimed.
-    "select": {"small": dict(rows=128, warps=4, stages=2, insert_max=4),
-               "big": dict(rows=64, warps=4, stages=2, insert_max=4)},
+    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
+                 "big": dict(rows=64, block_n=64, warps=4, stages=2)},
+    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
+                  "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
+                "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
+    # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
+    # until then) 2.80 / 2.88 / 2.99. "big": untimed.
+    "select": {"small": dict(rows=128, warps=4, stages=2),
+               "big": dict(rows=64, warps=4, stages=2)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py

@@ -21,10 +21,10 @@ Top-n in registers: each candidate becomes one int64 sort key, (priority bits <<
 Priorities are non-negative float32 scores (whose bit patterns order like the floats), +inf for forced
 blocks; MAXID - id makes the lower id win a tie, exactly like the reference's stable descending sort.
 Invisible blocks get NO_KEY, below the running list's initial placeholders -1 .. -NBT, so every key in the
-list stays distinct. The list is kept unsorted. A merge is skipped when no candidate beats its row's
-smallest kept key; when no row has more than `insert_max` (a tile option) that do, they enter one at a time,
-each replacing its row's smallest key (i.i.d. scores bring about NBT / k to the k-th tile); otherwise both
-lists are sorted and the NBT largest of A ∪ B taken as max(A[i], B[NBT-1-i]) (a bitonic half-cleaner).
+list stays distinct. A merge is skipped when no candidate beats its row's smallest kept key (i.i.d. scores
+bring about NBT / k to the k-th tile); otherwise both lists are sorted and the NBT largest of A ∪ B taken as
+max(A[i], B[NBT-1-i]) (a bitonic half-cleaner). (Letting a few entering candidates replace the smallest key one
+at a time instead was faster while the keys had a costly layout, and 13% slower since: docs/benchmarks.md.)
 Finally the chosen ids are written in ascending order with -1 padding, as the reference returns them.
 """
 
@@ -96,24 +96,13 @@ def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, B
 
 
 @triton.jit
-def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
+def _merge_top(top, cand, NBT: tl.constexpr):
     """The NBT largest keys of top and cand, both [NPOS, NBT] (top's keys distinct, in any order; keys of
-    invisible blocks below every key of top), in any order. Skipped when no candidate beats its row's smallest
-    kept key; when no row has more than INSERT_MAX that do, they enter one at a time (each replaces its row's
-    smallest key: two row reductions per entry); else both lists are sorted and merged."""
-    GONE: tl.constexpr = -(2**62)  # below every key: a candidate that has entered
-    kept_min = tl.min(top, axis=1)
-    n_in = tl.max(tl.sum((cand > kept_min[:, None]).to(tl.int32), axis=1))
-    if n_in > INSERT_MAX:
+    invisible blocks below every key of top), in any order; skipped when no candidate beats its row's smallest
+    kept key."""
+    if tl.max(tl.sum((cand > tl.min(top, axis=1)[:, None]).to(tl.int32), axis=1)) > 0:
         # bitonic half-cleaner: with top descending and cand ascending, the NBT largest are the pairwise maxima
         top = tl.maximum(tl.sort(top, dim=1, descending=True), tl.sort(cand, dim=1))
-    else:
-        for _ in range(n_in):
-            best = tl.max(cand, axis=1)
-            kept_min = tl.min(top, axis=1)
-            enters = (top == kept_min[:, None]) & (best > kept_min)[:, None]
-            top = tl.where(enters, best[:, None], top)
-            cand = tl.where(cand == best[:, None], GONE, cand)
     return top
 
 
@@ -121,7 +110,7 @@ def _merge_top(top, cand, NBT: tl.constexpr, INSERT_MAX: tl.constexpr):
 def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE, SEL, NUM_INIT,
                  NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
                  NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-                 PREC: tl.constexpr, INSERT_MAX: tl.constexpr, MASKED: tl.constexpr):
+                 PREC: tl.constexpr, MASKED: tl.constexpr):
     """One tile of blocks: its scores become candidate keys, merged into the running top -> (top, carry)."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
     score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL, DK,
@@ -133,7 +122,7 @@ def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, q
     bits = score.to(tl.float32).to(tl.int32, bitcast=True)
     bits = tl.where(forced, 0x7F800000, bits).to(tl.int64)  # +inf: forced blocks always win
     key = tl.where(visible, (bits << 31) | (MAX_ID - blk[None, :]).to(tl.int64), NO_KEY)
-    return _merge_top(top, key, NBT, INSERT_MAX), carry
+    return _merge_top(top, key, NBT), carry
 
 
 @triton.jit
@@ -143,7 +132,7 @@ def _select_kernel(
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, INSERT_MAX: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
@@ -185,11 +174,11 @@ def _select_kernel(
     for jb0 in range(0, full_end, NBT):
         top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
                                   SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
-                                  PREC, INSERT_MAX, False)
+                                  PREC, False)
     for jb0 in range(full_end, n_blocks, NBT):
         top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
                                   SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
-                                  PREC, INSERT_MAX, True)
+                                  PREC, True)
 
     top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
@@ -230,7 +219,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), INSERT_MAX=cfg["insert_max"],
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

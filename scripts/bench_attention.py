@@ -295,18 +295,17 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
 
 # alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
 TUNE = {
-    "band_fwd": [dict(split_mask=1), dict(rows=128, block_n=128, warps=8, stages=3),
+    "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3),
                  dict(rows=64, block_n=64, warps=4, stages=3),
                  dict(rows=128, block_n=64, warps=8, stages=4), dict(rows=128, block_n=64, warps=4, stages=3)],
-    "band_dkdv": [dict(split_mask=1), dict(rows=32, block_n=64, warps=4, stages=2),
+    "band_dkdv": [dict(rows=32, block_n=64, warps=4, stages=2),
                   dict(rows=32, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=32, warps=4, stages=2), dict(rows=128, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3)],
-    "band_dq": [dict(split_mask=1), dict(rows=128, block_n=64, warps=8, stages=2),
+    "band_dq": [dict(rows=128, block_n=64, warps=8, stages=2),
                 dict(rows=64, block_n=64, warps=4, stages=2),
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3)],
-    "select": [dict(insert_max=0), dict(insert_max=2), dict(insert_max=8), dict(rows=64), dict(rows=128, warps=8),
-               dict(stages=3)],
+    "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3)],
     "selected_fwd": [dict(warps=2, stages=3), dict(warps=4, stages=4), dict(warps=8, stages=3),
                      dict(warps=4, stages=2)],
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2)],

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where training time goes on the lent GPU (issue 8): scripts/bench_train.py --profile for the 124M model at
 # T=1024 (compiled) and for full attention vs NSA at 8k (model=small_gqa16), eager, compiled, and compiled with
-# CUDA graphs (train.compile_mode=reduce-overhead; runs named *_graphs, not in the default list).
+# CUDA graphs (train.compile_mode=reduce-overhead; runs named *_graphs, not in the default list; the *_t32768_graphs
+# runs: the long-context pair without activation checkpointing).
 # Results: $OUT/profile.log and $OUT/profiles.tgz (per run: JSON, op/kernel table, Chrome trace).
 #   device run (carry .whl): bash scripts/gpu_profile.sh
 #   RUNS="nsa_t8192_eager nsa_t8192_compiled" bash scripts/gpu_profile.sh     # a subset
@@ -18,6 +19,10 @@ for attn in full nsa; do
   ARGS[${attn}_t8192_eager]="--steps 3 --warmup 2 -- $GQA attention=$attn"
   ARGS[${attn}_t8192_compiled]="--steps 3 --warmup 2 -- $GQA attention=$attn train.compile=true"
   ARGS[${attn}_t8192_graphs]="--steps 3 --warmup 3 -- $GQA attention=$attn train.compile=true train.compile_mode=reduce-overhead"
+  # 32k as gpu_bench_train.sh times it with graphs, activation checkpointing off
+  ARGS[${attn}_t32768_graphs]="--steps 2 --warmup 3 -- model=small_gqa16 model.max_seq_len=32768 train.batch_tokens=131072
+    train.micro_batch_size=1 attention=$attn train.compile=true train.compile_mode=reduce-overhead
+    train.activation_checkpointing=false"
 done
 for name in ${RUNS:-small_t1024 full_t8192_eager nsa_t8192_eager full_t8192_compiled nsa_t8192_compiled}; do
   echo "== $name: ${ARGS[$name]}" | tee -a "$LOG"

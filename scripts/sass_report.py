@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-_BAND = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, BLOCK_N=64, ACC="fp32", PREC="tf32",
-             SPLIT_MASK=False)  # the banded kernels' shared constexprs (tile option split_mask off)
+_BAND = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, BLOCK_N=64, ACC="fp32",
+             PREC="tf32")  # the banded kernels' shared constexprs
 _QKV_STRIDES = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h")
 
 # preset -> (module, kernel, pointer/float types, constexprs, 16-divisible int args, warps, stages); main shape
@@ -39,7 +39,7 @@ PRESETS = {
     "select": ("kernels.triton_select", "_select_kernel",
                dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
                dict(DK=128, BLOCK_DK=128, G_PAD=16, NPOS=8, NBT=16, TPB=4, C_PAD=64, ALIGNED=True, ACC="fp32",
-                    PREC="tf32", INSERT_MAX=4),
+                    PREC="tf32"),
                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -80,9 +80,6 @@ PRESETS = {
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
 }
-for _name in ("band-fwd", "band-dkdv", "band-dq"):  # each with the tile option split_mask on
-    _p = PRESETS[_name]
-    PRESETS[f"{_name}-split-mask"] = (*_p[:3], {**_p[3], "SPLIT_MASK": True}, *_p[4:])
 
 
 def compile_preset(name: str):

@@ -76,19 +76,8 @@ CMP_CASES = [  # B, T, Hkv, G, Dk, Dv, block_size, stride
 ]
 
 
-@pytest.fixture(params=[0, 1], ids=["one-loop", "split-mask"])
-def band_split_mask(request, monkeypatch):
-    """The banded kernels (forward, dK/dV, dQ) with their visibility mask on every tile, or only on the tiles
-    that some row sees in part."""
-    from kernels.triton_common import GPU_TILES
-
-    for kernel in ("band_fwd", "band_dkdv", "band_dq"):
-        monkeypatch.setitem(GPU_TILES[kernel]["small"], "split_mask", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("case", CMP_CASES)
-def test_compressed_attention(gen, case, band_split_mask):
+def test_compressed_attention(gen, case):
     B, T, Hkv, G, Dk, Dv, bs, d = case
     Tc = ref.num_compressed_tokens(T, bs, d)
     q, kc, vc = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
@@ -123,17 +112,8 @@ SELECT_CASES = [  # T, Hkv, G, D, block_size, stride, select_size, num_select, n
 ]
 
 
-# insert_max: merge each tile's candidates by sorting whenever one enters (0); by sorting only when more than 2
-# (or 16) enter a row, else entering one at a time
-INSERT_MAX = [0, 2, 16]
-
-
-@pytest.mark.parametrize("insert_max", INSERT_MAX)
 @pytest.mark.parametrize("case", SELECT_CASES)
-def test_select_blocks_matches_reference_exactly(gen, case, insert_max, monkeypatch):
-    from kernels.triton_common import GPU_TILES
-
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", insert_max)
+def test_select_blocks_matches_reference_exactly(gen, case):
     T, Hkv, G, D, bs, d, ss, n, ni, nl = case
     q = randn(gen, 1, T, Hkv * G, D, grad=False)
     kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
@@ -147,12 +127,8 @@ def test_select_blocks_matches_reference_exactly(gen, case, insert_max, monkeypa
                               f"{bad[0].tolist()}: {idx[tuple(bad[0])].tolist()} vs {expected[tuple(bad[0])].tolist()}")
 
 
-@pytest.mark.parametrize("insert_max", INSERT_MAX)
-def test_select_blocks_ties_go_to_lower_block_id(gen, insert_max, monkeypatch):
+def test_select_blocks_ties_go_to_lower_block_id(gen):
     # zero queries: every visible compressed token equally important, every block the same score
-    from kernels.triton_common import GPU_TILES
-
-    monkeypatch.setitem(GPU_TILES["select"]["small"], "insert_max", insert_max)
     T, ss = 40, 4
     q = torch.zeros(1, T, 2, 16, dtype=F64)
     kc = randn(gen, 1, T // ss, 1, 16, grad=False)
@@ -281,7 +257,7 @@ WINDOW_CASES = [  # B, T, Hkv, G, Dk, Dv, window
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES)
-def test_window_attention(gen, case, band_split_mask):
+def test_window_attention(gen, case):
     B, T, Hkv, G, Dk, Dv, w = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
     o = kernels.window_attention(q, k, v, window=w)
