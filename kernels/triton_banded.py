@@ -35,6 +35,7 @@ from kernels.triton_common import (
     head_block,
     load_kv_tile,
     next_pow2,
+    sm_count,
     tl_acc,
 )
 
@@ -361,9 +362,11 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         nsplit = 1  # window: each key tile sees only ~w + BLOCK_N queries
     else:
         # compressed: key tile j0 is seen by every query from j0*d + l - 1 on, so the first tiles would each
-        # walk ~T queries while the last walk few; cut [0, T) into 4k-query splits (partial sums in ACC dtype)
-        nsplit = max(triton.cdiv(T, 4096), triton.cdiv(2 * 132, n_tiles * B * Hkv))
-        nsplit = min(nsplit, 32)
+        # walk ~T queries while the last walk few. Cut [0, T) into splits of at most 4k queries (partial sums in
+        # ACC dtype), and into enough that about split_waves waves of programs have work: with nsplit splits,
+        # about half of the n_tiles * nsplit (tile, split) pairs lie in the triangle of visible queries.
+        waves = cfg["split_waves"] * sm_count(q.device)
+        nsplit = min(max(triton.cdiv(T, 4096), triton.cdiv(2 * waves, n_tiles * B * Hkv)), 32)
     split_len = triton.cdiv(triton.cdiv(T, nsplit), npos) * npos
     nsplit = triton.cdiv(T, split_len)
     dk_part = torch.empty(nsplit, B, S, Hkv, Dk, dtype=acc, device=q.device)

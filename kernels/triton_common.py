@@ -8,6 +8,7 @@ tests them). `INTERPRETED` records which of the two this process got.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -32,8 +33,12 @@ LOG2E = 1.4426950408889634
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
                  "big": dict(rows=64, block_n=64, warps=4, stages=2)},
-    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
-                  "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    # split_waves (compressed branch): its queries are split so that about this many waves of programs have
+    # work (key tile j is seen by the queries from j*d + l - 1 on: a triangle, see band_backward). One wave
+    # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
+    # window branch's dK/dV (H200 profile, docs/benchmarks.md).
+    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4),
+                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4)},
     "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
@@ -67,6 +72,16 @@ if os.environ.get("NSA_TRITON_TILES"):
         for _kernel, _sizes in json.load(f).items():
             for _size, _cfg in _sizes.items():
                 GPU_TILES[_kernel][_size].update(_cfg)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (queried once per device)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from kernels.triton_common import (
     next_pow2,
     row_lse,
     runs_triton,
+    sm_count,
     tl_acc,
 )
 from kernels.triton_selected import _clean_idx, _slot_keys
@@ -103,16 +104,7 @@ def _target_programs(device: torch.device) -> int:
     """Programs that fill the GPU (two per multiprocessor); a small number under the interpreter."""
     if device.type != "cuda":
         return 64
-    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(index: int) -> int:
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
+    return 2 * sm_count(device)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}

@@ -28,10 +28,11 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          max(FLOPs / peak, bytes / bandwidth), and the measured time against it. Without a "peak" section in
          the JSON, --peak-tflops / --bw-gbps (default: the H100 SXM's dense bf16 spec and its measured read
          bandwidth in docs/benchmarks.md).
-- tune: at the main shape and T=32k, times each kernel family with alternative tile sizes (GPU_TILES in
-  kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the
-  current config's (relative error < 1e-2, selections >= 99% equal); the winners are kept for the
-  sections after it and written to --tiles-out (usable as NSA_TRITON_TILES=...). Run it first.
+- tune: at T=32k and the main shape (or --tune-shape small: the small_gqa16 model's heads), times each
+  kernel family with alternative tile sizes (GPU_TILES in kernels/triton_common.py), greedily, checking every
+  alternative's outputs/gradients against the current config's (relative error < 1e-2, selections >= 99%
+  equal); the winners are kept for the sections after it and written to --tiles-out (usable as
+  NSA_TRITON_TILES=...). Run it first.
 NSA "total" is the four kernels as the model calls them: compressed -> select -> selected, window, and
 the sum of the three branch outputs (the gates are elementwise and left out); its backward runs every
 backward kernel. Full attention expands K/V to Hq heads beforehand (untimed): GQA costs the same FLOPs.
@@ -58,6 +59,7 @@ from kernels.reference import num_compressed_tokens  # noqa: E402
 
 NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
 HQ, HKV, D_MAIN = 64, 4, 128  # the main shape: 64 query heads in 4 KV groups (G = 16), head dim 128
+SMALL_HEADS = (16, 1, 64)  # Hq, Hkv, D of configs/model/small_gqa16.yaml, the long-context training model
 
 
 def timed(fn, budget_ms: float = 800.0, max_reps: int = 20) -> float:
@@ -298,7 +300,7 @@ TUNE = {
     "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3),
                  dict(rows=64, block_n=64, warps=4, stages=3),
                  dict(rows=128, block_n=64, warps=8, stages=4), dict(rows=128, block_n=64, warps=4, stages=3)],
-    "band_dkdv": [dict(rows=32, block_n=64, warps=4, stages=2),
+    "band_dkdv": [dict(split_waves=1), dict(split_waves=8), dict(rows=32, block_n=64, warps=4, stages=2),
                   dict(rows=32, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=32, warps=4, stages=2), dict(rows=128, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3)],
@@ -513,7 +515,9 @@ def table(results: dict) -> str:
                          f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
                          f"{fmt(ns.get('total_fwdbwd'))}")
     if results.get("tune"):
-        lines.append("\n[tune] T=32768 main shape: first config tried (the default) -> best, ms of its workload")
+        heads = results["tune"].get("heads", (HQ, HKV, D_MAIN))
+        lines.append(f"\n[tune] T=32768, Hq, Hkv, D = {tuple(heads)}: first config tried (the default) -> best, ms "
+                     "of its workload")
         for kernel, r in results["tune"]["report"].items():
             lines.append(f"{kernel:>14}: {r['tried'][0]['ms']:8.3f} -> {r['best_ms']:8.3f}  {r['best']}")
     if results.get("host"):
@@ -533,6 +537,8 @@ def main() -> None:
                    choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
+    p.add_argument("--tune-shape", choices=["main", "small"], default="main",
+                   help="heads of the tune section: main (Hq=64, Hkv=4, D=128) or small (Hq=16, Hkv=1, D=64)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     p.add_argument("--floors-from", help="print the floors table of this results JSON and exit (no GPU needed)")
@@ -557,8 +563,10 @@ def main() -> None:
         print("peak", flush=True)
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
-        print("tune T=32768", flush=True)
-        results["tune"] = tune(B, 32768, Hq, HKV, D_MAIN, args.tune_kernels)
+        heads = (Hq, HKV, D_MAIN) if args.tune_shape == "main" else SMALL_HEADS
+        print(f"tune T=32768, Hq, Hkv, D = {heads}", flush=True)
+        results["tune"] = tune(B, 32768, *heads, args.tune_kernels)
+        results["tune"]["heads"] = heads
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
 
@@ -590,7 +598,7 @@ def main() -> None:
         # G < 16: the one-position kernel pads G rows to 16 for the MMA; a shared tile fills them with
         # positions instead (P >= 16 / G), so there it does at most the same MMA work and loads fewer blocks
         shapes = {"main-8k": (8192, Hq, HKV, D_MAIN), "main-32k": (32768, Hq, HKV, D_MAIN),
-                  "small-8k": (8192, 16, 1, 64), "G4-32k": (32768, Hq, Hq // 4, 128)}
+                  "small-8k": (8192, *SMALL_HEADS), "G4-32k": (32768, Hq, Hq // 4, 128)}
         shapes.update({f"G{g}-8k": (8192, Hq, Hq // g, 128) for g in (1, 2, 4, 8)})
         for name, (T, hq, hkv, d) in shapes.items():
             print(f"share {name}", flush=True)

@@ -9,6 +9,7 @@
 #   multi    scripts/gpu_check_multi.sh   2 GPUs: DDP/FSDP2 vs 1 GPU, scaling (needs a 2-GPU kind)
 #   scale    scripts/gpu_scale.sh         2 GPUs: compiled scaling of the 124M model alone
 #   profile  scripts/gpu_profile.sh       torch.profiler tables: 124M at 1k, full vs NSA at 8k (eager, compiled)
+#   tunesmall scripts/gpu_tune_small.sh   tile search at the small model's heads, NSA training with its winners
 # Carry .whl (bash /work/shared/tools/gpu-wheels.sh) and .whl_kernels (pytest). PARTS picks and orders the parts:
 #   PARTS="kernels decode" bash scripts/gpu_all.sh
 # On a machine of several GPUs, GPUS=N runs the parts side by side: part k on GPU k mod N, the parts of one GPU
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 declare -A SCRIPT=([profile]=gpu_profile.sh [kernels]=gpu_check.sh [decode]=gpu_check_decode.sh [share]=gpu_check_share.sh
                    [train]=gpu_check_train.sh [speed]=gpu_bench_train.sh [multi]=gpu_check_multi.sh [tests]=gpu_tests.sh
-                   [scale]=gpu_scale.sh)
+                   [scale]=gpu_scale.sh [tunesmall]=gpu_tune_small.sh)
 declare -A WIDE=([multi]=1 [scale]=1)  # parts that take two GPUs
 PARTS=${PARTS:-kernels decode train speed}
 if [ "${GPUS:-1}" -le 1 ]; then
