@@ -303,7 +303,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
     if S == 0:  # no key exists (compressed branch with T < block_size)
         return o.zero_(), lse.fill_(float("-inf"))
     bdk, bdv = head_block(Dk), head_block(Dv)
-    cfg = gpu_tiles("band_fwd", max(bdk, bdv) > 128)
+    cfg = gpu_tiles("band_fwd", max(bdk, bdv))
     g_pad, npos = _tiles(G, cfg["rows"])
     block_n = 16 if INTERPRETED else cfg["block_n"]
     grid = (triton.cdiv(T, npos), B * Hkv)
@@ -347,12 +347,11 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     lse = lse.contiguous()
     delta = row_delta(o, do, dlse, acc)
     bdk, bdv = head_block(Dk), head_block(Dv)
-    big = max(bdk, bdv) > 128
     WIN = _window_bound(win, T)
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
     # dK, dV: one program per key tile (x query split); split the queries when key tiles are few
-    cfg = gpu_tiles("band_dkdv", big)
+    cfg = gpu_tiles("band_dkdv", max(bdk, bdv))
     g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
     block_n = 16 if INTERPRETED else cfg["block_n"]
     n_tiles = triton.cdiv(S, block_n)
@@ -383,7 +382,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     dv = (dv_part[0] if nsplit == 1 else dv_part.sum(0)).to(v.dtype)
 
     # dQ: one program per query tile
-    cfg = gpu_tiles("band_dq", big)
+    cfg = gpu_tiles("band_dq", max(bdk, bdv))
     g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
     block_n = 16 if INTERPRETED else cfg["block_n"]
     dq = torch.empty_like(q)

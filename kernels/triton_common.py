@@ -24,11 +24,12 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634
 
 # Tile sizes of the compiled (GPU) kernels, per kernel, for head dims up to 128 ("small") and past 128
-# ("big", e.g. Dk=192 padded to 256). rows = query rows per tile (positions x G heads padded to a power
+# ("big", e.g. Dk=192 padded to 256); an optional "d64" entry changes some of "small"'s values for head dims up
+# to 64 (gpu_tiles). rows = query rows per tile (positions x G heads padded to a power
 # of two), block_n = keys per tile, warps/stages = Triton's num_warps/num_stages, seg_len = queries per
 # dK/dV work item of the selection branch. The interpreter uses small fixed tiles instead.
 # `scripts/bench_attention.py --sections tune` measures alternatives on the GPU (docs/benchmarks.md);
-# NSA_TRITON_TILES=path.json ({kernel: {"small"|"big": {...}}}) overrides entries for experiments.
+# NSA_TRITON_TILES=path.json ({kernel: {"small"|"big"|"d64": {...}}}) overrides entries for experiments.
 # "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128); "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
@@ -56,10 +57,15 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # G = 16 always loses. Hence forward packs below G = 8, dQ below G = 4.
     # The sharing tiles have P*G rows (64 at G=16), so they get share_warps and, for dQ, share_block_n keys per
     # step: what keeps them free of register spills when compiled for sm_90 (ptxas -v, Triton 3.9).
+    # d64: the tune section at the small training model's heads (Hq=16, Hkv=1, D=64, 32k, H200, ninth session):
+    # 2 warps took the forward from 1.49 to 1.24 ms and the dQ from 4.86 to 4.68 (no other kernel's alternative
+    # beat its default by more than the noise of repeated timings).
     "selected_fwd": {"small": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8),
-                     "big": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8)},
+                     "big": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8),
+                     "d64": dict(warps=2)},
     "selected_dq": {"small": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
-                    "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32)},
+                    "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
+                    "d64": dict(warps=2, stages=3)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
     # 32k, H200, docs/benchmarks.md; likely contention on blocks many queries choose). It runs with atomic_warps:
@@ -71,7 +77,7 @@ if os.environ.get("NSA_TRITON_TILES"):
     with open(os.environ["NSA_TRITON_TILES"]) as f:
         for _kernel, _sizes in json.load(f).items():
             for _size, _cfg in _sizes.items():
-                GPU_TILES[_kernel][_size].update(_cfg)
+                GPU_TILES[_kernel].setdefault(_size, {}).update(_cfg)
 
 
 @functools.cache
@@ -99,9 +105,18 @@ def tiles_set(*entries: dict, **updates) -> Iterator[None]:
             e.update(old)
 
 
-def gpu_tiles(kernel: str, big: bool) -> dict[str, int]:
-    """The GPU tile sizes of `kernel` (a GPU_TILES key) for head dims past 128 (big) or not."""
-    return GPU_TILES[kernel]["big" if big else "small"]
+def tile_size_class(block_d: int) -> str:
+    """Which GPU_TILES entry serves a head dim padded to block_d (head_block): "d64", "small" or "big"."""
+    return "big" if block_d > 128 else "d64" if block_d <= 64 else "small"
+
+
+def gpu_tiles(kernel: str, block_d: int) -> dict[str, int]:
+    """The GPU tile sizes of `kernel` (a GPU_TILES key) for a head dim padded to block_d: "big" past 128,
+    else "small" with the changes of a "d64" entry for head dims up to 64."""
+    sizes, size = GPU_TILES[kernel], tile_size_class(block_d)
+    if size == "d64":
+        return {**sizes["small"], **sizes.get("d64", {})}
+    return sizes[size]
 
 
 def next_pow2(x: int) -> int:

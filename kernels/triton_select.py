@@ -206,7 +206,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     g_pad = next_pow2(G)
     bdk = head_block(Dk)
     # positions per program: enough rows for a 16-row dot, few enough to keep [NPOS, C, NBT] small
-    cfg = gpu_tiles("select", bdk > 128)
+    cfg = gpu_tiles("select", bdk)
     npos = max(1, cfg["rows"] // g_pad)
     while npos * c_pad * nbt > 16384 and npos * g_pad > 16:
         npos //= 2

@@ -439,7 +439,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
     bdk, bdv = head_block(Dk), head_block(Dv)
     block_n, n_kt = _block_tile(select_size)
-    cfg = gpu_tiles("selected_fwd", max(bdk, bdv) > 128)
+    cfg = gpu_tiles("selected_fwd", max(bdk, bdv))
     P = positions_per_program(share, cfg, G)
     if P > 1:
         union, count = tile_union(idx, P, select_size)
@@ -519,10 +519,9 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, BLOCK_N=block_n, N_KT=n_kt,
                   ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
-    big = max(bdk, bdv) > 128
-    cfg = gpu_tiles("selected_dq", big)
+    cfg = gpu_tiles("selected_dq", max(bdk, bdv))
     dq = torch.empty_like(q)
-    dkdv_cfg = gpu_tiles("selected_dkdv", big)
+    dkdv_cfg = gpu_tiles("selected_dkdv", max(bdk, bdv))
     atomic = bool(dkdv_cfg.get("atomic", 0))
     dk_acc = dv_acc = dq  # unused placeholders unless atomic
     if atomic:  # dK/dV added by the dQ programs themselves (the one-position kernel)
@@ -555,7 +554,7 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)
 
     # dK/dV: query rows = NPOS positions x G_PAD heads (32 rows keep the accumulators in registers)
-    cfg = gpu_tiles("selected_dkdv", big)
+    cfg = gpu_tiles("selected_dkdv", max(bdk, bdv))
     g_pad = next_pow2(G)
     npos = max(1, (16 if INTERPRETED else cfg["rows"]) // g_pad)
     block_n, n_kt = _block_tile(select_size, cfg["block_n"])

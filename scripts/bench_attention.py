@@ -348,17 +348,20 @@ def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
                 "select": lambda: [select(lse)], "selected_fwd": selected(False), "selected_dq": selected(True),
                 "selected_dkdv": selected(True)}
     report, winners = {}, {}
+    hb = triton_common.head_block(D)
+    size = triton_common.tile_size_class(hb)  # the GPU_TILES entry this shape uses ("d64" adds to "small")
     for kernel, alternatives in TUNE.items():
         if only and kernel not in only:
             continue
-        entry = triton_common.GPU_TILES[kernel]["small"]
-        current = dict(entry)
+        entry = triton_common.GPU_TILES[kernel].setdefault(size, {})
+        current = dict(triton_common.gpu_tiles(kernel, hb))
         run = workload[kernel]
         base_out = run()
         best_cfg, best_ms = dict(current), timed(run)
         tried = [{"cfg": dict(current), "ms": round(best_ms, 3)}]
         for alt in alternatives:
             with triton_common.tiles_set(entry, **alt):
+                cfg = dict(triton_common.gpu_tiles(kernel, hb))
                 try:
                     out = run()
                     if kernel == "select":
@@ -368,15 +371,15 @@ def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
                         err = max(_rel(a, b) for a, b in zip(out, base_out))
                         ok = err < 1e-2
                     ms = timed(run)
-                    tried.append({"cfg": dict(entry), "ms": round(ms, 3), "err": err, "ok": ok})
+                    tried.append({"cfg": cfg, "ms": round(ms, 3), "err": err, "ok": ok})
                     if ok and ms < 0.97 * best_ms:
-                        best_cfg, best_ms = dict(entry), ms
+                        best_cfg, best_ms = cfg, ms
                 except Exception as e:  # e.g. out of shared memory: not a candidate
-                    tried.append({"cfg": dict(entry), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                    tried.append({"cfg": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"})
             torch.cuda.empty_cache()
         entry.update(best_cfg)  # keep the winner for the next kernels and later sections
         report[kernel] = {"tried": tried, "best": best_cfg, "best_ms": round(best_ms, 3)}
-        winners[kernel] = {"small": best_cfg}
+        winners[kernel] = {size: best_cfg}
         print(f"  tune {kernel}: best {best_cfg} {best_ms:.3f} ms; tried {tried}", flush=True)
     return {"report": report, "winners": winners}
 

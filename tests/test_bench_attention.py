@@ -67,6 +67,21 @@ def test_tiles_set_restores_the_entries_even_after_an_error():
     assert a == dict(warps=4, share=1)
 
 
+def test_gpu_tiles_by_head_dim():
+    """Head dims up to 64 take "small" with the "d64" entry's changes, up to 128 "small", past it "big"; a "d64"
+    entry changes only the values it names, so the kernels' other options (and tests patching "small") apply."""
+    from kernels.triton_common import GPU_TILES, gpu_tiles, tiles_set
+
+    small, d64, big = (GPU_TILES["selected_fwd"][size] for size in ("small", "d64", "big"))
+    assert gpu_tiles("selected_fwd", 128) is small and gpu_tiles("selected_fwd", 256) is big
+    assert d64 and gpu_tiles("selected_fwd", 64) == {**small, **d64} != small
+    with tiles_set(small, share=4):
+        assert gpu_tiles("selected_fwd", 32)["share"] == 4
+    assert "d64" not in GPU_TILES["band_fwd"] and gpu_tiles("band_fwd", 64) == GPU_TILES["band_fwd"]["small"]
+    for kernel, sizes in GPU_TILES.items():  # a d64 entry names only options "small" has
+        assert set(sizes.get("d64", {})) <= set(sizes["small"]), kernel
+
+
 def test_tune_alternatives_name_existing_tile_options():
     """Every alternative of the tune section sets options its kernel's tiles have (a misspelt key would time
     the default again under another name), and --tune-kernels accepts exactly the tuned kernels."""
