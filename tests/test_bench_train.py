@@ -1,0 +1,40 @@
+"""scripts/bench_train.py end to end on CPU: a tiny model's throughput run writes the JSON the docs' tables are
+built from, with the phases of the breakdown and the memory fields (None without CUDA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("attention", ["full", "nsa"])
+def test_bench_train_writes_its_results(tmp_path, attention):
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--steps", "2", "--warmup", "1",
+           "--breakdown-steps", "1", "--out", str(out), "--", "model=tiny", "model.max_seq_len=64",
+           "train.batch_tokens=256", "train.micro_batch_size=2", f"attention={attention}"]
+    if attention == "nsa":  # NSA's sizes scaled to a 64-token context
+        cmd += ["attention.compress_block=8", "attention.compress_stride=4", "attention.select_block=8",
+                "attention.num_select=3", "attention.window=16"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["model"]["attention"] == attention and r["model"]["seq_len"] == 64
+    assert r["grad_accum"] == 2 and r["batch_tokens"] == 256  # 256 tokens = 2 micro-batches of 2 x 64
+    assert r["tokens_per_s"] == pytest.approx(256 / r["step_time_s"])
+    assert set(r["breakdown_s_per_step"]) == {"data", "forward", "backward", "optimizer"}
+    assert all(v > 0 for v in r["breakdown_s_per_step"].values())
+    assert r["peak_mem_gb"] is None and r["reserved_mem_gb"] is None and r["mfu"] is None
+    keys = r["attended_keys"]  # mean keys per query at T = 64, per branch
+    if attention == "full":
+        assert keys["total"] == 32.5  # (1 + ... + 64) / 64
+    else:  # the window's by hand: min(t + 1, 16) averaged over t < 64
+        assert keys["win"] == (sum(range(1, 17)) + 48 * 16) / 64
+        assert keys["total"] == pytest.approx(keys["cmp"] + keys["slc"] + keys["win"])
