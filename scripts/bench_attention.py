@@ -42,6 +42,7 @@ Results go to --out as JSON (written after every measurement, atomically) and a 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -62,11 +63,16 @@ HQ, HKV, D_MAIN = 64, 4, 128  # the main shape: 64 query heads in 4 KV groups (G
 SMALL_HEADS = (16, 1, 64)  # Hq, Hkv, D of configs/model/small_gqa16.yaml, the long-context training model
 
 
-def timed(fn, budget_ms: float = 800.0, max_reps: int = 20) -> float:
-    """Median milliseconds of fn() over CUDA-event-timed repetitions, after two warm-up calls."""
-    fn()
-    fn()
-    torch.cuda.synchronize()
+def timed(fn, budget_ms: float = 800.0, max_reps: int = 20, warmup_ms: float = 100.0) -> float:
+    """Median milliseconds of fn() over CUDA-event-timed repetitions, after warm-up calls that keep the GPU busy
+    for warmup_ms (at least two): a GPU left idle (the tune section compiles each alternative first) may start
+    at a lower clock, and the first timing of a tune came out 2-16% above the same tiles timed again later."""
+    t0 = time.perf_counter()
+    for i in itertools.count():
+        fn()
+        torch.cuda.synchronize()
+        if i >= 1 and (time.perf_counter() - t0) * 1e3 >= warmup_ms:
+            break
     times = []
     while True:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
