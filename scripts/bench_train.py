@@ -16,6 +16,7 @@ Everything after `--` is a Hydra override of the training config (as for train.p
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 import time
@@ -186,7 +187,30 @@ def profile_step(step, path: Path | None, cuda: bool) -> None:
     path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70) + "\n")
     trace = path.with_suffix(".json.gz")
     prof.export_chrome_trace(str(trace))  # torch gzips a path ending in .gz
+    by_grid = kernels_by_grid(trace)
+    if by_grid:
+        with path.open("a") as f:
+            f.write("\nGPU kernels by launch grid (one op can launch several shapes):\n" + by_grid + "\n")
     print(f"profile: {path} (+ {trace.name})")
+
+
+def kernels_by_grid(trace: Path, top: int = 30) -> str:
+    """A table of the GPU kernels in a Chrome trace grouped by (name, grid, block): calls, mean us, total ms,
+    largest total first. The profiler's own table sums a kernel's launches of every shape; this one tells, e.g.,
+    the compressed branch's dK/dV (few key tiles, split queries) from the window's (docs/benchmarks.md)."""
+    events = json.loads(gzip.open(trace).read())["traceEvents"]
+    groups: dict[tuple, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            args = e.get("args", {})
+            key = (e["name"], tuple(args.get("grid", ())), tuple(args.get("block", ())))
+            groups.setdefault(key, []).append(e["dur"])
+    rows = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
+    lines = [f"{'total ms':>9} {'calls':>6} {'mean us':>9}  grid / block  kernel"] if rows else []
+    for (name, grid, block), durs in rows:
+        lines.append(f"{sum(durs) / 1e3:9.2f} {len(durs):6d} {sum(durs) / len(durs):9.1f}  {grid} / {block}  "
+                     f"{name[:90]}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ built from, with the phases of the breakdown and the memory fields (None without
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -38,3 +39,23 @@ def test_bench_train_writes_its_results(tmp_path, attention):
     else:  # the window's by hand: min(t + 1, 16) averaged over t < 64
         assert keys["win"] == (sum(range(1, 17)) + 48 * 16) / 64
         assert keys["total"] == pytest.approx(keys["cmp"] + keys["slc"] + keys["win"])
+
+
+def test_kernels_by_grid_splits_one_kernel_by_its_launch_shapes(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_train
+
+    def kernel(name, grid, dur):
+        return {"cat": "kernel", "name": name, "dur": dur, "args": {"grid": grid, "block": [256, 1, 1]}}
+
+    events = [kernel("_band_bwd_dkdv_kernel", [32, 1, 9], 1700.0), kernel("_band_bwd_dkdv_kernel", [32, 1, 9], 1800.0),
+              kernel("_band_bwd_dkdv_kernel", [512, 1, 1], 600.0), kernel("gemm", [2, 66, 1], 100.0),
+              {"cat": "cpu_op", "name": "aten::mm", "dur": 5000.0}]
+    trace = tmp_path / "t.json.gz"
+    trace.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    lines = bench_train.kernels_by_grid(trace).splitlines()
+    assert len(lines) == 4  # a header, then the three (kernel, grid) groups, largest total first; no CPU op
+    assert lines[1].split()[:3] == ["3.50", "2", "1750.0"] and "(32, 1, 9)" in lines[1]
+    assert lines[2].split()[:3] == ["0.60", "1", "600.0"] and "(512, 1, 1)" in lines[2]
+    assert lines[3].endswith("gemm")
+    assert bench_train.kernels_by_grid(trace, top=1).count("\n") == 1
