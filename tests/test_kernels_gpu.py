@@ -125,6 +125,7 @@ def test_select_blocks_bf16(cuda_gen, shape):
 
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
     pytest.param((1, 4096, 64, 4, 128, 128), id="T4k-G16-D128"),
+    pytest.param((1, 4096, 16, 1, 64, 64), id="T4k-G16-D64"),  # the small_gqa16 model's heads: the "d64" tiles
     pytest.param((2, 2048, 16, 8, 64, 64), id="T2k-G2-D64"),
     pytest.param((1, 2048, 32, 8, 128, 128), id="T2k-G4"),
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
