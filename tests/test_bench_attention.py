@@ -82,6 +82,18 @@ def test_gpu_tiles_by_head_dim():
         assert set(sizes.get("d64", {})) <= set(sizes["small"]), kernel
 
 
+def test_tiles_file_can_add_a_d64_entry(tmp_path):
+    """NSA_TRITON_TILES (what the tune section's --tiles-out writes) may name a "d64" entry that GPU_TILES lacks."""
+    tiles = tmp_path / "tiles.json"
+    tiles.write_text(json.dumps({"band_fwd": {"d64": {"warps": 8}}, "select": {"small": {"rows": 64}}}))
+    code = ("from kernels.triton_common import gpu_tiles as t; "
+            "print(t('band_fwd', 64)['warps'], t('band_fwd', 128)['warps'], t('select', 64)['rows'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "NSA_TRITON_TILES": str(tiles)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8", "4", "64"]
+
+
 def test_tune_alternatives_name_existing_tile_options():
     """Every alternative of the tune section sets options its kernel's tiles have (a misspelt key would time
     the default again under another name), and --tune-kernels accepts exactly the tuned kernels."""
