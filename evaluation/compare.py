@@ -438,20 +438,21 @@ def grid_section(out: Outputs, task: str, report_dir: Path) -> dict[str, Any]:
         "min_nsa_cell_within": min((c["nsa"] for c in within_cells), default=None),
         "cells_full_beats_nsa": [[c["length"], c["depth"]] for c in cells if c["full_beats_nsa"]],
         "haystack": (out.run("nsa", seeds[0]).results.get(task) or {}).get("haystack"),
-        "nsa_selection": _needle_selection([r for s in seeds for r in out.run("nsa", s).eval_rows(task)],
-                                           train_length),
+        "nsa_selection": _needle_selection({s: out.run("nsa", s).eval_rows(task) for s in seeds}, train_length),
     }
     write_json_atomic(report_dir / f"{task}_heatmaps.json", data)
     _plot_heatmaps(data, report_dir / f"{task}_heatmaps.png")
     return data
 
 
-def _needle_selection(rows: Sequence[dict[str, Any]], train_length: int) -> dict[str, Any] | None:
-    """NSA's needles outside its window (evaluation/selection.py; seeds pooled), per length ("by_length") and
-    within the training length ("within"): how many, the mean fraction of (layer, KV head) pairs that selected the
-    needle's block, the accuracy where most pairs did (>= 0.5) and where they did not, and the mean gates of the
-    selected and window branches. None for predictions made before the diagnostic existed."""
-    far = [r for r in rows if "needle_selected" in r and not r["needle_in_window"]]
+def _needle_selection(rows_by_seed: dict[int, Sequence[dict[str, Any]]], train_length: int) -> dict[str, Any] | None:
+    """NSA's needles outside its window (evaluation/selection.py; the seeds whose predictions have it, pooled,
+    listed in "seeds"), per length ("by_length") and within the training length ("within"): how many, the mean
+    fraction of (layer, KV head) pairs that selected the needle's block, the accuracy where most pairs did
+    (>= 0.5) and where they did not, and the mean gates of the selected and window branches. None when no
+    prediction has it (made before the diagnostic existed)."""
+    seeds = [s for s, rows in rows_by_seed.items() if any("needle_selected" in r for r in rows)]
+    far = [r for s in seeds for r in rows_by_seed[s] if "needle_selected" in r and not r["needle_in_window"]]
     if not far:
         return None
 
@@ -464,7 +465,7 @@ def _needle_selection(rows: Sequence[dict[str, Any]], train_length: int) -> dict
                 "gate_slc": _mean([r["gate_slc"] for r in at]), "gate_win": _mean([r["gate_win"] for r in at])}
     within = [r for r in far if r["length"] <= train_length]
     lengths = sorted({r["length"] for r in far})
-    return {"by_length": {str(L): stats([r for r in far if r["length"] == L]) for L in lengths},
+    return {"seeds": seeds, "by_length": {str(L): stats([r for r in far if r["length"] == L]) for L in lengths},
             "within": stats(within) if within else None}
 
 

@@ -378,7 +378,8 @@ def _why(out: Outputs, sections: dict[str, Any], summary: dict[str, Any], report
                              f"NSA {fmt(w['nsa'])}, McNemar p = {w['mcnemar']['p']:.2g}, {w['n']} needles).")
         sel = (g.get("nsa_selection") or {}).get("within") if g.get("status") == "ok" else None
         if sel:
-            lines.append(f"- {task}, NSA's selection: for the {sel['n']} needles outside the window within the "
+            lines.append(f"- {task}, NSA's selection{_diagnosed_seeds(g)}: for the {sel['n']} needles outside the "
+                         "window within the "
                          f"training length, {fmt(sel['selected'])} of the (layer, KV head) pairs selected the "
                          f"needle's block at the answer; NSA answered {fmt(sel['accuracy_found'])} of those most "
                          f"pairs found ({sel['n_found']}) and {fmt(sel['accuracy_missed'])} of the others "
@@ -471,6 +472,25 @@ def _grid_md(s: dict[str, Any], title: str) -> list[str]:
         *_selection_found_md(s.get("nsa_selection"))]
 
 
+def _diagnosed_seeds(g: dict[str, Any]) -> str:
+    """A note like " (seed 3 only: ...)" when the selection diagnostic covers fewer seeds than the task ran."""
+    have, ran = g["nsa_selection"].get("seeds"), g.get("seeds") or []
+    if have is None or len(have) == len(ran):
+        return ""
+    return f" (seed{'s' if len(have) > 1 else ''} {_seed_list(g['nsa_selection'])} only: the other seeds' " \
+           "evaluations predate the diagnostic)"
+
+
+def _seed_list(sel: dict[str, Any]) -> str:
+    return ", ".join(map(str, sel.get("seeds") or [])) or "all"
+
+
+def _seed_words(sel: dict[str, Any]) -> str:
+    """The seeds a selection diagnostic covers, as "seed 3" or "seeds 0, 1 pooled"."""
+    seeds = sel.get("seeds")
+    return f"seed {seeds[0]}" if seeds and len(seeds) == 1 else f"seeds {_seed_list(sel)} pooled"
+
+
 def _selection_found_md(sel: dict[str, Any] | None) -> list[str]:
     """Did NSA's selection find the needles it needed (outside its window), and did finding them help."""
     if not sel:
@@ -479,7 +499,8 @@ def _selection_found_md(sel: dict[str, Any] | None) -> list[str]:
              f"{fmt(v['accuracy_missed'])} ({v['n_missed']})", fmt(v["gate_slc"]), fmt(v["gate_win"])]
             for L, v in sel["by_length"].items()]
     return ["", "Did NSA's selection find the needle? For needles outside the sliding window, at the query that "
-            "predicts the answer's first token (evaluation/selection.py; seeds pooled): the fraction of (layer, KV "
+            f"predicts the answer's first token (evaluation/selection.py; {_seed_words(sel)}): the "
+            "fraction of (layer, KV "
             "head) pairs whose selected blocks hold the needle, NSA's accuracy where at least half did and where "
             "fewer did (needles in brackets), and the mean gates of the selected and window branches.", "",
             table(["length", "needles", "needle block selected", "NSA accuracy: found", "NSA accuracy: missed",

@@ -755,3 +755,24 @@ def test_parallel_gives_a_torchrun_training_a_group_of_gpus(driver, monkeypatch,
     starts = {e["step"]: e["gpu"] for e in events() if e["event"] == "start"}
     assert {starts["train/full-s0"], starts["train/nsa-s0"]} == {"0,1", "2,3"}  # two GPUs each, no overlap
     assert all(g in ("0,1", "2,3") for g in starts.values())
+
+
+def test_needle_selection_names_the_seeds_it_covers():
+    """Seeds evaluated before the diagnostic existed add nothing to it, and the report says which seeds it covers
+    (the gpu-small report's diagnostic came from one seed of four)."""
+    from evaluation.compare import _needle_selection
+    from evaluation.compare_report import _diagnosed_seeds
+
+    def row(length, correct, selected=None):
+        r = {"length": length, "correct": correct}
+        if selected is not None:
+            r.update(needle_selected=selected, needle_in_window=False, gate_slc=0.1, gate_win=0.3)
+        return r
+
+    rows = {0: [row(64, True), row(64, False)], 3: [row(64, True, 1.0), row(64, False, 0.0), row(128, True, 1.0)]}
+    sel = _needle_selection(rows, train_length=64)
+    assert sel["seeds"] == [3] and sel["within"]["n"] == 2 and sel["by_length"]["128"]["n"] == 1
+    assert sel["within"]["accuracy_found"] == 1.0 and sel["within"]["accuracy_missed"] == 0.0
+    assert _diagnosed_seeds({"seeds": [0, 3], "nsa_selection": sel}).startswith(" (seed 3 only")
+    assert _diagnosed_seeds({"seeds": [3], "nsa_selection": sel}) == ""
+    assert _needle_selection({0: rows[0]}, train_length=64) is None
