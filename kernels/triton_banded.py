@@ -48,15 +48,26 @@ def _band_visible(j, j_ok, pos, KS, KOFF, WIN):
 
 
 @triton.jit
-def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+def _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1."""
+    """The key tile j0 .. j0 + BLOCK_N - 1 of a query tile: its keys and values, the scaled scores q . k [R,
+    BLOCK_N] and which of them each row sees."""
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
     k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    s = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), s, float("-inf"))
+    return k, v, s, _band_visible(j, j_ok, pos, KS, KOFF, WIN)
+
+
+@triton.jit
+def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1."""
+    k, v, s, vis = _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                                  DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
+    s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
     p = tl.exp2(s - m_use[:, None])
@@ -211,11 +222,9 @@ def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, 
                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """Add key tile j0's contribution to dq."""
-    j = j0 + tl.arange(0, BLOCK_N)
-    j_ok = j < S
-    k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    p = tl.where(_band_visible(j, j_ok, pos, KS, KOFF, WIN), tl.exp2(s - lse2[:, None]), 0.0)
+    k, v, s, vis = _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
+                                  DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
+    p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
