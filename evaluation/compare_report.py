@@ -379,10 +379,9 @@ def _why(out: Outputs, sections: dict[str, Any], summary: dict[str, Any], report
         sel = (g.get("nsa_selection") or {}).get("within") if g.get("status") == "ok" else None
         if sel:
             lines.append(f"- {task}, NSA's selection{_diagnosed_seeds(g)}: for the {sel['n']} needles outside the "
-                         "window within the "
-                         f"training length, {fmt(sel['selected'])} of the (layer, KV head) pairs selected the "
-                         f"needle's block at the answer; NSA answered {fmt(sel['accuracy_found'])} of those most "
-                         f"pairs found ({sel['n_found']}) and {fmt(sel['accuracy_missed'])} of the others "
+                         f"window within the training length, {fmt(sel['selected'])} of the (layer, KV head) pairs "
+                         f"selected the needle's block at the answer; NSA answered {fmt(sel['accuracy_found'])} of "
+                         f"those most pairs found ({sel['n_found']}) and {fmt(sel['accuracy_missed'])} of the others "
                          f"({sel['n_missed']}).")
     if sections["kernel"].get("status") != "ok":
         lines.append(f"- Kernel speed (Figure 6) not measured: {sections['kernel'].get('reason')}.")
@@ -499,10 +498,9 @@ def _selection_found_md(sel: dict[str, Any] | None) -> list[str]:
              f"{fmt(v['accuracy_missed'])} ({v['n_missed']})", fmt(v["gate_slc"]), fmt(v["gate_win"])]
             for L, v in sel["by_length"].items()]
     return ["", "Did NSA's selection find the needle? For needles outside the sliding window, at the query that "
-            f"predicts the answer's first token (evaluation/selection.py; {_seed_words(sel)}): the "
-            "fraction of (layer, KV "
-            "head) pairs whose selected blocks hold the needle, NSA's accuracy where at least half did and where "
-            "fewer did (needles in brackets), and the mean gates of the selected and window branches.", "",
+            f"predicts the answer's first token (evaluation/selection.py; {_seed_words(sel)}): the fraction of "
+            "(layer, KV head) pairs whose selected blocks hold the needle, NSA's accuracy where at least half did "
+            "and where fewer did (needles in brackets), and the mean gates of the selected and window branches.", "",
             table(["length", "needles", "needle block selected", "NSA accuracy: found", "NSA accuracy: missed",
                    "gate slc", "gate win"], rows)]
 

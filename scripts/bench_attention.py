@@ -301,7 +301,8 @@ def bench_share(B, T, Hq, Hkv, D) -> dict:
     return res
 
 
-# alternatives tried by the tune section, per GPU_TILES entry ("small" head dims); the current config first
+# alternatives tried by the tune section, per kernel, on the GPU_TILES entry of the tuned head dim; the current
+# config first
 TUNE = {
     "band_fwd": [dict(rows=128, block_n=128, warps=8, stages=3),
                  dict(rows=64, block_n=64, warps=4, stages=3),
