@@ -316,10 +316,13 @@ TUNE = {
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3)],
     "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3)],
     "selected_fwd": [dict(warps=2, stages=3), dict(warps=4, stages=4), dict(warps=8, stages=3),
-                     dict(warps=4, stages=2)],
-    "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2)],
+                     dict(warps=4, stages=2), dict(warps=2, stages=4), dict(warps=2, stages=2)],
+    "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=8, stages=2),
+                    dict(warps=2, stages=4), dict(warps=2, stages=2)],
     "selected_dkdv": [dict(rows=16, block_n=64, warps=4, stages=2), dict(rows=64, block_n=64, warps=8, stages=2),
                       dict(rows=32, block_n=64, warps=4, stages=2), dict(rows=32, block_n=32, warps=4, stages=2),
+                      dict(rows=32, block_n=64, warps=4, stages=3), dict(rows=32, block_n=64, warps=2, stages=2),
+                      dict(rows=16, block_n=64, warps=2, stages=3),
                       dict(seg_len=128), dict(seg_len=1024), dict(atomic=1)],
 }
 
