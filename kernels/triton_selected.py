@@ -438,8 +438,8 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     o = torch.empty(B, T, Hq, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
     bdk, bdv = head_block(Dk), head_block(Dv)
-    block_n, n_kt = _block_tile(select_size)
     cfg = gpu_tiles("selected_fwd", max(bdk, bdv))
+    block_n, n_kt = _block_tile(select_size, cfg.get("block_n", 64))
     P = positions_per_program(share, cfg, G)
     if P > 1:
         union, count = tile_union(idx, P, select_size)
@@ -451,7 +451,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
             T, Hkv, G, n, union.shape[3], union.shape[1], scale * LOG2E, select_size,
             DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=next_pow2(G), P=P, NSEL_PAD=next_pow2(max(n, 2)),
             BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-            num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
+            num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg.get("share_stages", cfg["stages"]),
         )
         return o, lse
     _selected_fwd_kernel[(T, B * Hkv)](
@@ -515,11 +515,11 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     lse = lse.contiguous()
     delta = row_delta(o, do, None, acc)
     bdk, bdv = head_block(Dk), head_block(Dv)
-    block_n, n_kt = _block_tile(select_size)
+    cfg = gpu_tiles("selected_dq", max(bdk, bdv))
+    block_n, n_kt = _block_tile(select_size, cfg.get("block_n", 64))
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, BLOCK_N=block_n, N_KT=n_kt,
                   ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
-    cfg = gpu_tiles("selected_dq", max(bdk, bdv))
     dq = torch.empty_like(q)
     dkdv_cfg = gpu_tiles("selected_dkdv", max(bdk, bdv))
     atomic = bool(dkdv_cfg.get("atomic", 0))

@@ -189,11 +189,14 @@ def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     """The block-sharing kernels (P positions per program load the union of their blocks once) give the
     reference's output and dq; lse equals the one-position kernel's (dk/dv: the shared inverted-index kernel).
     share 1 asks for the one-position kernels at every G (the shipped tiles pack positions for small G).
-    dQ walks each block in 16-key steps here, so l' = 32 takes two."""
+    The sharing dQ and the one-position forward and dQ walk each block in 16-key steps here, so l' = 32 takes
+    two."""
     from kernels.triton_common import GPU_TILES
     from kernels.triton_selected import selected_backward, selected_forward
 
     monkeypatch.setitem(GPU_TILES["selected_dq"]["small"], "share_block_n", 16)
+    for name in ("selected_fwd", "selected_dq"):
+        monkeypatch.setitem(GPU_TILES[name]["small"], "block_n", 16)
 
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
