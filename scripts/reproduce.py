@@ -8,6 +8,8 @@
     python scripts/reproduce.py --scale gpu-small --curriculum data.mix.filler=1.0 --curriculum-steps 1200 \
         --train-set 'data.mix.kinds=[passkey,needle]' --work-dir runs/repro-curriculum
                                        # two stages: needles in filler first, then in real text (NIAH)
+    python scripts/reproduce.py --scale gpu-small --seeds 4 --bench-from attention=A.json --bench-from decode=D.json
+                                       # a seed more; the benchmarks measured earlier (their --out files) are reused
     python scripts/reproduce.py --scale cpu --report-only             # figures + REPORT.md from existing outputs
     python scripts/reproduce.py --scale cpu --dry-run                 # the plan: each step, done or to do
 
@@ -16,7 +18,8 @@ Full attention and NSA are trained with identical data, tokens, optimizer, model
 attention), then evaluated on the same samples. Steps, each a subprocess whose output goes to WORK/logs/:
   1. per seed: train.py for both models (WORK/runs/<arm>-s<seed>), then eval.py on both (WORK/eval/<arm>-s<seed>)
      over the scale's grids up to twice the training length;
-  2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py (Table 4);
+  2. with a CUDA GPU: scripts/bench_attention.py (Figure 6) and scripts/bench_decode.py (Table 4), or their
+     results from files (--bench-from: measured in another call, so a call can spend its time on training);
   3. the report (evaluation/compare.py): figures, each with its JSON, and REPORT.md in REPORT_DIR.
 One step at a time, in that order; --parallel N runs up to N steps at once, each on its own GPU (its own
 --nproc-per-node GPUs with torchrun; CUDA_VISIBLE_DEVICES): an eval starts once its own training run has
@@ -58,6 +61,7 @@ from evaluation.compare import ARMS, read_json  # noqa: E402
 from evaluation.report import write_json_atomic  # noqa: E402
 
 EXIT_BUDGET = 3  # stopped by --time-budget: run the same command again to continue
+BENCHES = {"attention": "bench_attention.py", "decode": "bench_decode.py"}  # benchmark step -> its script
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,17 @@ class Driver:
         self.eval_overrides = [*self.scale.eval_overrides, *(args.eval_set or [])]
         if args.longbench_dir:
             self.eval_overrides.append(f"longbench.data_dir={Path(args.longbench_dir).resolve()}")
+        # --bench-from NAME=FILE: a benchmark measured outside this run (e.g. an earlier device call on the same
+        # card) is taken from FILE instead of being run here
+        self.bench_from: dict[str, Path] = {}
+        for item in args.bench_from or []:
+            name, _, file = item.partition("=")
+            if name not in BENCHES or not file:
+                raise SystemExit(f"error: --bench-from {item}: expected NAME=FILE, NAME one of {', '.join(BENCHES)}")
+            if not isinstance(read_json(Path(file)), dict):
+                raise SystemExit(f"error: --bench-from {item}: not a readable JSON file; write it with "
+                                 f"scripts/{BENCHES[name]} --out FILE")
+            self.bench_from[name] = Path(file).resolve()
         self.progress: dict[str, Any] = read_json(self.work / "progress.json") or {}
         self.manifest: dict[str, Any] = read_json(self.work / "manifest.json") or {}
         self.deadline = time.monotonic() + args.time_budget if args.time_budget else None
@@ -260,13 +275,22 @@ class Driver:
                     results.get("step") == targets[arm]
                 steps.append(Step(f"eval/{arm}-s{seed}", "eval", cmd, done, out=out, needs=(run_dir, targets[arm])))
         bench = self.work / "bench"
-        for name, script, extra in (("attention", "bench_attention.py", self.scale.bench_attention),
-                                    ("decode", "bench_decode.py", self.scale.bench_decode)):
-            out = bench / f"{name}.json"
+        for name, extra in (("attention", self.scale.bench_attention), ("decode", self.scale.bench_decode)):
+            out, script = bench / f"{name}.json", BENCHES[name]
             cmd = [*self.launcher(f"scripts/{script}"), *extra, "--out", relative(bench / f"{name}.partial.json")]
-            steps.append(Step(f"bench_{name}", "bench", cmd, self.recorded(f"bench_{name}", cmd, out), out=out,
-                              script=f"scripts/{script}"))
+            done = name in self.bench_from or self.recorded(f"bench_{name}", cmd, out)
+            steps.append(Step(f"bench_{name}", "bench", cmd, done, out=out, script=f"scripts/{script}"))
         return steps
+
+    def adopt_benchmarks(self, steps: list[Step]) -> None:
+        """Copy the --bench-from files into the work folder and record their steps as done, with where they came
+        from (the report's table of steps shows it)."""
+        for step in steps:
+            name = step.id.removeprefix("bench_")
+            if step.kind == "bench" and name in self.bench_from:
+                write_json_atomic(step.out, read_json(self.bench_from[name]))
+                self.save_progress(step, "done", note=f"taken from {self.bench_from[name]} (--bench-from): "
+                                                       "measured outside this run")
 
     def skip_reason(self, step: Step) -> str | None:
         """Why a step cannot run on this machine (recorded in the report), or None."""
@@ -451,6 +475,7 @@ class Driver:
                 print(f"{'done' if s.done else 'todo'}  {s.id}: {s.text}")
             return 0
         self.work.mkdir(parents=True, exist_ok=True)
+        self.adopt_benchmarks(steps)
         self.write_manifest(started, 0.0, "running")
         statuses = {}
         todo = [s for s in steps if not s.done]
@@ -606,6 +631,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="run up to N steps at once, each on its own --nproc-per-node GPUs (CUDA_VISIBLE_DEVICES); "
                         "default 1: one after another")
+    p.add_argument("--bench-from", action="append", metavar="NAME=FILE",
+                   help="take a benchmark's results from FILE instead of running it (NAME: attention or decode; FILE: "
+                        "what its script wrote with --out, e.g. in an earlier call on the same card)")
     p.add_argument("--work-dir", help="where runs, evals, benchmarks and logs go (default: runs/repro-<scale>)")
     p.add_argument("--report-dir", help="where figures, JSON and REPORT.md go (default: docs/results/<scale>)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",

@@ -611,6 +611,32 @@ def test_driver_report_only_needs_outputs(driver, tmp_path):
     assert rc == 0 and calls == [] and (out / "REPORT.md").is_file()
 
 
+def test_driver_takes_benchmarks_from_files(driver, tmp_path):
+    """--bench-from: the benchmarks' results come from files measured elsewhere (no GPU here), are copied into the
+    work folder, recorded as done with where they came from, and kept by later invocations; bad files fail early."""
+    run, work, out = driver
+    att = REPO / "docs/bench_data/h200_2026-11-28f/attention_callD_tune_main.json"
+    dec = REPO / "docs/bench_data/h200_2026-11-28e/decode_call2.json"
+    rc, calls = run("--bench-from", f"attention={att}", "--bench-from", f"decode={dec}")
+    assert rc == 0 and calls == ["train.py", "train.py", "eval.py", "eval.py"]
+    assert json.loads((work / "bench" / "attention.json").read_text()) == json.loads(att.read_text())
+    assert json.loads((work / "bench" / "decode.json").read_text()) == json.loads(dec.read_text())
+    progress = json.loads((work / "progress.json").read_text())
+    for name, src in (("attention", att), ("decode", dec)):
+        assert progress[f"bench_{name}"]["status"] == "done" and str(src) in progress[f"bench_{name}"]["note"]
+    report = (out / "REPORT.md").read_text()
+    assert "(--bench-from): measured outside this run" in report and (out / "kernel_speedup.json").is_file()
+    rc, calls = run()  # without the flag: the copies stay recorded as done
+    assert rc == 0 and calls == []
+    assert json.loads((work / "progress.json").read_text())["bench_decode"]["status"] == "done"
+    with pytest.raises(SystemExit, match=r"^error: --bench-from kernels=x: expected NAME=FILE"):
+        run("--bench-from", "kernels=x")
+    bad = tmp_path / "torn.json"
+    bad.write_text('{"main": ')
+    with pytest.raises(SystemExit, match=r"^error: --bench-from decode=.*torn.json: not a readable JSON file"):
+        run("--bench-from", f"decode={bad}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the driver with --parallel: steps side by side, one per GPU slot
 
