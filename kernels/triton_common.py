@@ -60,16 +60,19 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # d64: the tune section at the small training model's heads (Hq=16, Hkv=1, D=64, 32k, H200, ninth session):
     # 2 warps took the forward from 1.49 to 1.24 ms and the dQ from 4.86 to 4.68 (no other kernel's alternative
     # beat its default by more than the noise of repeated timings).
-    # block_n (optional, default 64): keys per step of the one-position forward and dQ (a selection block of l'
-    # keys takes l' / block_n steps). Main shape, H200, tenth session: the forward with 2 warps and 2 stages
-    # 8.75 ms against 9.39 with 4 warps and 3 stages (tune section); 2 stages keep more programs on each SM
-    # (2 x 32 KB of K/V tiles in shared memory per program at D = 128). The sharing kernel keeps its 3 stages
-    # (share_stages): with 2, the G sweep's packed forwards (G = 1, 2, 4) took 2-5% longer.
-    "selected_fwd": {"small": dict(warps=2, stages=2, share=1, pack_below_g=8, share_warps=8, share_stages=3),
-                     "big": dict(warps=4, stages=3, share=1, pack_below_g=8, share_warps=8),
+    # block_n: keys per step of the one-position forward and dQ (a selection block of l' keys takes l' / block_n
+    # steps; 32 gained nothing on the H200, tenth session). Main shape, H200, tenth session: the forward with 2
+    # warps and 2 stages 8.75 ms against 9.39 with 4 warps and 3 stages (tune section); 2 stages keep more
+    # programs on each SM (2 x 32 KB of K/V tiles in shared memory per program at D = 128). The sharing kernel
+    # keeps its 3 stages (share_stages): with 2, the G sweep's packed forwards (G = 1, 2, 4) took 2-5% longer.
+    "selected_fwd": {"small": dict(warps=2, stages=2, block_n=64, share=1, pack_below_g=8, share_warps=8,
+                                   share_stages=3),
+                     "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8),
                      "d64": dict(warps=2, stages=3)},
-    "selected_dq": {"small": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
-                    "big": dict(warps=4, stages=2, share=1, pack_below_g=4, share_warps=8, share_block_n=32),
+    "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
+                                  share_block_n=32),
+                    "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
+                                share_block_n=32),
                     "d64": dict(warps=2, stages=3)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at

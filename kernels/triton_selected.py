@@ -439,7 +439,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
     lse = torch.empty(B, T, Hq, dtype=acc_dtype(q.dtype), device=q.device)
     bdk, bdv = head_block(Dk), head_block(Dv)
     cfg = gpu_tiles("selected_fwd", max(bdk, bdv))
-    block_n, n_kt = _block_tile(select_size, cfg.get("block_n", 64))
+    block_n, n_kt = _block_tile(select_size, cfg["block_n"])
     P = positions_per_program(share, cfg, G)
     if P > 1:
         union, count = tile_union(idx, P, select_size)
@@ -516,7 +516,7 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     delta = row_delta(o, do, None, acc)
     bdk, bdv = head_block(Dk), head_block(Dv)
     cfg = gpu_tiles("selected_dq", max(bdk, bdv))
-    block_n, n_kt = _block_tile(select_size, cfg.get("block_n", 64))
+    block_n, n_kt = _block_tile(select_size, cfg["block_n"])
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, BLOCK_N=block_n, N_KT=n_kt,
                   ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
 
