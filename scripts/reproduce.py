@@ -212,16 +212,17 @@ class Driver:
         if args.longbench_dir:
             self.eval_overrides.append(f"longbench.data_dir={Path(args.longbench_dir).resolve()}")
         # --bench-from NAME=FILE: a benchmark measured outside this run (e.g. an earlier device call on the same
-        # card) is taken from FILE instead of being run here
-        self.bench_from: dict[str, Path] = {}
+        # card) is taken from FILE instead of being run here: name -> (FILE, its results, read once)
+        self.bench_from: dict[str, tuple[Path, dict[str, Any]]] = {}
         for item in args.bench_from or []:
             name, _, file = item.partition("=")
             if name not in BENCHES or not file:
                 raise SystemExit(f"error: --bench-from {item}: expected NAME=FILE, NAME one of {', '.join(BENCHES)}")
-            if not isinstance(read_json(Path(file)), dict):
+            results = read_json(Path(file))
+            if not isinstance(results, dict):
                 raise SystemExit(f"error: --bench-from {item}: not a readable JSON file; write it with "
                                  f"scripts/{BENCHES[name]} --out FILE")
-            self.bench_from[name] = Path(file).resolve()
+            self.bench_from[name] = (Path(file).resolve(), results)
         self.progress: dict[str, Any] = read_json(self.work / "progress.json") or {}
         self.manifest: dict[str, Any] = read_json(self.work / "manifest.json") or {}
         self.deadline = time.monotonic() + args.time_budget if args.time_budget else None
@@ -288,9 +289,9 @@ class Driver:
         for step in steps:
             name = step.id.removeprefix("bench_")
             if step.kind == "bench" and name in self.bench_from:
-                write_json_atomic(step.out, read_json(self.bench_from[name]))
-                self.save_progress(step, "done", note=f"taken from {self.bench_from[name]} (--bench-from): "
-                                                       "measured outside this run")
+                source, results = self.bench_from[name]
+                write_json_atomic(step.out, results)
+                self.save_progress(step, "done", note=f"taken from {source} (--bench-from): measured outside this run")
 
     def skip_reason(self, step: Step) -> str | None:
         """Why a step cannot run on this machine (recorded in the report), or None."""
