@@ -30,7 +30,8 @@ LOG2E = 1.4426950408889634
 # dK/dV work item of the selection branch. The interpreter uses small fixed tiles instead.
 # `scripts/bench_attention.py --sections tune` measures alternatives on the GPU (docs/benchmarks.md);
 # NSA_TRITON_TILES=path.json ({kernel: {"small"|"big"|"d64": {...}}}) overrides entries for experiments.
-# "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128); "big": untuned.
+# "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128), changed since where a
+# comment gives the H200 timing that did it; "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
                  "big": dict(rows=64, block_n=64, warps=4, stages=2)},
