@@ -28,12 +28,16 @@ from kernels.triton_common import (
     INTERPRETED,
     LOG2E,
     acc_dtype,
+    add_key_grads,
+    attend_tile_rows,
     bthd,
     dot_precision,
+    dq_tile_rows,
     finish_rows,
     gpu_tiles,
     head_block,
     load_kv_tile,
+    load_softmax_stats,
     next_pow2,
     sm_count,
     tl_acc,
@@ -48,33 +52,12 @@ def _band_visible(j, j_ok, pos, KS, KOFF, WIN):
 
 
 @triton.jit
-def _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """The key tile j0 .. j0 + BLOCK_N - 1 of a query tile: its keys and values, the scaled scores q . k [R,
-    BLOCK_N] and which of them each row sees."""
+def _band_keys(j0, pos, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
+    """The key tile j0 .. j0 + BLOCK_N - 1 of a query tile: key positions [BLOCK_N] (int64), which exist (j < S),
+    and which of them each row sees [R, BLOCK_N]."""
     j = j0 + tl.arange(0, BLOCK_N)
     j_ok = j < S
-    k, v = load_kv_tile(k_base, v_base, j.to(tl.int64), j_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    return k, v, s, _band_visible(j, j_ok, pos, KS, KOFF, WIN)
-
-
-@triton.jit
-def _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                   DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """Online-softmax update of (m_i, l_i, acc) with the key tile j0 .. j0 + BLOCK_N - 1."""
-    k, v, s, vis = _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                                  DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
-    s = tl.where(vis, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no NaN
-    p = tl.exp2(s - m_use[:, None])
-    alpha = tl.exp2(m_i - m_use)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
-    return m_new, l_i, acc
+    return j.to(tl.int64), j_ok, _band_visible(j, j_ok, pos, KS, KOFF, WIN)
 
 
 @triton.jit
@@ -108,8 +91,9 @@ def _band_fwd_kernel(
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
     for j0 in range(lo, hi, BLOCK_N):
-        m_i, l_i, acc = _band_fwd_tile(q, k_base, v_base, j0, pos, m_i, l_i, acc, S, qk_scale, KS, KOFF, WIN,
-                                       sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
+        kpos, k_ok, vis = _band_keys(j0, pos, S, KS, KOFF, WIN, BLOCK_N)
+        m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                                         DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     o, lse = finish_rows(m_i, l_i, acc)
     o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
@@ -151,17 +135,9 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_o
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     do = tl.load(do_base + pos64[:, None] * sdo_t + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # empty rows: p = 0
-    delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
     vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
-    p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-    dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
-    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-    ds = p * (dp - delta[:, None])
-    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
-    return dk, dv
+    return add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
 
 
 @triton.jit
@@ -218,19 +194,6 @@ def _band_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """Add key tile j0's contribution to dq."""
-    k, v, s, vis = _band_key_tile(q, k_base, v_base, j0, pos, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                                  DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
-    p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-    ds = p * (dp - delta[:, None])
-    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
-
-
-@triton.jit
 def _key_tiles(t0, t_last, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
     """The key tiles that query rows t0 .. t_last walk, as [lo, hi) with lo a multiple of BLOCK_N: the keys some
     row sees (first(j) <= t_last, first(j) + WIN > t0). (Tiles that every row sees whole could skip the mask in
@@ -267,17 +230,16 @@ def _band_bwd_dq_kernel(
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + (b * T + pos64) * Hq + head, mask=row_ok, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + (b * T + pos64) * Hq + head, mask=row_ok, other=0.0)
+    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     dq = tl.zeros([BM, BLOCK_DK], ACC)
     for j0 in range(lo, hi, BLOCK_N):
-        dq = _band_dq_tile(q, do, lse2, delta, k_base, v_base, j0, pos, dq, S, qk_scale, KS, KOFF, WIN, sk_t, sv_t,
-                           DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, ACC, PREC)
+        kpos, k_ok, vis = _band_keys(j0, pos, S, KS, KOFF, WIN, BLOCK_N)
+        dq = dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos64[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))

@@ -223,3 +223,60 @@ def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, a
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
     return m_new, l_i, acc
+
+
+# ---- softmax backward (dQ and dK/dV of every attention kernel) --------------------------------------------------
+
+
+@triton.jit
+def lse_log2(lse):
+    """A row's lse (natural log) in log2 units, the kernels' score units; +inf where the row saw no key (lse = -inf),
+    so that its probabilities exp2(s - lse2) are 0 rather than NaN."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@triton.jit
+def load_softmax_stats(LSE, DELTA, row, row_ok):
+    """The backward's per-row statistics (row = flat [B, T, Hq] index into the contiguous LSE and DELTA): lse in
+    log2 units (lse_log2; +inf for masked rows) and delta = rowsum(o * do)."""
+    lse = tl.load(LSE + row, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
+    return lse_log2(lse), delta
+
+
+@triton.jit
+def softmax_probs(q, k, lse2, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis), recomputed from the
+    forward's lse (log2 units)."""
+    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    return tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+
+
+@triton.jit
+def score_grads(p, do, v, delta, ACC: tl.constexpr, PREC: tl.constexpr):
+    """The score gradients ds = p * (do v^T - delta) [R, BLOCK_N], with delta = rowsum(o * do)."""
+    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
+    return p * (dp - delta[:, None])
+
+
+@triton.jit
+def dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+                 DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
+    """The backward twin of attend_tile_rows: dq [R, BLOCK_DK] += the contribution of the keys kpos [BLOCK_N]
+    (k_ok: which are loaded; vis, broadcastable to [R, BLOCK_N]: which each row attends), not yet multiplied by
+    the softmax scale (the caller does that once)."""
+    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+    ds = score_grads(softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC), do, v, delta, ACC, PREC)
+    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+
+
+@triton.jit
+def add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """One key tile's gradients from query rows q [R, DK], do [R, DV]: dk += ds^T q [BLOCK_N, DK] (not yet times
+    the softmax scale) and dv += p^T do [BLOCK_N, DV]."""
+    p = softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC)
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
+    ds = score_grads(p, do, v, delta, ACC, PREC)
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+    return dk, dv

@@ -55,6 +55,7 @@ from kernels.triton_common import (
     dot_precision,
     finish_rows,
     head_block,
+    lse_log2,
     next_pow2,
     row_lse,
     runs_triton,
@@ -561,8 +562,7 @@ def _select_decode_kernel(
     offs_dk = tl.arange(0, BLOCK_DK)
     q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
+    lse2 = lse_log2(tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC))
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
 
     cur = t // SEL  # the block holding t; blocks 0 .. cur are visible

@@ -36,7 +36,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import LOG2E, bthd, dot_precision, gpu_tiles, head_block, next_pow2, tl_acc
+from kernels.triton_common import (
+    LOG2E,
+    bthd,
+    dot_precision,
+    gpu_tiles,
+    head_block,
+    lse_log2,
+    next_pow2,
+    tl_acc,
+)
 
 NO_KEY: tl.constexpr = tl.constexpr(-(2**40))  # the key of an invisible block: below the initial keys -1 .. -NBT
 
@@ -152,8 +161,7 @@ def _select_kernel(
     offs_dk = tl.arange(0, BLOCK_DK)
     q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    lse = tl.load(LSE + b * sl_b + pos64 * sl_t + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no visible token: p = 0
+    lse2 = lse_log2(tl.load(LSE + b * sl_b + pos64 * sl_t + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC))
 
     # per-position view (one row per query position)
     prow = tl.arange(0, NPOS)

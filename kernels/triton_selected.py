@@ -37,15 +37,20 @@ from kernels.triton_common import (
     INTERPRETED,
     LOG2E,
     acc_dtype,
+    add_key_grads,
     attend_tile,
     attend_tile_rows,
     bthd,
     dot_precision,
+    dq_tile_rows,
     finish_rows,
     gpu_tiles,
     head_block,
     load_kv_tile,
+    load_softmax_stats,
     next_pow2,
+    score_grads,
+    softmax_probs,
     tl_acc,
 )
 
@@ -61,36 +66,6 @@ def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
     kpos = tl.where(ok, j, 0).to(tl.int64) * SEL + koff
     n_keys = tl.where(ok, SEL, 0)  # (not `ok & vector`: the interpreter turns a scalar bool & vector into int)
     return kpos, (koff < n_keys) & (kpos <= t)
-
-
-@triton.jit
-def _dq_stats(LSE, DELTA, row, row_ok):
-    """The softmax statistics dQ needs per query row (row = flat [B, T, Hq] index): lse in log2 units (+inf where
-    the row saw no key, so that its probabilities are 0) and delta = rowsum(o * do)."""
-    lse = tl.load(LSE + row, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634), delta
-
-
-@triton.jit
-def _probs_and_dscores(q, do, lse2, delta, k, v, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
-    """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis) and the score gradients
-    ds = p * (do v^T - delta), from the forward's lse (log2 units) and delta = rowsum(o * do)."""
-    sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-    return p, p * (dp - delta[:, None])
-
-
-@triton.jit
-def _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
-             DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-             ACC: tl.constexpr, PREC: tl.constexpr):
-    """dq [R, BLOCK_DK] += the contribution of the keys kpos [BLOCK_N] (k_ok: which are loaded; vis, broadcastable
-    to [R, BLOCK_N]: which each row attends), unscaled (the caller multiplies by the softmax scale once)."""
-    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-    _, ds = _probs_and_dscores(q, do, lse2, delta, k, v, vis, qk_scale, ACC, PREC)
-    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
 
 
 @triton.jit
@@ -165,7 +140,7 @@ def _selected_bwd_dq_kernel(
                 mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     do = tl.load(DO + b * sdo_b + t64 * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse2, delta = _dq_stats(LSE, DELTA, (b * T + t64) * Hq + head, row_ok)
+    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + t64) * Hq + head, row_ok)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
@@ -177,7 +152,8 @@ def _selected_bwd_dq_kernel(
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
         k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-        p, ds = _probs_and_dscores(q, do, lse2, delta, k, v, k_ok[None, :], qk_scale, ACC, PREC)
+        p = softmax_probs(q, k, lse2, k_ok[None, :], qk_scale, ACC, PREC)
+        ds = score_grads(p, do, v, delta, ACC, PREC)
         dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
         if ATOMIC_DKDV:
             out_row = (b * T + kpos) * Hkv + kvh
@@ -239,16 +215,9 @@ def _selected_bwd_dkdv_kernel(
                             mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
                 do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                              mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-                lse = tl.load(LSE + (b * T + pos) * Hq + head, mask=row_ok, other=float("inf"))
-                lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-                delta = tl.load(DELTA + (b * T + pos) * Hq + head, mask=row_ok, other=0.0)
-                sc = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+                lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
                 vis = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
-                p = tl.where(vis, tl.exp2(sc - lse2[:, None]), 0.0)
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
-                dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision=PREC)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+                dk, dv = add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
             out_row = (b * T + kpos) * Hkv + kvh
             tl.atomic_add(DK_ACC + out_row[:, None] * DK + offs_dk[None, :], dk * sm_scale,
                           mask=k_ok[:, None] & (offs_dk[None, :] < DK))
@@ -354,7 +323,7 @@ def _selected_bwd_dq_shared_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse2, delta = _dq_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
+    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
     ids, union, n_union = _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES,
                                           si_b, si_t, si_h, P, NSEL_PAD)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
@@ -364,8 +333,8 @@ def _selected_bwd_dq_shared_kernel(
     for it in range(n_union * N_KT):
         j = tl.load(union + it // N_KT)
         kpos, k_ok, vis = _union_keys(ids, j, it % N_KT, t0, T, pos, row_ok, SEL, P, G_PAD, BLOCK_N)
-        dq = _dq_tile(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
-                      DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+        dq = dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
