@@ -35,8 +35,10 @@ from kernels.triton_common import (
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
+    group_rows,
     head_block,
     load_kv_tile,
+    load_rows,
     load_softmax_stats,
     next_pow2,
     sm_count,
@@ -69,20 +71,9 @@ def _band_fwd_kernel(
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * NPOS
-    rows = tl.arange(0, BM)
-    pos = t0 + rows // G_PAD
-    g = rows % G_PAD
-    row_ok = (g < G) & (pos < T)
-    head = (kvh * G + g).to(tl.int64)
-    offs_dk = tl.arange(0, BLOCK_DK)
+    b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_rows = Q + b * sq_b + pos.to(tl.int64) * sq_t + head * sq_h
-    q = tl.load(q_rows[:, None] + offs_dk[None, :], mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    q = load_rows(Q, b, pos.to(tl.int64), head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
@@ -212,24 +203,12 @@ def _band_bwd_dq_kernel(
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     BM: tl.constexpr = NPOS * G_PAD
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * NPOS
-    rows = tl.arange(0, BM)
-    pos = t0 + rows // G_PAD
-    g = rows % G_PAD
-    row_ok = (g < G) & (pos < T)
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     pos64 = pos.to(tl.int64)
     offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
     Hq = Hkv * G
-    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    do = tl.load(DO + b * sdo_b + pos64[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    q = load_rows(Q, b, pos64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
+    do = load_rows(DO, b, pos64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)

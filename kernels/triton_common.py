@@ -170,6 +170,30 @@ def check_launchable(*tensors: torch.Tensor) -> None:
 
 
 @triton.jit
+def group_rows(pid_m, pid_bh, T, Hkv, G, NPOS: tl.constexpr, G_PAD: tl.constexpr):
+    """The query rows of a group-centric tile: program (pid_m, pid_bh) owns positions t0 = pid_m * NPOS .. t0 + NPOS - 1
+    and the G query heads of KV head kvh of batch b; row r holds position t0 + r // G_PAD and head kvh*G + r % G_PAD.
+    Returns b (int64), kvh, t0, pos [R] (int32), head [R] (int64) and row_ok [R] (false for the padding heads and
+    for positions past T)."""
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    t0 = pid_m * NPOS
+    rows = tl.arange(0, NPOS * G_PAD)
+    pos = t0 + rows // G_PAD
+    g = rows % G_PAD
+    return b, kvh, t0, pos, (kvh * G + g).to(tl.int64), (g < G) & (pos < T)
+
+
+@triton.jit
+def load_rows(X, b, pos, head, row_ok, s_b, s_t, s_h, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows [R, BLOCK_D] of a [B, T, H, D] tensor X (strides s_b, s_t, s_h; the last dim contiguous) at batch b,
+    int64 positions pos [R] and heads head [R]; 0 where not row_ok and past D."""
+    offs = tl.arange(0, BLOCK_D)
+    return tl.load(X + b * s_b + pos[:, None] * s_t + head[:, None] * s_h + offs[None, :],
+                   mask=row_ok[:, None] & (offs[None, :] < D), other=0.0)
+
+
+@triton.jit
 def attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):

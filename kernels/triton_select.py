@@ -41,7 +41,9 @@ from kernels.triton_common import (
     bthd,
     dot_precision,
     gpu_tiles,
+    group_rows,
     head_block,
+    load_rows,
     lse_log2,
     next_pow2,
     tl_acc,
@@ -143,24 +145,12 @@ def _select_kernel(
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    BM: tl.constexpr = NPOS * G_PAD
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * NPOS
 
     # query rows: NPOS positions x G_PAD heads
-    rows = tl.arange(0, BM)
-    pos = t0 + rows // G_PAD
-    g = rows % G_PAD
-    row_ok = (g < G) & (pos < T)
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     pos64 = pos.to(tl.int64)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    q = tl.load(Q + b * sq_b + pos64[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    q = load_rows(Q, b, pos64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     lse2 = lse_log2(tl.load(LSE + b * sl_b + pos64 * sl_t + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC))
 
     # per-position view (one row per query position)

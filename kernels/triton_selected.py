@@ -45,8 +45,10 @@ from kernels.triton_common import (
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
+    group_rows,
     head_block,
     load_kv_tile,
+    load_rows,
     load_softmax_stats,
     next_pow2,
     score_grads,
@@ -211,10 +213,8 @@ def _selected_bwd_dkdv_kernel(
                 slot = p0 + rows // G_PAD
                 row_ok = (slot < end) & (g < G)
                 pos = tl.load(POS + slot, mask=row_ok, other=0).to(tl.int64)
-                q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                            mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-                do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
-                             mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                q = load_rows(Q, b, pos, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
+                do = load_rows(DO, b, pos, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
                 lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
                 vis = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
                 dk, dv = add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
@@ -230,18 +230,9 @@ def _tile_queries(Q, pid_m, pid_bh, T, Hkv, G, sq_b, sq_t, sq_h, DK: tl.constexp
                   P: tl.constexpr, G_PAD: tl.constexpr):
     """A shared tile's rows, position-major (row = p * G_PAD + g): batch, KV head, first position, int64
     positions and heads [P*G_PAD], which rows are real, and their queries [P*G_PAD, BLOCK_DK]."""
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    t0 = pid_m * P
-    rows = tl.arange(0, P * G_PAD)
-    pos = (t0 + rows // G_PAD).to(tl.int64)
-    g = rows % G_PAD
-    head = (kvh * G + g).to(tl.int64)
-    row_ok = (g < G) & (pos < T)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    q = tl.load(Q + b * sq_b + pos[:, None] * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    return b, kvh, t0, pos, head, row_ok, q
+    b, kvh, t0, pos, head, row_ok = group_rows(pid_m, pid_bh, T, Hkv, G, P, G_PAD)
+    pos = pos.to(tl.int64)
+    return b, kvh, t0, pos, head, row_ok, load_rows(Q, b, pos, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
 
 
 @triton.jit
@@ -320,9 +311,7 @@ def _selected_bwd_dq_shared_kernel(
                                                       DK, BLOCK_DK, P, G_PAD)
     Hq = Hkv * G
     offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    do = tl.load(DO + b * sdo_b + pos[:, None] * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    do = load_rows(DO, b, pos, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
     ids, union, n_union = _tile_selection(IDX, UNION, COUNT, b, kvh, pid_m, T, Hkv, NSEL, NUNI, N_TILES,
                                           si_b, si_t, si_h, P, NSEL_PAD)

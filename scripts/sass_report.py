@@ -64,7 +64,14 @@ PRESETS = {
                     dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
                          ACC="fp32", PREC="tf32", ATOMIC_DKDV=False),
                     (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t"), 4, 2),
-    # the packed dQ at G = 2 (Hq=64, Hkv=32): 8 positions x 2 heads per program, as the launcher packs small G
+    # the packed forward and dQ at G = 2 (Hq=64, Hkv=32): 8 positions x 2 heads per program, as the launcher packs
+    # small G
+    "selected-fwd-shared": ("kernels.triton_selected", "_selected_fwd_shared_kernel",
+                            dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", UNION="*i32", COUNT="*i32", OUT="*bf16",
+                                 LSE="*fp32", qk_scale="fp32"),
+                            dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=2, P=8, NSEL_PAD=16, BLOCK_N=64,
+                                 N_KT=1, ACC="fp32", PREC="tf32"),
+                            (*_QKV_STRIDES, "so_b", "so_t", "so_h", "si_b", "si_t"), 8, 3),
     "selected-dq-shared": ("kernels.triton_selected", "_selected_bwd_dq_shared_kernel",
                            dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", UNION="*i32", COUNT="*i32", DO="*bf16",
                                 LSE="*fp32", DELTA="*fp32", DQ="*bf16", qk_scale="fp32", sm_scale="fp32"),
