@@ -185,6 +185,25 @@ def group_rows(pid_m, pid_bh, T, Hkv, G, NPOS: tl.constexpr, G_PAD: tl.constexpr
 
 
 @triton.jit
+def group_heads(pid_bh, Hkv, G, G_PAD: tl.constexpr):
+    """The rows of a one-position program: the G query heads of KV head kvh of batch b, padded to G_PAD rows.
+    Returns b (int64), kvh, head [G_PAD] (int64) and row_ok [G_PAD] (false for the padding)."""
+    b = (pid_bh // Hkv).to(tl.int64)
+    kvh = pid_bh % Hkv
+    g = tl.arange(0, G_PAD)
+    return b, kvh, (kvh * G + g).to(tl.int64), g < G
+
+
+@triton.jit
+def load_heads(X, b, t, head, row_ok, s_b, s_t, s_h, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows [R, BLOCK_D] of a [B, T, H, D] tensor X (strides s_b, s_t, s_h; the last dim contiguous) at batch b,
+    one int64 position t and heads head [R]; 0 where not row_ok and past D."""
+    offs = tl.arange(0, BLOCK_D)
+    return tl.load(X + b * s_b + t * s_t + head[:, None] * s_h + offs[None, :],
+                   mask=row_ok[:, None] & (offs[None, :] < D), other=0.0)
+
+
+@triton.jit
 def load_rows(X, b, pos, head, row_ok, s_b, s_t, s_h, D: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows [R, BLOCK_D] of a [B, T, H, D] tensor X (strides s_b, s_t, s_h; the last dim contiguous) at batch b,
     int64 positions pos [R] and heads head [R]; 0 where not row_ok and past D."""

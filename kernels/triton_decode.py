@@ -54,7 +54,9 @@ from kernels.triton_common import (
     bthd,
     dot_precision,
     finish_rows,
+    group_heads,
     head_block,
+    load_heads,
     lse_log2,
     next_pow2,
     row_lse,
@@ -157,14 +159,10 @@ def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
     [S_PAD, G_PAD, DV_CHUNK] chunks of the accumulators, the chunks unrolled), not split after split: a loop
     over the splits waits for each load in turn, and those round trips were most of a decode op's time. Loads
     bypass L1 (.cg): other programs wrote the partials."""
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    g = tl.arange(0, G_PAD)
-    row_ok = g < G
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, head, row_ok = group_heads(pid_bh, Hkv, G, G_PAD)
     s = tl.arange(0, S_PAD)
     s_ok = s < nsplit
-    rows = (pid_bh.to(tl.int64) * nsplit + s)[:, None] * G_PAD + g[None, :]  # [S_PAD, G_PAD]
+    rows = (pid_bh.to(tl.int64) * nsplit + s)[:, None] * G_PAD + tl.arange(0, G_PAD)[None, :]  # [S_PAD, G_PAD]
     pm = tl.load(PM + rows, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
     pl = tl.load(PL + rows, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
     m_tot = tl.max(pm, axis=0)
@@ -212,14 +210,8 @@ def _attn_split(
         t = tl.load(TP).to(tl.int32)
         lo = tl.maximum(t + lo_off, 0)
         hi = tl.maximum((t + hi_off) // hi_div, 0)  # (t + hi_off >= 0 wherever hi matters: C division is fine)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    g = tl.arange(0, G_PAD)
-    row_ok = g < G
-    head = (kvh * G + g).to(tl.int64)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    b, kvh, head, row_ok = group_heads(pid_bh, Hkv, G, G_PAD)
+    q = load_heads(Q, b, 0, head, row_ok, sq_b, 0, sq_h, DK, BLOCK_DK)
     k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
     v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
 
@@ -244,7 +236,7 @@ def _attn_split(
                                          m_i, l_i, acc, qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     if SPLIT:
-        row = (pid_bh.to(tl.int64) * nsplit + pid_s) * G_PAD + g
+        row = (pid_bh.to(tl.int64) * nsplit + pid_s) * G_PAD + tl.arange(0, G_PAD)
         tl.store(PM + row, m_i)
         tl.store(PL + row, l_i)
         tl.store(PACC + row[:, None] * BLOCK_DV + tl.arange(0, BLOCK_DV)[None, :], acc)
@@ -554,14 +546,9 @@ def _select_decode_kernel(
         TC = tl.maximum((t + 1 - BS + STRIDE) // STRIDE, 0)
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    g = tl.arange(0, G_PAD)
-    row_ok = g < G
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, head, row_ok = group_heads(pid_bh, Hkv, G, G_PAD)
     offs_dk = tl.arange(0, BLOCK_DK)
-    q = tl.load(Q + b * sq_b + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    q = load_heads(Q, b, 0, head, row_ok, sq_b, 0, sq_h, DK, BLOCK_DK)
     lse2 = lse_log2(tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC))
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
 

@@ -45,8 +45,10 @@ from kernels.triton_common import (
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
+    group_heads,
     group_rows,
     head_block,
+    load_heads,
     load_kv_tile,
     load_rows,
     load_softmax_stats,
@@ -80,17 +82,10 @@ def _selected_fwd_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    g = tl.arange(0, G_PAD)
-    row_ok = g < G
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
-    offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + t64 * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    q = load_heads(Q, b, t64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
@@ -128,20 +123,13 @@ def _selected_bwd_dq_kernel(
     """dQ of one position's G heads. With ATOMIC_DKDV also its dK/dV contributions, added with float32 atomics
     into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index."""
     t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    kvh = pid_bh % Hkv
-    g = tl.arange(0, G_PAD)
-    row_ok = g < G
-    head = (kvh * G + g).to(tl.int64)
+    b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
     Hq = Hkv * G
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sq_b + t64 * sq_t + head[:, None] * sq_h + offs_dk[None, :],
-                mask=row_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-    do = tl.load(DO + b * sdo_b + t64 * sdo_t + head[:, None] * sdo_h + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    q = load_heads(Q, b, t64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
+    do = load_heads(DO, b, t64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + t64) * Hq + head, row_ok)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
