@@ -122,6 +122,22 @@ def test_profile_kernels_script_imports_the_benchmarks_it_drives():
         assert callable(helper)
 
 
+def test_sass_report_presets_match_their_kernels_signatures():
+    """Each sass_report.py preset types, fixes or marks 16-divisible only parameters its kernel has, and fixes every
+    constexpr parameter, so a kernel argument renamed or added fails here rather than in the next offline build."""
+    import importlib
+    import inspect
+
+    import sass_report
+
+    for name, (module, kernel, types, consts, div16, _warps, _stages) in sass_report.PRESETS.items():
+        fn = getattr(importlib.import_module(module), kernel)
+        params = inspect.signature(fn.fn).parameters
+        constexprs = {n for n, p in params.items() if "constexpr" in str(p.annotation)}
+        assert set(types) | set(div16) <= set(params) - constexprs, (name, set(types) | set(div16) - set(params))
+        assert set(consts) == constexprs, (name, set(consts) ^ constexprs)
+
+
 def test_sass_report_compiles_a_decode_kernel_for_hopper_without_a_gpu():
     """scripts/sass_report.py builds a kernel for sm_90a here (no GPU) and counts its SASS: the decode attention
     kernel's key loop must come out pipelined (async copies) with a loop body of real size."""
