@@ -4,6 +4,7 @@
     python scripts/sass_report.py select --triton /tmp/t36    # with another Triton (pip install --target /tmp/t36
                                                               # triton==3.6.0: the lent GPU's version)
     python scripts/sass_report.py select --dump /tmp/sass     # also write each kernel's SASS there
+    python scripts/sass_report.py all --against HEAD          # did my change of kernels/ change the machine code?
 
 For each kernel: registers and spills (ptxas), shared memory, whether the loads of its loops were pipelined
 (async copies in the TTGIR) and whether its dots became wgmma, the SASS instruction count, and the instructions
@@ -14,6 +15,10 @@ Counting instructions per loop trip is how the selection kernel's layout problem
 stride arguments named in the preset are marked 16-divisible, as the launcher specialises them, so loads
 vectorise and pipeline as they do on the GPU. Needs Triton's bundled ptxas-blackwell (ptxas understands the
 PTX version newer Tritons emit) and nvdisasm.
+
+`--against REV` also builds the presets with `kernels/` as of git revision REV and says, kernel by kernel, whether
+the two builds are identical byte for byte, have the same opcode counts in another order, or differ. Identical SASS
+is what lets a refactor of kernel code stand on the GPU tests and timings of the code before it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 _BAND = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, BLOCK_N=64, ACC="fp32",
              PREC="tf32")  # the banded kernels' shared constexprs
@@ -185,19 +191,59 @@ def report(name: str, dump: str | None) -> str:
     return "\n".join(lines)
 
 
+def opcodes(sass: str) -> collections.Counter:
+    """How many instructions of each opcode (its first part: IMAD.WIDE counts as IMAD) a SASS listing holds."""
+    return collections.Counter(m.group(1) for line in sass.splitlines() if (m := INSTR.match(line)))
+
+
+def compare_sass(old: str, new: str) -> str:
+    """One line on how two builds of a kernel differ: identical, the same opcode counts (other order or registers),
+    or the instruction totals and the opcodes whose counts changed most."""
+    if old == new:
+        return "identical"
+    a, b = opcodes(old), opcodes(new)
+    if a == b:
+        return "same opcode counts, other order or registers"
+    changed = sorted((op for op in set(a) | set(b) if a[op] != b[op]), key=lambda op: (-abs(b[op] - a[op]), op))[:6]
+    return (f"differs: {sum(a.values())} -> {sum(b.values())} instructions ("
+            + ", ".join(f"{op} {b[op] - a[op]:+d}" for op in changed) + ")")
+
+
+def build_at(rev: str, presets: list[str], dump: str, triton_dir: str | None) -> None:
+    """Write the presets' SASS to dump, built in a fresh interpreter from kernels/ as of git revision rev."""
+    with tempfile.TemporaryDirectory() as root:
+        archive = subprocess.run(["git", "archive", rev, "kernels"], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+        cmd = [sys.executable, __file__, *presets, "--dump", dump, "--kernels-root", root]
+        subprocess.run(cmd + (["--triton", triton_dir] if triton_dir else []), check=True, stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("presets", nargs="+", choices=sorted(PRESETS))
+    p.add_argument("presets", nargs="+", choices=sorted(PRESETS) + ["all"])
     p.add_argument("--triton", help="a folder holding another Triton package, put first on the import path")
     p.add_argument("--dump", help="write each kernel's SASS to this folder")
+    p.add_argument("--against", metavar="REV", help="also build kernels/ of this git revision and compare")
+    p.add_argument("--kernels-root", help=argparse.SUPPRESS)  # a folder holding another kernels/ (for --against)
     args = p.parse_args()
-    if args.triton:
-        sys.path.insert(0, args.triton)
+    presets = sorted(PRESETS) if "all" in args.presets else args.presets
+    for path in (args.kernels_root, args.triton):
+        if path:
+            sys.path.insert(0, path)
     import triton
 
     print(f"triton {triton.__version__}, sm_90a")
-    for name in args.presets:
-        print(report(name, args.dump), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = args.dump or (os.path.join(tmp, "new") if args.against else None)
+        for name in presets:
+            print(report(name, dump), flush=True)
+        if args.against:
+            old = os.path.join(tmp, "old")
+            build_at(args.against, presets, old, args.triton)
+            print(f"\nagainst {args.against}:")
+            for name in presets:
+                print(f"  {name}: " + compare_sass(Path(old, f"{name}.sass").read_text(),
+                                                  Path(dump, f"{name}.sass").read_text()))
 
 
 if __name__ == "__main__":
