@@ -66,14 +66,16 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # warps and 2 stages 8.75 ms against 9.39 with 4 warps and 3 stages (tune section); 2 stages keep more
     # programs on each SM (2 x 32 KB of K/V tiles in shared memory per program at D = 128). The sharing kernel
     # keeps its 3 stages (share_stages): with 2, the G sweep's packed forwards (G = 1, 2, 4) took 2-5% longer.
+    # tma 1: the one-position forward and dQ read each K/V tile through tensor descriptors (one TMA copy per tile)
+    # instead of per-thread gathers; untimed so far (eleventh session: written with no device time left), so off.
     "selected_fwd": {"small": dict(warps=2, stages=2, block_n=64, share=1, pack_below_g=8, share_warps=8,
-                                   share_stages=3),
-                     "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8),
+                                   share_stages=3, tma=0),
+                     "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8, tma=0),
                      "d64": dict(warps=2, stages=3)},
     "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                  share_block_n=32),
+                                  share_block_n=32, tma=0),
                     "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                share_block_n=32),
+                                share_block_n=32, tma=0),
                     "d64": dict(warps=2, stages=3)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
@@ -251,12 +253,11 @@ def load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK: tl.constexpr, DV: t
 
 
 @triton.jit
-def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
-                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     ACC: tl.constexpr, PREC: tl.constexpr):
-    """attend_tile with a per-row mask: k_ok [BLOCK_N] = which keys are loaded, vis [R, BLOCK_N] (or anything
-    that broadcasts to it) = which of them each row attends."""
-    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+def attend_kv(q, k, v, vis, m_i, l_i, acc, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update of (m_i, l_i, acc) [R], [R], [R, BLOCK_DV] for query rows q [R, BLOCK_DK] with loaded
+    keys k [BLOCK_N, BLOCK_DK] and values v [BLOCK_N, BLOCK_DV]; vis [R, BLOCK_N] (or anything that broadcasts to
+    it) = which keys each row attends. Scores are in log2 units (qk_scale includes log2 e); rows that have seen no
+    key yet stay finite (no NaN)."""
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
     s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -266,6 +267,16 @@ def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, a
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision=PREC)
     return m_new, l_i, acc
+
+
+@triton.jit
+def attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     ACC: tl.constexpr, PREC: tl.constexpr):
+    """attend_tile with a per-row mask: k_ok [BLOCK_N] = which keys are loaded, vis [R, BLOCK_N] (or anything
+    that broadcasts to it) = which of them each row attends."""
+    k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+    return attend_kv(q, k, v, vis, m_i, l_i, acc, qk_scale, ACC, PREC)
 
 
 # ---- softmax backward (dQ and dK/dV of every attention kernel) --------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.triton_banded import row_delta
 from kernels.triton_common import (
@@ -38,6 +39,7 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     add_key_grads,
+    attend_kv,
     attend_tile,
     attend_tile_rows,
     bthd,
@@ -73,14 +75,32 @@ def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _slot_start(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
+    """The first key position of tile kt of the block in slot s (int32; block 0's where the slot selects nothing),
+    the scalar twin of _slot_keys for block (TMA) loads."""
+    j = tl.sum(tl.where(slots == s, ids, 0), axis=0)
+    return tl.where((j >= 0) & (j * SEL <= t), j, 0) * SEL + kt * BLOCK_N
+
+
+@triton.jit
+def _kv_block(KD, VD, b, start, kvh, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows start .. start + BLOCK_N - 1 of KV head kvh in batch b,
+    through tensor descriptors over K and V [B, T, Hkv, D] (TMA on Hopper; rows past T and columns past D read 0)."""
+    k = KD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DK)
+    v = VD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DV)
+    return k, v
+
+
+@triton.jit
 def _selected_fwd_kernel(
     Q, K, V, IDX, OUT, LSE,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
     T, Hkv, G, NSEL, qk_scale, SEL,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr = False,
 ):
+    """Selected attention of one position's G heads. TMA: K and V are tensor descriptors (_kv_block), not pointers."""
     t = tl.program_id(0)
     b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
@@ -89,8 +109,9 @@ def _selected_fwd_kernel(
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
-    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
-    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    if not TMA:
+        k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+        v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
 
     m_i = tl.full([G_PAD], float("-inf"), ACC)
     l_i = tl.zeros([G_PAD], ACC)
@@ -100,8 +121,13 @@ def _selected_fwd_kernel(
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
-        m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
-                                    DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+        if TMA:
+            k, v = _kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
+                             BLOCK_N, BLOCK_DK, BLOCK_DV)
+            m_i, l_i, acc = attend_kv(q, k, v, k_ok[None, :], m_i, l_i, acc, qk_scale, ACC, PREC)
+        else:
+            m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
+                                        DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     o, lse = finish_rows(m_i, l_i, acc)
     tl.store(OUT + b * so_b + t64 * so_t + head[:, None] * so_h + offs_dv[None, :], o.to(OUT.dtype.element_ty),
@@ -118,10 +144,11 @@ def _selected_bwd_dq_kernel(
     T, Hkv, G, NSEL, qk_scale, sm_scale, SEL,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, ATOMIC_DKDV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, ATOMIC_DKDV: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """dQ of one position's G heads. With ATOMIC_DKDV also its dK/dV contributions, added with float32 atomics
-    into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index."""
+    into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index.
+    TMA: K and V are tensor descriptors (_kv_block), not pointers."""
     t = tl.program_id(0)
     b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
@@ -134,14 +161,19 @@ def _selected_bwd_dq_kernel(
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
-    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
-    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    if not TMA:
+        k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+        v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
 
     dq = tl.zeros([G_PAD, BLOCK_DK], ACC)
     for it in range(NSEL * N_KT):
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
-        k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
+        if TMA:
+            k, v = _kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
+                             BLOCK_N, BLOCK_DK, BLOCK_DV)
+        else:
+            k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
         p = softmax_probs(q, k, lse2, k_ok[None, :], qk_scale, ACC, PREC)
         ds = score_grads(p, do, v, delta, ACC, PREC)
         dq += tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
@@ -327,6 +359,20 @@ def _block_tile(select_size: int, cap: int = 64) -> tuple[int, int]:
     return block_n, triton.cdiv(select_size, block_n)
 
 
+def _kv_descriptors(cfg: dict[str, int], k: torch.Tensor, v: torch.Tensor, block_n: int, bdk: int, bdv: int):
+    """(K, V) as tensor descriptors with [1, block_n, 1, D] boxes when the tiles ask for TMA loads (cfg["tma"]) and
+    the layouts allow them (unit last stride, 16-byte aligned strides and base); else None."""
+    def ok(x: torch.Tensor) -> bool:
+        size = x.element_size()
+        return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
+                and all(st * size % 16 == 0 for st in x.stride()[:-1]))
+
+    if not cfg.get("tma") or not (ok(k) and ok(v)):
+        return None
+    return (TensorDescriptor(k, list(k.shape), list(k.stride()), [1, block_n, 1, bdk]),
+            TensorDescriptor(v, list(v.shape), list(v.stride()), [1, block_n, 1, bdv]))
+
+
 def _clean_idx(idx: torch.Tensor) -> torch.Tensor:
     """idx as contiguous int32 (ids outside int32 select nothing anyway: clamp them to -1)."""
     if idx.dtype != torch.int32:
@@ -400,14 +446,15 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
             num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg.get("share_stages", cfg["stages"]),
         )
         return o, lse
+    desc = _kv_descriptors(cfg, k, v, block_n, bdk, bdv)
     _selected_fwd_kernel[(T, B * Hkv)](
-        q, k, v, idx, o, lse,
+        q, *(desc or (k, v)), idx, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         idx.stride(0), idx.stride(1), idx.stride(2),
         T, Hkv, G, n, scale * LOG2E, select_size,
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)),
-        BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        BLOCK_N=block_n, N_KT=n_kt, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), TMA=desc is not None,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse
@@ -487,13 +534,15 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
             num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
         )
     else:
+        desc = _kv_descriptors(cfg, k, v, block_n, bdk, bdv)
         _selected_bwd_dq_kernel[(T, B * Hkv)](
-            q, k, v, idx, do, lse, delta, dq, dk_acc, dv_acc,
+            q, *(desc or (k, v)), idx, do, lse, delta, dq, dk_acc, dv_acc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
             T, Hkv, G, n, scale * LOG2E, scale, select_size,
             G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common, ATOMIC_DKDV=atomic,
+            TMA=desc is not None,
             num_warps=dkdv_cfg.get("atomic_warps", 8) if atomic else cfg["warps"], num_stages=cfg["stages"],
         )
     if atomic:

@@ -170,6 +170,27 @@ def test_selected_attention(gen, case, atomic, monkeypatch):
     close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
 
 
+@pytest.mark.parametrize("case", SELECTED_CASES)
+def test_selected_attention_tma_loads(gen, case, monkeypatch):
+    """The one-position forward and dQ reading K/V through tensor descriptors (the tiles' option `tma`), at every G
+    (packing off, so that they run), equal the reference, outputs and gradients."""
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("selected_fwd", "selected_dq"):
+        for size in ("small", "big"):
+            for key, value in dict(tma=1, share=1, pack_below_g=0).items():
+                monkeypatch.setitem(GPU_TILES[name][size], key, value)
+    B, T, Hkv, G, Dk, Dv, ss, n = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
+    idx[..., 1] = idx[..., 0]
+    o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
+    close([o], [o_r], "o", gen)
+    w = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
+
+
 def test_selected_attention_positions_per_program():
     """Which kernel forward and dQ take: the tile's share, at least 16/G positions below pack_below_g heads per
     group, and an explicit share as given (1: the one-position kernel at every G)."""

@@ -133,8 +133,9 @@ def test_select_blocks_bf16(cuda_gen, shape):
 ])
 @pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 8
     dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0),  # in forward, G < 4 in dQ), 4 sharing,
-    dict(atomic=1), dict(block_n=32)],  # dK/dV by float32 atomics, 32-key steps (one-position forward and dQ)
-    ids=["one-position", "default", "share4", "atomic-dkdv", "block_n32"])
+    dict(atomic=1), dict(block_n=32),  # dK/dV by float32 atomics, 32-key steps (one-position forward and dQ),
+    dict(tma=1, share=1, pack_below_g=0)],  # K/V through tensor descriptors (TMA) in the one-position kernels
+    ids=["one-position", "default", "share4", "atomic-dkdv", "block_n32", "tma"])
 def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     from kernels.triton_common import GPU_TILES
 
