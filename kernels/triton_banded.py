@@ -29,14 +29,18 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     add_key_grads,
+    attend_kv,
     attend_tile_rows,
     bthd,
     dot_precision,
+    dq_kv,
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
     group_rows,
     head_block,
+    kv_block,
+    kv_descriptors,
     load_kv_tile,
     load_rows,
     load_softmax_stats,
@@ -69,22 +73,29 @@ def _band_fwd_kernel(
     T, S, Hkv, G, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    """Banded attention of one query tile. TMA: K and V are tensor descriptors (kv_block), not pointers."""
     BM: tl.constexpr = NPOS * G_PAD
     b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     offs_dv = tl.arange(0, BLOCK_DV)
     q = load_rows(Q, b, pos.to(tl.int64), head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
-    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
-    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    if not TMA:
+        k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+        v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     m_i = tl.full([BM], float("-inf"), ACC)
     l_i = tl.zeros([BM], ACC)
     acc = tl.zeros([BM, BLOCK_DV], ACC)
     for j0 in range(lo, hi, BLOCK_N):
         kpos, k_ok, vis = _band_keys(j0, pos, S, KS, KOFF, WIN, BLOCK_N)
-        m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc, qk_scale,
-                                         DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+        if TMA:
+            k, v = kv_block(K, V, b, j0, kvh, BLOCK_N, BLOCK_DK, BLOCK_DV)
+            m_i, l_i, acc = attend_kv(q, k, v, vis, m_i, l_i, acc, qk_scale, ACC, PREC)
+        else:
+            m_i, l_i, acc = attend_tile_rows(q, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, m_i, l_i, acc,
+                                             qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     o, lse = finish_rows(m_i, l_i, acc)
     o_rows = OUT + b * so_b + pos.to(tl.int64) * so_t + head * so_h
@@ -201,7 +212,9 @@ def _band_bwd_dq_kernel(
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
+    """dQ of one query tile. TMA: K and V are tensor descriptors (kv_block), not pointers."""
     BM: tl.constexpr = NPOS * G_PAD
     b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     pos64 = pos.to(tl.int64)
@@ -212,13 +225,18 @@ def _band_bwd_dq_kernel(
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
-    k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
-    v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
+    if not TMA:
+        k_base = K + b * sk_b + kvh.to(tl.int64) * sk_h
+        v_base = V + b * sv_b + kvh.to(tl.int64) * sv_h
     dq = tl.zeros([BM, BLOCK_DK], ACC)
     for j0 in range(lo, hi, BLOCK_N):
         kpos, k_ok, vis = _band_keys(j0, pos, S, KS, KOFF, WIN, BLOCK_N)
-        dq = dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
-                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+        if TMA:
+            k, v = kv_block(K, V, b, j0, kvh, BLOCK_N, BLOCK_DK, BLOCK_DV)
+            dq = dq_kv(q, do, lse2, delta, k, v, vis, dq, qk_scale, ACC, PREC)
+        else:
+            dq = dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
+                              DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     dq = dq * sm_scale
     tl.store(DQ + b * sdq_b + pos64[:, None] * sdq_t + head[:, None] * sdq_h + offs_dk[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_dk[None, :] < DK))
@@ -257,13 +275,14 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: int, kof
     g_pad, npos = _tiles(G, cfg["rows"])
     block_n = 16 if INTERPRETED else cfg["block_n"]
     grid = (triton.cdiv(T, npos), B * Hkv)
+    desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
     _band_fwd_kernel[grid](
-        q, k, v, o, lse,
+        q, *(desc or (k, v)), o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         T, S, Hkv, G, scale * LOG2E, ks, koff, _window_bound(win, T),
         DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), TMA=desc is not None,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return o, lse
@@ -336,13 +355,14 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
     block_n = 16 if INTERPRETED else cfg["block_n"]
     dq = torch.empty_like(q)
+    desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
     _band_bwd_dq_kernel[(triton.cdiv(T, npos), B * Hkv)](
-        q, k, v, do, lse, delta, dq,
+        q, *(desc or (k, v)), do, lse, delta, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common, TMA=desc is not None,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk, dv

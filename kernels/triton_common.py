@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 # Triton decides at decoration time (when kernels/triton_*.py is imported) whether @triton.jit
 # functions are interpreted; the same variable, read at the same time, tells the launchers.
@@ -33,16 +34,18 @@ LOG2E = 1.4426950408889634
 # "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128), changed since where a
 # comment gives the H200 timing that did it; "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
-    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3),
-                 "big": dict(rows=64, block_n=64, warps=4, stages=2)},
+    # tma 1 (band_fwd, band_dq): K/V tiles through tensor descriptors (TMA) instead of per-thread gathers; untimed so
+    # far (eleventh session, no device time left), so off. (Q/dO tiles of the dK/dV that way spilled 144 bytes.)
+    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3, tma=0),
+                 "big": dict(rows=64, block_n=64, warps=4, stages=2, tma=0)},
     # split_waves (compressed branch): its queries are split so that about this many waves of programs have
     # work (key tile j is seen by the queries from j*d + l - 1 on: a triangle, see band_backward). One wave
     # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4)},
-    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2),
-                "big": dict(rows=64, block_n=32, warps=4, stages=2)},
+    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2, tma=0),
+                "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
     # until then) 2.80 / 2.88 / 2.99. "big": untimed.
@@ -89,6 +92,25 @@ if os.environ.get("NSA_TRITON_TILES"):
         for _kernel, _sizes in json.load(f).items():
             for _size, _cfg in _sizes.items():
                 GPU_TILES[_kernel].setdefault(_size, {}).update(_cfg)
+
+
+def tma_descriptor(x: torch.Tensor, box: list[int]) -> TensorDescriptor | None:
+    """A tensor descriptor over x (all of it) read in boxes of shape box, for TMA loads (`desc.load`); None where
+    x's layout rules TMA out (last stride not 1, another stride or the base not 16-byte aligned)."""
+    size = x.element_size()
+    if x.stride(-1) != 1 or x.data_ptr() % 16 or any(st * size % 16 for st in x.stride()[:-1]):
+        return None
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), box)
+
+
+def kv_descriptors(cfg: dict[str, int], k: torch.Tensor, v: torch.Tensor, block_n: int, bdk: int,
+                   bdv: int) -> tuple[TensorDescriptor, TensorDescriptor] | None:
+    """K, V [B, T, Hkv, D] as tensor descriptors with [1, block_n, 1, D] boxes (kv_block) when the tiles ask for
+    TMA loads (cfg["tma"]) and both layouts allow them; else None (the kernels then take pointers)."""
+    if not cfg.get("tma"):
+        return None
+    kd, vd = tma_descriptor(k, [1, block_n, 1, bdk]), tma_descriptor(v, [1, block_n, 1, bdv])
+    return (kd, vd) if kd is not None and vd is not None else None
 
 
 @functools.cache
@@ -240,6 +262,15 @@ def finish_rows(m_i, l_i, acc):
 
 
 @triton.jit
+def kv_block(KD, VD, b, start, kvh, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows start .. start + BLOCK_N - 1 of KV head kvh in batch b,
+    through tensor descriptors over K and V [B, T, Hkv, D] (TMA on Hopper; rows past T and columns past D read 0)."""
+    k = KD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DK)
+    v = VD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DV)
+    return k, v
+
+
+@triton.jit
 def load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK: tl.constexpr, DV: tl.constexpr,
                  BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
     """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows at key positions kpos (0 where not k_ok)."""
@@ -314,6 +345,14 @@ def score_grads(p, do, v, delta, ACC: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def dq_kv(q, do, lse2, delta, k, v, vis, dq, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """dq [R, BLOCK_DK] += the contribution of loaded keys k and values v (vis: which keys each row attends), not
+    yet multiplied by the softmax scale."""
+    ds = score_grads(softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC), do, v, delta, ACC, PREC)
+    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+
+
+@triton.jit
 def dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t, dq, qk_scale,
                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
@@ -321,8 +360,7 @@ def dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t
     (k_ok: which are loaded; vis, broadcastable to [R, BLOCK_N]: which each row attends), not yet multiplied by
     the softmax scale (the caller does that once)."""
     k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
-    ds = score_grads(softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC), do, v, delta, ACC, PREC)
-    return dq + tl.dot(ds.to(k.dtype), k, out_dtype=ACC, input_precision=PREC)
+    return dq_kv(q, do, lse2, delta, k, v, vis, dq, qk_scale, ACC, PREC)
 
 
 @triton.jit

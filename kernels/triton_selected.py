@@ -31,7 +31,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.triton_banded import row_delta
 from kernels.triton_common import (
@@ -50,6 +49,8 @@ from kernels.triton_common import (
     group_heads,
     group_rows,
     head_block,
+    kv_block,
+    kv_descriptors,
     load_heads,
     load_kv_tile,
     load_rows,
@@ -83,15 +84,6 @@ def _slot_start(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _kv_block(KD, VD, b, start, kvh, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows start .. start + BLOCK_N - 1 of KV head kvh in batch b,
-    through tensor descriptors over K and V [B, T, Hkv, D] (TMA on Hopper; rows past T and columns past D read 0)."""
-    k = KD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DK)
-    v = VD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DV)
-    return k, v
-
-
-@triton.jit
 def _selected_fwd_kernel(
     Q, K, V, IDX, OUT, LSE,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h, si_b, si_t, si_h,
@@ -100,7 +92,7 @@ def _selected_fwd_kernel(
     G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr = False,
 ):
-    """Selected attention of one position's G heads. TMA: K and V are tensor descriptors (_kv_block), not pointers."""
+    """Selected attention of one position's G heads. TMA: K and V are tensor descriptors (kv_block), not pointers."""
     t = tl.program_id(0)
     b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
@@ -122,7 +114,7 @@ def _selected_fwd_kernel(
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
         if TMA:
-            k, v = _kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
+            k, v = kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
                              BLOCK_N, BLOCK_DK, BLOCK_DV)
             m_i, l_i, acc = attend_kv(q, k, v, k_ok[None, :], m_i, l_i, acc, qk_scale, ACC, PREC)
         else:
@@ -148,7 +140,7 @@ def _selected_bwd_dq_kernel(
 ):
     """dQ of one position's G heads. With ATOMIC_DKDV also its dK/dV contributions, added with float32 atomics
     into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index.
-    TMA: K and V are tensor descriptors (_kv_block), not pointers."""
+    TMA: K and V are tensor descriptors (kv_block), not pointers."""
     t = tl.program_id(0)
     b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
@@ -170,7 +162,7 @@ def _selected_bwd_dq_kernel(
         kt = it % N_KT
         kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
         if TMA:
-            k, v = _kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
+            k, v = kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
                              BLOCK_N, BLOCK_DK, BLOCK_DV)
         else:
             k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
@@ -359,20 +351,6 @@ def _block_tile(select_size: int, cap: int = 64) -> tuple[int, int]:
     return block_n, triton.cdiv(select_size, block_n)
 
 
-def _kv_descriptors(cfg: dict[str, int], k: torch.Tensor, v: torch.Tensor, block_n: int, bdk: int, bdv: int):
-    """(K, V) as tensor descriptors with [1, block_n, 1, D] boxes when the tiles ask for TMA loads (cfg["tma"]) and
-    the layouts allow them (unit last stride, 16-byte aligned strides and base); else None."""
-    def ok(x: torch.Tensor) -> bool:
-        size = x.element_size()
-        return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
-                and all(st * size % 16 == 0 for st in x.stride()[:-1]))
-
-    if not cfg.get("tma") or not (ok(k) and ok(v)):
-        return None
-    return (TensorDescriptor(k, list(k.shape), list(k.stride()), [1, block_n, 1, bdk]),
-            TensorDescriptor(v, list(v.shape), list(v.stride()), [1, block_n, 1, bdv]))
-
-
 def _clean_idx(idx: torch.Tensor) -> torch.Tensor:
     """idx as contiguous int32 (ids outside int32 select nothing anyway: clamp them to -1)."""
     if idx.dtype != torch.int32:
@@ -446,7 +424,7 @@ def selected_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: tor
             num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg.get("share_stages", cfg["stages"]),
         )
         return o, lse
-    desc = _kv_descriptors(cfg, k, v, block_n, bdk, bdv)
+    desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
     _selected_fwd_kernel[(T, B * Hkv)](
         q, *(desc or (k, v)), idx, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -534,7 +512,7 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
             num_warps=cfg.get("share_warps", cfg["warps"]), num_stages=cfg["stages"],
         )
     else:
-        desc = _kv_descriptors(cfg, k, v, block_n, bdk, bdv)
+        desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
         _selected_bwd_dq_kernel[(T, B * Hkv)](
             q, *(desc or (k, v)), idx, do, lse, delta, dq, dk_acc, dv_acc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -291,6 +291,29 @@ def test_window_attention(gen, case):
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v)", gen)
 
 
+@pytest.mark.parametrize("case", [CMP_CASES[0], CMP_CASES[2], CMP_CASES[5]])
+def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
+    """The banded forward and dQ reading K/V tiles through tensor descriptors (the tiles' option `tma`) equal the
+    reference: compressed attention (K/V = the compressed tokens) and window attention on the same shapes."""
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("band_fwd", "band_dq"):
+        for size in ("small", "big"):
+            monkeypatch.setitem(GPU_TILES[name][size], "tma", 1)
+    B, T, Hkv, G, Dk, Dv, bs, d = case
+    Tc = ref.num_compressed_tokens(T, bs, d)
+    q, kc, vc = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
+    o, _ = kernels.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    o_r, _ = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    close([o], [o_r], "o", gen)
+    wo = torch.randn(o.shape, generator=gen, dtype=F64)
+    close(grads(o, (q, kc, vc), wo), grads(o_r, (q, kc, vc), wo), "d(q, k_cmp, v_cmp)", gen)
+    k, v = randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    o, o_r = kernels.window_attention(q, k, v, window=bs), ref.window_attention(q, k, v, window=bs)
+    close([o], [o_r], "o (window)", gen)
+    close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
+
+
 # ----------------------------------------------------------------------------------------------
 # float32, and torch.compile through the registered ops
 

@@ -59,7 +59,13 @@ def reference_module(T: int, Hq: int, S: int):
     pytest.param((2, 2048, 16, 1, 64, 64, 32, 16), id="T2k-Hq16-Hkv1-D64"),
     pytest.param((1, 3001, 32, 2, 192, 128, 32, 16), id="T3001-Dk192-Dv128"),
 ])
-def test_compressed_attention_bf16(cuda_gen, shape):
+@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])  # the banded forward and dQ's K/V loads
+def test_compressed_attention_bf16(cuda_gen, shape, tma, monkeypatch):
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("band_fwd", "band_dq"):
+        for size in ("small", "big"):
+            monkeypatch.setitem(GPU_TILES[name][size], "tma", tma)
     B, T, Hq, Hkv, Dk, Dv, bs, d = shape
     Tc = ref.num_compressed_tokens(T, bs, d)
     (q, kc, vc), (q32, kc32, vc32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, Tc, Hkv, Dk),
@@ -165,7 +171,13 @@ def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     pytest.param((1, 2048, 32, 2, 192, 128, 512), id="T2k-Dk192-w512"),
     pytest.param((1, 1024, 8, 8, 128, 128, 2000), id="T1k-G1-w>T"),
 ])
-def test_window_attention_bf16(cuda_gen, shape):
+@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])
+def test_window_attention_bf16(cuda_gen, shape, tma, monkeypatch):
+    from kernels.triton_common import GPU_TILES
+
+    for name in ("band_fwd", "band_dq"):
+        for size in ("small", "big"):
+            monkeypatch.setitem(GPU_TILES[name][size], "tma", tma)
     B, T, Hq, Hkv, Dk, Dv, win = shape
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
                                         rand(cuda_gen, B, T, Hkv, Dv))
