@@ -149,39 +149,28 @@ SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
 ]
 
 
-@pytest.mark.parametrize("atomic", [0, 1], ids=["inverted-index", "atomic-dkdv"])
+SELECTED_VARIANTS = {  # tile changes per variant: kernel -> {key: value}
+    "inverted-index": {"selected_dkdv": dict(atomic=0)},
+    "atomic-dkdv": {"selected_dkdv": dict(atomic=1)},  # dK/dV by float32 atomics from the dQ programs
+    # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
+    "tma": {name: dict(tma=1, share=1, pack_below_g=0) for name in ("selected_fwd", "selected_dq")},
+}
+
+
+@pytest.mark.parametrize("variant", list(SELECTED_VARIANTS))
 @pytest.mark.parametrize("case", SELECTED_CASES)
-def test_selected_attention(gen, case, atomic, monkeypatch):
-    """Outputs and gradients against the reference, with either dK/dV design: the inverted index, or float32
-    atomics from the dQ programs (the "selected_dkdv" tiles' option `atomic`)."""
+def test_selected_attention(gen, case, variant, monkeypatch):
+    """Outputs and gradients against the reference, with either dK/dV design (the inverted index, or the
+    "selected_dkdv" tiles' option `atomic`), and with the forward and dQ's TMA loads (option `tma`)."""
     from kernels.triton_common import GPU_TILES
 
-    for size in ("small", "big"):
-        monkeypatch.setitem(GPU_TILES["selected_dkdv"][size], "atomic", atomic)
-    B, T, Hkv, G, Dk, Dv, ss, n = case
-    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
-    # arbitrary ids: -1, repeats, ids past the query and past the sequence (all must select nothing extra)
-    idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
-    idx[..., 1] = idx[..., 0]
-    o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
-    o_r = ref.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
-    close([o], [o_r], "o", gen)
-    w = torch.randn(o.shape, generator=gen, dtype=F64)
-    close(grads(o, (q, k, v), w), grads(o_r, (q, k, v), w), "d(q, k, v)", gen)
-
-
-@pytest.mark.parametrize("case", SELECTED_CASES)
-def test_selected_attention_tma_loads(gen, case, monkeypatch):
-    """The one-position forward and dQ reading K/V through tensor descriptors (the tiles' option `tma`), at every G
-    (packing off, so that they run), equal the reference, outputs and gradients."""
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("selected_fwd", "selected_dq"):
+    for name, changes in SELECTED_VARIANTS[variant].items():
         for size in ("small", "big"):
-            for key, value in dict(tma=1, share=1, pack_below_g=0).items():
+            for key, value in changes.items():
                 monkeypatch.setitem(GPU_TILES[name][size], key, value)
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    # arbitrary ids: -1, repeats, ids past the query and past the sequence (all must select nothing extra)
     idx = torch.randint(-1, -(-T // ss) + 2, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
     idx[..., 1] = idx[..., 0]
     o = kernels.selected_attention(q, k, v, idx, select_size=ss, scale=0.7)
