@@ -224,7 +224,7 @@ def _attn_split(
         s0 = pid_s * slots_per_split
         s1 = tl.minimum(s0 + slots_per_split, NSEL)
         for it in range(s0 * N_KT, s1 * N_KT):
-            kpos, k_ok = _slot_keys(ids, slots, it // N_KT, it % N_KT, t, SEL, BLOCK_N)
+            kpos, k_ok, _ = _slot_keys(ids, slots, it // N_KT, it % N_KT, t, SEL, BLOCK_N)
             m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
                                          DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
     else:

@@ -64,23 +64,16 @@ from kernels.triton_common import (
 
 @triton.jit
 def _slot_keys(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
-    """Key positions [BLOCK_N] of tile kt of the block in slot s, and which of them query t sees: none when
-    the slot's id is negative, past t, or repeats an earlier slot (ids [NSEL_PAD] holds the row's ids)."""
+    """Key positions [BLOCK_N] of tile kt of the block in slot s, which of them query t sees (none when the slot's id
+    is negative, past t, or repeats an earlier slot; ids [NSEL_PAD] holds the row's ids), and the tile's first key
+    position as an int32 scalar (block 0's where the slot sees nothing), for block (TMA) loads."""
     j = tl.sum(tl.where(slots == s, ids, 0), axis=0)
     repeat = tl.sum(((slots < s) & (ids == j)).to(tl.int32), axis=0)
     ok = (j >= 0) & (j.to(tl.int64) * SEL <= t) & (repeat == 0)
     koff = kt * BLOCK_N + tl.arange(0, BLOCK_N)
     kpos = tl.where(ok, j, 0).to(tl.int64) * SEL + koff
     n_keys = tl.where(ok, SEL, 0)  # (not `ok & vector`: the interpreter turns a scalar bool & vector into int)
-    return kpos, (koff < n_keys) & (kpos <= t)
-
-
-@triton.jit
-def _slot_start(ids, slots, s, kt, t, SEL, BLOCK_N: tl.constexpr):
-    """The first key position of tile kt of the block in slot s (int32; block 0's where the slot selects nothing),
-    the scalar twin of _slot_keys for block (TMA) loads."""
-    j = tl.sum(tl.where(slots == s, ids, 0), axis=0)
-    return tl.where((j >= 0) & (j * SEL <= t), j, 0) * SEL + kt * BLOCK_N
+    return kpos, (koff < n_keys) & (kpos <= t), tl.where(ok, j, 0) * SEL + kt * BLOCK_N
 
 
 @triton.jit
@@ -112,10 +105,9 @@ def _selected_fwd_kernel(
     # Triton can software-pipeline the K/V loads across selected blocks
     for it in range(NSEL * N_KT):
         kt = it % N_KT
-        kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
+        kpos, k_ok, start = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
         if TMA:
-            k, v = kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
-                             BLOCK_N, BLOCK_DK, BLOCK_DV)
+            k, v = kv_block(K, V, b, start, kvh, BLOCK_N, BLOCK_DK, BLOCK_DV)
             m_i, l_i, acc = attend_kv(q, k, v, k_ok[None, :], m_i, l_i, acc, qk_scale, ACC, PREC)
         else:
             m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos, k_ok, sk_t, sv_t, m_i, l_i, acc, qk_scale,
@@ -160,10 +152,9 @@ def _selected_bwd_dq_kernel(
     dq = tl.zeros([G_PAD, BLOCK_DK], ACC)
     for it in range(NSEL * N_KT):
         kt = it % N_KT
-        kpos, k_ok = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
+        kpos, k_ok, start = _slot_keys(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N)
         if TMA:
-            k, v = kv_block(K, V, b, _slot_start(ids, slots, it // N_KT, kt, t, SEL, BLOCK_N), kvh,
-                             BLOCK_N, BLOCK_DK, BLOCK_DV)
+            k, v = kv_block(K, V, b, start, kvh, BLOCK_N, BLOCK_DK, BLOCK_DV)
         else:
             k, v = load_kv_tile(k_base, v_base, kpos, k_ok, sk_t, sv_t, DK, DV, BLOCK_DK, BLOCK_DV)
         p = softmax_probs(q, k, lse2, k_ok[None, :], qk_scale, ACC, PREC)
