@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from kernels import ops  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from tests.conftest import set_tiles  # noqa: E402
 
 F64 = torch.float64
 
@@ -149,11 +150,11 @@ SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
 ]
 
 
-SELECTED_VARIANTS = {  # tile changes per variant: kernel -> {key: value}
-    "inverted-index": {"selected_dkdv": dict(atomic=0)},
-    "atomic-dkdv": {"selected_dkdv": dict(atomic=1)},  # dK/dV by float32 atomics from the dQ programs
+SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
+    "inverted-index": (["selected_dkdv"], dict(atomic=0)),
+    "atomic-dkdv": (["selected_dkdv"], dict(atomic=1)),  # dK/dV by float32 atomics from the dQ programs
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
-    "tma": {name: dict(tma=1, share=1, pack_below_g=0) for name in ("selected_fwd", "selected_dq")},
+    "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
 }
 
 
@@ -162,12 +163,8 @@ SELECTED_VARIANTS = {  # tile changes per variant: kernel -> {key: value}
 def test_selected_attention(gen, case, variant, monkeypatch):
     """Outputs and gradients against the reference, with either dK/dV design (the inverted index, or the
     "selected_dkdv" tiles' option `atomic`), and with the forward and dQ's TMA loads (option `tma`)."""
-    from kernels.triton_common import GPU_TILES
-
-    for name, changes in SELECTED_VARIANTS[variant].items():
-        for size in ("small", "big"):
-            for key, value in changes.items():
-                monkeypatch.setitem(GPU_TILES[name][size], key, value)
+    names, changes = SELECTED_VARIANTS[variant]
+    set_tiles(monkeypatch, names, **changes)
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
     # arbitrary ids: -1, repeats, ids past the query and past the sequence (all must select nothing extra)
@@ -201,12 +198,10 @@ def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
     share 1 asks for the one-position kernels at every G (the shipped tiles pack positions for small G).
     The sharing dQ and the one-position forward and dQ walk each block in 16-key steps here, so l' = 32 takes
     two."""
-    from kernels.triton_common import GPU_TILES
     from kernels.triton_selected import selected_backward, selected_forward
 
-    monkeypatch.setitem(GPU_TILES["selected_dq"]["small"], "share_block_n", 16)
-    for name in ("selected_fwd", "selected_dq"):
-        monkeypatch.setitem(GPU_TILES[name]["small"], "block_n", 16)
+    set_tiles(monkeypatch, ["selected_dq"], ["small"], share_block_n=16)
+    set_tiles(monkeypatch, ["selected_fwd", "selected_dq"], ["small"], block_n=16)
 
     B, T, Hkv, G, Dk, Dv, ss, n = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
@@ -225,10 +220,7 @@ def test_selected_attention_shared_tiles(gen, case, share, monkeypatch):
 
 def test_selected_attention_shared_tiles_through_the_op(gen, monkeypatch):
     """The public op (autograd included) takes the sharing kernels when the tile config asks for them."""
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("selected_fwd", "selected_dq"):
-        monkeypatch.setitem(GPU_TILES[name]["small"], "share", 4)
+    set_tiles(monkeypatch, ["selected_fwd", "selected_dq"], ["small"], share=4)
     B, T, Hkv, G, D, ss, n = 1, 45, 1, 4, 16, 8, 3
     q, k, v = randn(gen, B, T, Hkv * G, D), randn(gen, B, T, Hkv, D), randn(gen, B, T, Hkv, D)
     idx = torch.randint(0, -(-T // ss), (B, T, Hkv, n), generator=gen, dtype=torch.int32)
@@ -284,11 +276,7 @@ def test_window_attention(gen, case):
 def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
     """The banded forward and dQ reading K/V tiles through tensor descriptors (the tiles' option `tma`) equal the
     reference: compressed attention (K/V = the compressed tokens) and window attention on the same shapes."""
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("band_fwd", "band_dq"):
-        for size in ("small", "big"):
-            monkeypatch.setitem(GPU_TILES[name][size], "tma", 1)
+    set_tiles(monkeypatch, ["band_fwd", "band_dq"], tma=1)
     B, T, Hkv, G, Dk, Dv, bs, d = case
     Tc = ref.num_compressed_tokens(T, bs, d)
     q, kc, vc = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)

@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def set_tiles(monkeypatch, names, sizes=("small", "big"), **changes) -> None:
+    """For one test, set `changes` in kernels.triton_common.GPU_TILES[name][size] for every name and size."""
+    from kernels.triton_common import GPU_TILES
+
+    for name in names:
+        for size in sizes:
+            for key, value in changes.items():
+                monkeypatch.setitem(GPU_TILES[name][size], key, value)
+
+
 @pytest.fixture
 def cuda_gen() -> torch.Generator:
     """A CUDA generator with a fresh random seed every run (GPU tests print it when they fail)."""

@@ -24,6 +24,7 @@ import torch
 import kernels
 from kernels import chunked
 from kernels import reference as ref
+from tests.conftest import set_tiles
 from tests.gpu_utils import BF16, DEV, F32, rand, rel_err
 
 pytestmark = pytest.mark.gpu
@@ -61,11 +62,7 @@ def reference_module(T: int, Hq: int, S: int):
 ])
 @pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])  # the banded forward and dQ's K/V loads
 def test_compressed_attention_bf16(cuda_gen, shape, tma, monkeypatch):
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("band_fwd", "band_dq"):
-        for size in ("small", "big"):
-            monkeypatch.setitem(GPU_TILES[name][size], "tma", tma)
+    set_tiles(monkeypatch, ["band_fwd", "band_dq"], tma=tma)
     B, T, Hq, Hkv, Dk, Dv, bs, d = shape
     Tc = ref.num_compressed_tokens(T, bs, d)
     (q, kc, vc), (q32, kc32, vc32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, Tc, Hkv, Dk),
@@ -143,12 +140,7 @@ def test_select_blocks_bf16(cuda_gen, shape):
     dict(tma=1, share=1, pack_below_g=0)],  # K/V through tensor descriptors (TMA) in the one-position kernels
     ids=["one-position", "default", "share4", "atomic-dkdv", "block_n32", "tma"])
 def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("selected_fwd", "selected_dq", "selected_dkdv"):
-        for size in ("small", "big"):
-            for key, value in tiles.items():
-                monkeypatch.setitem(GPU_TILES[name][size], key, value)
+    set_tiles(monkeypatch, ["selected_fwd", "selected_dq", "selected_dkdv"], **tiles)
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
@@ -173,11 +165,7 @@ def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
 ])
 @pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])
 def test_window_attention_bf16(cuda_gen, shape, tma, monkeypatch):
-    from kernels.triton_common import GPU_TILES
-
-    for name in ("band_fwd", "band_dq"):
-        for size in ("small", "big"):
-            monkeypatch.setitem(GPU_TILES[name][size], "tma", tma)
+    set_tiles(monkeypatch, ["band_fwd", "band_dq"], tma=tma)
     B, T, Hq, Hkv, Dk, Dv, win = shape
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
                                         rand(cuda_gen, B, T, Hkv, Dv))
