@@ -35,8 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_BAND = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, BLOCK_N=64, ACC="fp32",
-             PREC="tf32")  # the banded kernels' shared constexprs
+_D128 = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, ACC="fp32", PREC="tf32")  # bf16 heads of 128
+_BAND = {**_D128, "G_PAD": 16, "BLOCK_N": 64}  # the banded kernels' shared constexprs
+_SELECTED = {**_D128, "NSEL_PAD": 16, "BLOCK_N": 64, "N_KT": 1}  # the selected kernels' (16 blocks of 64 keys)
 _KV_DESC = "tensordesc<bf16[1, 64, 1, 128]>"  # K or V [B, T, Hkv, 128] read in boxes of 64 keys (TMA)
 _QKV_STRIDES = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h")
 
@@ -60,61 +61,34 @@ PRESETS = {
                      sm_scale="fp32", qk_scale="fp32"),
                 {**_BAND, "NPOS": 8, "TMA": False},
                 (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h"), 8, 2),
-    # the banded forward and dQ with TMA loads of K/V (tiles option tma=1; [1, 64, 1, 128] boxes)
-    "band-fwd-tma": ("kernels.triton_banded", "_band_fwd_kernel",
-                     dict(Q="*bf16", K=_KV_DESC, V=_KV_DESC, OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
-                     {**_BAND, "NPOS": 4, "TMA": True}, ("sq_b", "sq_t", "sq_h", "so_b", "so_t", "so_h"), 4, 3),
-    "band-dq-tma": ("kernels.triton_banded", "_band_bwd_dq_kernel",
-                    dict(Q="*bf16", K=_KV_DESC, V=_KV_DESC, DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
-                         sm_scale="fp32", qk_scale="fp32"),
-                    {**_BAND, "NPOS": 8, "TMA": True},
-                    ("sq_b", "sq_t", "sq_h", "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h"), 8, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
-                     dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
-                          ACC="fp32", PREC="tf32", TMA=False),
+                     {**_SELECTED, "G_PAD": 16, "TMA": False},
                      ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
                       "si_b", "si_t"), 2, 2),
-    # the same with TMA loads of K/V (tiles option tma=1): K and V are tensor descriptors with [1, 64, 1, 128] boxes
-    "selected-fwd-tma": ("kernels.triton_selected", "_selected_fwd_kernel",
-                         dict(Q="*bf16", K=_KV_DESC, V=_KV_DESC, IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
-                         dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
-                              ACC="fp32", PREC="tf32", TMA=True),
-                         ("sq_b", "sq_t", "sq_h", "so_b", "so_t", "so_h", "si_b", "si_t"), 2, 2),
-    "selected-dq-tma": ("kernels.triton_selected", "_selected_bwd_dq_kernel",
-                        dict(Q="*bf16", K=_KV_DESC, V=_KV_DESC, IDX="*i32", DO="*bf16", LSE="*fp32", DELTA="*fp32",
-                             DQ="*bf16", DK_ACC="*fp32", DV_ACC="*fp32", qk_scale="fp32", sm_scale="fp32"),
-                        dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
-                             ACC="fp32", PREC="tf32", ATOMIC_DKDV=False, TMA=True),
-                        ("sq_b", "sq_t", "sq_h", "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t"),
-                        4, 2),
     "selected-dq": ("kernels.triton_selected", "_selected_bwd_dq_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", DO="*bf16", LSE="*fp32", DELTA="*fp32",
                          DQ="*bf16", DK_ACC="*fp32", DV_ACC="*fp32", qk_scale="fp32", sm_scale="fp32"),
-                    dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NSEL_PAD=16, BLOCK_N=64, N_KT=1,
-                         ACC="fp32", PREC="tf32", ATOMIC_DKDV=False, TMA=False),
+                    {**_SELECTED, "G_PAD": 16, "ATOMIC_DKDV": False, "TMA": False},
                     (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t"), 4, 2),
     # the packed forward and dQ at G = 2 (Hq=64, Hkv=32): 8 positions x 2 heads per program, as the launcher packs
     # small G
     "selected-fwd-shared": ("kernels.triton_selected", "_selected_fwd_shared_kernel",
                             dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", UNION="*i32", COUNT="*i32", OUT="*bf16",
                                  LSE="*fp32", qk_scale="fp32"),
-                            dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=2, P=8, NSEL_PAD=16, BLOCK_N=64,
-                                 N_KT=1, ACC="fp32", PREC="tf32"),
+                            {**_SELECTED, "G_PAD": 2, "P": 8},
                             (*_QKV_STRIDES, "so_b", "so_t", "so_h", "si_b", "si_t"), 8, 3),
     "selected-dq-shared": ("kernels.triton_selected", "_selected_bwd_dq_shared_kernel",
                            dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", UNION="*i32", COUNT="*i32", DO="*bf16",
                                 LSE="*fp32", DELTA="*fp32", DQ="*bf16", qk_scale="fp32", sm_scale="fp32"),
-                           dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=2, P=8, NSEL_PAD=16, BLOCK_N=64,
-                                N_KT=1, ACC="fp32", PREC="tf32"),
+                           {**_SELECTED, "G_PAD": 2, "P": 8},
                            (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t"),
                            8, 2),
     "selected-dkdv": ("kernels.triton_selected", "_selected_bwd_dkdv_kernel",
                       dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", POS="*i32",
                            BUCKET_OFF="*i64", ITEM_BUCKET="*i32", ITEM_SEG="*i32", DK_ACC="*fp32", DV_ACC="*fp32",
                            qk_scale="fp32", sm_scale="fp32"),
-                      dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, NPOS=2, BLOCK_N=64, N_KT=1,
-                           ACC="fp32", PREC="tf32"),
+                      {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1},
                       (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 2),
     "decode-attn": ("kernels.triton_decode", "_decode_attn_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", PM="*fp32",
@@ -138,6 +112,13 @@ PRESETS = {
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
 }
+
+# the same kernels with TMA loads of K/V (tiles option tma=1): K and V become tensor descriptors with [1, 64, 1, 128]
+# boxes (their stride arguments go unused)
+for _name in ("band-fwd", "band-dq", "selected-fwd", "selected-dq"):
+    _module, _kernel, _types, _consts, _div16, _warps, _stages = PRESETS[_name]
+    PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, "K": _KV_DESC, "V": _KV_DESC}, {**_consts, "TMA": True},
+                               _div16, _warps, _stages)
 
 
 def compile_preset(name: str):
