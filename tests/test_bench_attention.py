@@ -175,3 +175,39 @@ def test_sass_report_builds_the_kernels_of_a_git_revision(tmp_path, monkeypatch)
     a, b = ((tmp_path / out / "decode-select-merge.sass").read_text() for out in ("a", "b"))
     assert sum(sass_report.opcodes(a).values()) > 100
     assert sass_report.compare_sass(a, b) == "identical"
+
+
+def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeypatch, capsys):
+    """scripts/ab_tiles.py: every variant runs once per round, in order, with its own tiles in NSA_TRITON_TILES
+    (none for a bare name), and the table gives each variant's range over its runs; a bad variant is refused."""
+    import ab_tiles
+
+    fake = tmp_path / "fake_bench.py"  # stands in for bench_attention.py: its time depends on the tiles it got
+    fake.write_text(
+        "import json, os, sys\n"
+        "out = sys.argv[sys.argv.index('--out') + 1]\n"
+        "tiles = json.load(open(os.environ['NSA_TRITON_TILES'])) if 'NSA_TRITON_TILES' in os.environ else {}\n"
+        "log = os.environ['AB_LOG']\n"
+        "n = sum(1 for _ in open(log)) if os.path.exists(log) else 0\n"
+        "open(log, 'a').write(json.dumps([sys.argv[1:3], tiles]) + '\\n')\n"
+        "ms = (2.0 if tiles else 3.0) + 0.05 * n\n"
+        "json.dump({'device': 'x', 'main': {'8192': {'nsa': {'slc_fwd': ms, 'keys_per_query_last': 7}}}},"
+        " open(out, 'w'))\n")
+    monkeypatch.setattr(ab_tiles, "BENCH", fake)
+    monkeypatch.setenv("AB_LOG", str(tmp_path / "runs.log"))
+    monkeypatch.setenv("NSA_TRITON_TILES", "/nonexistent.json")  # an outer override must not leak into a variant
+    tma = {"selected_fwd": {"small": {"tma": 1}}}
+    monkeypatch.setattr(sys, "argv", ["ab_tiles.py", "--runs", "2", "--out-dir", str(tmp_path / "ab"),
+                                      "--variant", "default", "--variant", f"tma={json.dumps(tma)}",
+                                      "--", "--sections", "main"])
+    ab_tiles.main()
+    runs = [json.loads(line) for line in (tmp_path / "runs.log").read_text().splitlines()]
+    assert [r[1] for r in runs] == [{}, tma, {}, tma]
+    assert all(r[0] == ["--sections", "main"] for r in runs)
+    text = (tmp_path / "ab" / "ab.txt").read_text()
+    assert text in capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("main 8192 slc_fwd"))
+    assert line.split("|")[1].strip() == "3.000-3.100" and line.split("|")[2].strip() == "2.050-2.150"
+    assert "keys_per_query" not in text
+    with pytest.raises(SystemExit, match="JSON does not parse"):
+        ab_tiles.parse_variant("x={oops")
