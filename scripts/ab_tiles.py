@@ -48,7 +48,7 @@ def nsa_times(result: dict) -> dict[str, float]:
             nsa = row.get("nsa") if isinstance(row, dict) else None
             if isinstance(nsa, dict):
                 out.update({f"{section} {T} {k}": v for k, v in nsa.items()
-                            if isinstance(v, float) and ("fwd" in k)})
+                            if isinstance(v, float) and k.endswith(("_fwd", "_fwdbwd"))})
     return out
 
 

@@ -191,7 +191,7 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
         "n = sum(1 for _ in open(log)) if os.path.exists(log) else 0\n"
         "open(log, 'a').write(json.dumps([sys.argv[1:3], tiles]) + '\\n')\n"
         "ms = (2.0 if tiles else 3.0) + 0.05 * n\n"
-        "json.dump({'device': 'x', 'main': {'8192': {'nsa': {'slc_fwd': ms, 'keys_per_query_last': 7}}}},"
+        "json.dump({'device': 'x', 'main': {'8192': {'nsa': {'slc_fwd': ms, 'peak_fwdbwd_mib': 9.0, 'keys_per_query_last': 7}}}},"
         " open(out, 'w'))\n")
     monkeypatch.setattr(ab_tiles, "BENCH", fake)
     monkeypatch.setenv("AB_LOG", str(tmp_path / "runs.log"))
@@ -208,6 +208,6 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
     assert text in capsys.readouterr().out
     line = next(x for x in text.splitlines() if x.startswith("main 8192 slc_fwd"))
     assert line.split("|")[1].strip() == "3.000-3.100" and line.split("|")[2].strip() == "2.050-2.150"
-    assert "keys_per_query" not in text
+    assert "keys_per_query" not in text and "mib" not in text
     with pytest.raises(SystemExit, match="JSON does not parse"):
         ab_tiles.parse_variant("x={oops")
