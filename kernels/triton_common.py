@@ -34,17 +34,22 @@ LOG2E = 1.4426950408889634
 # "small" entries: the winners of that search on an H100 (T=32k, Hq=64, Hkv=4, D=128), changed since where a
 # comment gives the H200 timing that did it; "big": untuned.
 GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
-    # tma 1 (band_fwd, band_dq): K/V tiles through tensor descriptors (TMA) instead of per-thread gathers; untimed so
-    # far (eleventh session, no device time left), so off. (Q/dO tiles of the dK/dV that way spilled 144 bytes.)
-    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3, tma=0),
-                 "big": dict(rows=64, block_n=64, warps=4, stages=2, tma=0)},
+    # tma 1 (band_fwd, band_dq): K/V tiles through tensor descriptors (TMA) instead of per-thread gathers. H100, main
+    # shape, interleaved runs (twelfth session, docs/benchmarks.md): compressed forward at 64k 12.1-12.4 -> 10.3-10.5
+    # ms, window forward 3.75-3.82 -> 3.33-3.43; with TMA the tune section moved the dQ to 64 rows and 4 warps.
+    # (Q/dO tiles of the dK/dV through TMA spilled 144 bytes, so that kernel has none.) "big" and "d64" (the small
+    # training model's heads): not timed with TMA, so they keep the gathers and the tiles they were timed with.
+    "band_fwd": {"small": dict(rows=64, block_n=64, warps=4, stages=3, tma=1),
+                 "big": dict(rows=64, block_n=64, warps=4, stages=2, tma=0),
+                 "d64": dict(tma=0)},
     # split_waves (compressed branch): its queries are split so that about this many waves of programs have
     # work (key tile j is seen by the queries from j*d + l - 1 on: a triangle, see band_backward). One wave
     # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4)},
-    "band_dq": {"small": dict(rows=128, block_n=64, warps=8, stages=2, tma=0),
+    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1),
+                "d64": dict(rows=128, warps=8, tma=0),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
@@ -70,11 +75,13 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # programs on each SM (2 x 32 KB of K/V tiles in shared memory per program at D = 128). The sharing kernel
     # keeps its 3 stages (share_stages): with 2, the G sweep's packed forwards (G = 1, 2, 4) took 2-5% longer.
     # tma 1: the one-position forward and dQ read each K/V tile through tensor descriptors (one TMA copy per tile)
-    # instead of per-thread gathers; untimed so far (eleventh session: written with no device time left), so off.
-    "selected_fwd": {"small": dict(warps=2, stages=2, block_n=64, share=1, pack_below_g=8, share_warps=8,
-                                   share_stages=3, tma=0),
+    # instead of per-thread gathers. H100, main shape, interleaved runs (twelfth session): the forward at 64k
+    # 18.3 -> 16.0-16.5 ms with 3 stages (the tune section's pick with TMA), 8k 2.31 -> 2.01; the dQ through TMA
+    # gained nothing measurable, so it keeps its gathers.
+    "selected_fwd": {"small": dict(warps=2, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8,
+                                   share_stages=3, tma=1),
                      "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8, tma=0),
-                     "d64": dict(warps=2, stages=3)},
+                     "d64": dict(warps=2, stages=3, tma=0)},
     "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
                                   share_block_n=32, tma=0),
                     "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
@@ -84,8 +91,15 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
     # 32k, H200, docs/benchmarks.md; likely contention on blocks many queries choose). It runs with atomic_warps:
     # compiled for sm_90 it spills 940 bytes at 4 warps, 48 at 8 (ptxas -v, Triton 3.9).
-    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8),
-                      "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8)},
+    # stages 3, not 2: at 32 rows, 64 keys, 4 warps and 2 stages (Triton 3.6, H100, D = 128) the compiled kernel gave
+    # a wrong dK, different in every run (0.9% from the float64 reference against 0.24% for dQ and dV; dV exact),
+    # also with one segment per block, so not the atomics' order; 1 or 3 stages, 8 warps or 32-key steps give the
+    # right one (twelfth session, docs/benchmarks.md). 3 stages cost at most 1% (64k 58.1-58.3 against 57.4-58.1 ms
+    # forward+backward). tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
+    # d64 keeps 2 stages: the small model's tune section repeated it to 1e-5.
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=3, seg_len=256, atomic=0, atomic_warps=8),
+                      "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8),
+                      "d64": dict(stages=2)},
 }
 if os.environ.get("NSA_TRITON_TILES"):
     with open(os.environ["NSA_TRITON_TILES"]) as f:

@@ -77,7 +77,7 @@ def test_gpu_tiles_by_head_dim():
     assert d64 and gpu_tiles("selected_fwd", 64) == {**small, **d64} != small
     with tiles_set(small, share=4):
         assert gpu_tiles("selected_fwd", 32)["share"] == 4
-    assert "d64" not in GPU_TILES["band_fwd"] and gpu_tiles("band_fwd", 64) == GPU_TILES["band_fwd"]["small"]
+    assert "d64" not in GPU_TILES["select"] and gpu_tiles("select", 64) == GPU_TILES["select"]["small"]
     for kernel, sizes in GPU_TILES.items():  # a d64 entry names only options "small" has
         assert set(sizes.get("d64", {})) <= set(sizes["small"]), kernel
 
@@ -191,8 +191,8 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
         "n = sum(1 for _ in open(log)) if os.path.exists(log) else 0\n"
         "open(log, 'a').write(json.dumps([sys.argv[1:3], tiles]) + '\\n')\n"
         "ms = (2.0 if tiles else 3.0) + 0.05 * n\n"
-        "json.dump({'device': 'x', 'main': {'8192': {'nsa': {'slc_fwd': ms, 'peak_fwdbwd_mib': 9.0, 'keys_per_query_last': 7}}}},"
-        " open(out, 'w'))\n")
+        "nsa = {'slc_fwd': ms, 'peak_fwdbwd_mib': 9.0, 'keys_per_query_last': 7}\n"
+        "json.dump({'device': 'x', 'main': {'8192': {'nsa': nsa}}}, open(out, 'w'))\n")
     monkeypatch.setattr(ab_tiles, "BENCH", fake)
     monkeypatch.setenv("AB_LOG", str(tmp_path / "runs.log"))
     monkeypatch.setenv("NSA_TRITON_TILES", "/nonexistent.json")  # an outer override must not leak into a variant
@@ -211,3 +211,15 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
     assert "keys_per_query" not in text and "mib" not in text
     with pytest.raises(SystemExit, match="JSON does not parse"):
         ab_tiles.parse_variant("x={oops")
+
+
+def test_tune_flags_outputs_that_change_between_runs():
+    """The tune section's second-run check: float outputs compare by relative error (atomics' order gives ~1e-6),
+    integer outputs (block ids) must repeat exactly."""
+    import torch
+
+    x, ids = torch.ones(100), torch.arange(10)
+    noisy = iter([[x + 1e-2, ids], [x, ids + 1]])
+    assert ba._repeat_err(lambda: [x * (1 + 1e-7), ids.clone()], [x, ids]) < 1e-6
+    assert abs(ba._repeat_err(lambda: next(noisy), [x, ids]) - 1e-2) < 1e-6
+    assert ba._repeat_err(lambda: next(noisy), [x, ids]) == 1.0

@@ -157,25 +157,31 @@ def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     check(g, g_r, ["dq", "dk", "dv"], cuda_gen, 2e-2)
 
 
-@pytest.mark.parametrize("T", [8192, 32768])
-def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, T, monkeypatch):
-    """The selected backward at the main heads, run three times on the same inputs with K/V gathered and three times
-    through TMA: dQ has no atomics, so each way must give it bit for bit the same every run; dK/dV (float32 atomics
-    in varying order, then bf16) within bf16 rounding. TMA and gathers feed the same products: their dQ must agree
-    to bf16 rounding. (A race between pipelined K/V buffers would slip under the reference test's 2e-2.)"""
+@pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
+    pytest.param((1, 8192, 64, 4, 128, 128), id="T8k-G16-D128"),
+    pytest.param((1, 8192, 16, 1, 64, 64), id="T8k-G16-D64"),
+    pytest.param((1, 4096, 32, 2, 192, 128), id="T4k-Dk192-Dv128"),
+])
+def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, monkeypatch):
+    """The selected backward, run three times on the same inputs with K/V gathered and three times through TMA: dQ
+    has no atomics, so each way must give it bit for bit the same every run; dK/dV (float32 atomics in varying
+    order, then bf16) within 1e-3 (measured: ~1e-5). TMA and gathers feed the same products: their gradients must
+    agree to bf16 rounding. This caught a dK/dV tile (4 warps, 2 stages, D = 128) whose dK came out different and
+    0.9% off in every run: under the reference test's 2e-2 (twelfth session, docs/benchmarks.md)."""
     from kernels.triton_common import GPU_TILES, tiles_set
 
     set_tiles(monkeypatch, ["selected_fwd", "selected_dq"], share=1, pack_below_g=0)
-    B, Hq, Hkv, D = 1, 64, 4, 128
+    B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
-    q, k, v = (rand(cuda_gen, B, T, h, D).requires_grad_() for h in (Hq, Hkv, Hkv))
-    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    q, k, v = (rand(cuda_gen, B, T, h, dim).requires_grad_() for h, dim in ((Hq, Dk), (Hkv, Dk), (Hkv, Dv)))
+    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, Dk)
     _, lse = kernels.compressed_attention(q.detach(), kc, kc, block_size=bs, stride=d)
     idx = kernels.select_blocks(q.detach(), kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
-    w = torch.randn(B, T, Hq, D, generator=cuda_gen, device=DEV, dtype=BF16)
+    w = torch.randn(B, T, Hq, Dv, generator=cuda_gen, device=DEV, dtype=BF16)
     grads = {}
     for tma in (0, 1):
-        with tiles_set(GPU_TILES["selected_fwd"]["small"], GPU_TILES["selected_dq"]["small"], tma=tma):
+        entries = [tiles for kernel in ("selected_fwd", "selected_dq") for tiles in GPU_TILES[kernel].values()]
+        with tiles_set(*entries, tma=tma):
             grads[tma] = [torch.autograd.grad(kernels.selected_attention(q, k, v, idx, select_size=ss), (q, k, v), w)
                           for _ in range(3)]
         for r, run in enumerate(grads[tma][1:], 1):
@@ -184,7 +190,7 @@ def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, T, monkeypa
             assert torch.equal(run[0], grads[tma][0][0]), f"tma={tma}: dq of run {r} differs from run 0"
             for i, name in ((1, "dk"), (2, "dv")):
                 err = rel_err(run[i], grads[tma][0][i])
-                assert err < 3e-3, f"tma={tma}: {name} of run {r} differs from run 0 by {err:.2e}"
+                assert err < 1e-3, f"tma={tma}: {name} of run {r} differs from run 0 by {err:.2e}"
     for i, name in enumerate(("dq", "dk", "dv")):
         err = rel_err(grads[1][0][i], grads[0][0][i])
         print(f"  {name}: TMA vs gathers {err:.2e}")
