@@ -197,6 +197,27 @@ def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, monk
         assert err < 3e-3, f"{name}: TMA differs from gathered K/V by {err:.2e} (seed {cuda_gen.initial_seed()})"
 
 
+@pytest.mark.parametrize("G", [16, 2])  # G = 2: the packed tiles of the banded kernels
+def test_banded_and_select_ops_repeat_bit_for_bit(cuda_gen, G):
+    """Compressed and window attention (forward and backward: no atomics, the dK/dV splits summed in a fixed order)
+    and block selection, run twice on the same inputs at the main head dim, must give the same bits."""
+    B, T, Hkv, D, bs, d, w = 1, 8192, 64 // G, 128, 32, 16, 512
+    q, k = rand(cuda_gen, B, T, G * Hkv, D).requires_grad_(), rand(cuda_gen, B, T, Hkv, D).requires_grad_()
+    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D).requires_grad_()
+    g = torch.randn(B, T, G * Hkv, D, generator=cuda_gen, device=DEV, dtype=BF16)
+
+    def run():
+        o_c, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+        o_w = kernels.window_attention(q, k, k, window=w)
+        idx = kernels.select_blocks(q.detach(), kc.detach(), lse.detach(), block_size=bs, stride=d, select_size=64,
+                                    num_select=16)
+        return [o_c, o_w, idx, *torch.autograd.grad((o_c.float() * g).sum() + (o_w.float() * g).sum(), (q, k, kc))]
+
+    first, second = run(), run()
+    for name, a, b in zip(["o_cmp", "o_win", "idx", "dq", "dk", "dk_cmp"], first, second, strict=True):
+        assert torch.equal(a, b), f"{name} differs between two runs (seed {cuda_gen.initial_seed()})"
+
+
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv, window
     pytest.param((1, 4096, 64, 4, 128, 128, 512), id="T4k-G16-w512"),
     pytest.param((2, 3000, 16, 2, 64, 64, 100), id="T3000-G8-w100"),
