@@ -3,7 +3,7 @@
 Every run draws fresh random inputs (the seed is printed in failure messages). The kernels see bf16
 inputs; the reference sees the same values upcast to float32, so the comparison measures the kernels'
 own error (bf16 operands, float32 accumulation): relative Frobenius error ||x - ref|| / ||ref|| must
-stay under 1e-2 for outputs and 2e-2 for gradients. Where the dense reference would build a score
+stay under TOL, for outputs and gradients alike. Where the dense reference would build a score
 tensor over ~2 GB, the chunked PyTorch path (kernels/chunked.py, tested equal to the reference in
 float64 by tests/test_kernels_reference.py) stands in for it, in float32 as well.
 
@@ -28,6 +28,11 @@ from tests.conftest import set_tiles
 from tests.gpu_utils import BF16, DEV, F32, rand, rel_err
 
 pytestmark = pytest.mark.gpu
+
+# Every output and gradient of these tests came within 3.5e-3 of the reference on an H100 (twelfth session, largest:
+# dq of the compiled pipeline); a selected dK/dV tile that computed a wrong dK gave 9.2e-3, which the tolerances
+# used until then (1e-2 outputs, 2e-2 gradients) let through.
+TOL = 6e-3
 
 
 
@@ -72,11 +77,11 @@ def test_compressed_attention_bf16(cuda_gen, shape, tma, monkeypatch):
     assert o.dtype == BF16 and lse.dtype == F32
     assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r))
     fin = torch.isfinite(lse_r)
-    check([o, lse[fin]], [o_r, lse_r[fin]], ["o", "lse"], cuda_gen, 1e-2)
+    check([o, lse[fin]], [o_r, lse_r[fin]], ["o", "lse"], cuda_gen, TOL)
     w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, kc, vc))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, kc32, vc32))
-    check(g, g_r, ["dq", "dk_cmp", "dv_cmp"], cuda_gen, 2e-2)
+    check(g, g_r, ["dq", "dk_cmp", "dv_cmp"], cuda_gen, TOL)
 
 
 def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
@@ -150,11 +155,11 @@ def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     idx = kernels.select_blocks(q.detach(), kc, lse, block_size=bs, stride=d, select_size=ss, num_select=n)
     o = kernels.selected_attention(q, k, v, idx, select_size=ss)
     o_r = reference_module(T, Hq, T).selected_attention(q32, k32, v32, idx, select_size=ss)
-    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    check([o], [o_r], ["o"], cuda_gen, TOL)
     w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
-    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, 2e-2)
+    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, TOL)
 
 
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
@@ -167,7 +172,7 @@ def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, monk
     has no atomics, so each way must give it bit for bit the same every run; dK/dV (float32 atomics in varying
     order, then bf16) within 1e-3 (measured: ~1e-5). TMA and gathers feed the same products: their gradients must
     agree to bf16 rounding. This caught a dK/dV tile (4 warps, 2 stages, D = 128) whose dK came out different and
-    0.9% off in every run: under the reference test's 2e-2 (twelfth session, docs/benchmarks.md)."""
+    0.9% off in every run, under the 2e-2 the reference tests allowed then (twelfth session, docs/benchmarks.md)."""
     from kernels.triton_common import GPU_TILES, tiles_set
 
     set_tiles(monkeypatch, ["selected_fwd", "selected_dq"], share=1, pack_below_g=0)
@@ -232,11 +237,11 @@ def test_window_attention_bf16(cuda_gen, shape, tma, monkeypatch):
                                         rand(cuda_gen, B, T, Hkv, Dv))
     o = kernels.window_attention(q, k, v, window=win)
     o_r = reference_module(T, Hq, T).window_attention(q32, k32, v32, window=win)
-    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    check([o], [o_r], ["o"], cuda_gen, TOL)
     w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, k, v))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, k32, v32))
-    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, 2e-2)
+    check(g, g_r, ["dq", "dk", "dv"], cuda_gen, TOL)
 
 
 def test_torch_compile_fullgraph_pipeline(cuda_gen):
@@ -258,11 +263,11 @@ def test_torch_compile_fullgraph_pipeline(cuda_gen):
     o_cmp, _ = ref.compressed_attention(q32, kc32, vc32, block_size=bs, stride=d)
     o_r = (o_cmp + chunked.selected_attention(q32, ks32, vs32, idx, select_size=ss)
            + chunked.window_attention(q32, kw32, vw32, window=win))
-    check([o], [o_r], ["o"], cuda_gen, 1e-2)
+    check([o], [o_r], ["o"], cuda_gen, TOL)
     w = torch.randn(o.shape, generator=cuda_gen, device=DEV)
     g = torch.autograd.grad((o.float() * w).sum(), (q, ks, vs, kw, vw, kc, vc))
     g_r = torch.autograd.grad((o_r * w).sum(), (q32, ks32, vs32, kw32, vw32, kc32, vc32))
-    check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], cuda_gen, 2e-2)
+    check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], cuda_gen, TOL)
 
 
 def test_offsets_past_2_pow_31_elements(cuda_gen):
