@@ -91,15 +91,17 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
     # 32k, H200, docs/benchmarks.md; likely contention on blocks many queries choose). It runs with atomic_warps:
     # compiled for sm_90 it spills 940 bytes at 4 warps, 48 at 8 (ptxas -v, Triton 3.9).
-    # stages 3, not 2: at 32 rows, 64 keys, 4 warps and 2 stages (Triton 3.6, H100, D = 128) the compiled kernel gave
-    # a wrong dK, different in every run (0.9% from the float64 reference against 0.24% for dQ and dV; dV exact),
-    # also with one segment per block, so not the atomics' order; 1 or 3 stages, 8 warps or 32-key steps give the
-    # right one (twelfth session, docs/benchmarks.md). 3 stages cost at most 1% (64k 58.1-58.3 against 57.4-58.1 ms
-    # forward+backward). tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
-    # d64 keeps 2 stages: the small model's tune section repeated it to 1e-5.
-    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=3, seg_len=256, atomic=0, atomic_warps=8),
-                      "big": dict(rows=32, block_n=32, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8),
-                      "d64": dict(stages=2)},
+    # stages 1: with 2 or more, Triton 3.6's pipeliner gives the Q and dO tiles, gathered through the inverted index,
+    # one shared-memory buffer, and leaves the dK / dV wgmmas that read them in flight while the next rows' async
+    # copies overwrite them (TTGIR: warp_group_dot_wait pendings 3, then async_copy_global_to_local into the same
+    # buffer; every warps / stages / head-dim setting that pipelines does it). On an H100 at D = 128 with 2 stages
+    # this made dK wrong in every run (0.9% from float64, 21% of its elements differing between runs; dQ, dV
+    # right); 3 stages and 8 warps happened to come out right in the runs tried. With 1 stage nothing is in
+    # flight across rows: right by construction, and 10% slower than 2 or 3 stages (selected forward+backward at
+    # 64k 63.9 against 58.1-58.3 ms), twelfth session, docs/benchmarks.md.
+    # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8),
+                      "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8)},
 }
 if os.environ.get("NSA_TRITON_TILES"):
     with open(os.environ["NSA_TRITON_TILES"]) as f:

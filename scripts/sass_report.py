@@ -9,7 +9,8 @@
 For each kernel: registers and spills (ptxas), shared memory, whether the loads of its loops were pipelined
 (async copies in the TTGIR) and whether its dots became wgmma, the SASS instruction count, and the instructions
 between each backward branch and its target (a loop's body, its inner branches included), with the most
-frequent opcodes.
+frequent opcodes; and "RACE" where an async copy overwrites a one-slot buffer that a wgmma still in flight reads
+(inflight_overwrites: what made the selected dK/dV wrong with 2 stages).
 Counting instructions per loop trip is how the selection kernel's layout problem was found (docs/benchmarks.md,
 "Eighth session on H200"); registers decide occupancy. The compile mirrors Triton's JIT: pointers and the
 stride arguments named in the preset are marked 16-divisible, as the launcher specialises them, so loads
@@ -42,7 +43,8 @@ _KV_DESC = "tensordesc<bf16[1, 64, 1, 128]>"  # K or V [B, T, Hkv, 128] read in 
 _QKV_STRIDES = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h")
 
 # preset -> (module, kernel, pointer/float types, constexprs, 16-divisible int args, warps, stages); main shape
-# (Hq=64, Hkv=4, D=128, bf16) with the paper's NSA sizes and the shipped tile defaults
+# (Hq=64, Hkv=4, D=128, bf16) with the paper's NSA sizes and the shipped "small" tiles (GPU_TILES; a test checks
+# they agree), K/V gathered: the kernels that ship with TMA loads are the "-tma" presets below
 PRESETS = {
     "select": ("kernels.triton_select", "_select_kernel",
                dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
@@ -59,13 +61,13 @@ PRESETS = {
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
                      sm_scale="fp32", qk_scale="fp32"),
-                {**_BAND, "NPOS": 8, "TMA": False},
-                (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h"), 8, 2),
+                {**_BAND, "NPOS": 4, "TMA": False},
+                (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h"), 4, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
                      {**_SELECTED, "G_PAD": 16, "TMA": False},
                      ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
-                      "si_b", "si_t"), 2, 2),
+                      "si_b", "si_t"), 2, 3),
     "selected-dq": ("kernels.triton_selected", "_selected_bwd_dq_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", DO="*bf16", LSE="*fp32", DELTA="*fp32",
                          DQ="*bf16", DK_ACC="*fp32", DV_ACC="*fp32", qk_scale="fp32", sm_scale="fp32"),
@@ -89,7 +91,7 @@ PRESETS = {
                            BUCKET_OFF="*i64", ITEM_BUCKET="*i32", ITEM_SEG="*i32", DK_ACC="*fp32", DV_ACC="*fp32",
                            qk_scale="fp32", sm_scale="fp32"),
                       {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1},
-                      (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 2),
+                      (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 1),
     "decode-attn": ("kernels.triton_decode", "_decode_attn_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", PM="*fp32",
                          PL="*fp32", PACC="*fp32", COUNT="*i32", TP="*i64", qk_scale="fp32"),
@@ -182,6 +184,31 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     return out
 
 
+_SINGLE_BUFFER = re.compile(r"(%[\w.]+) = ttg.local_alloc : \(\) -> !ttg.memdesc<1x[^>]*mutable>")
+_VIEW = re.compile(r"(%[\w.]+) = ttg.memdesc_(?:index|subslice) (%[\w.]+)\[")
+_COPY_INTO = re.compile(r"ttg.async_copy_global_to_local [^,]+, (%[\w.]+)")
+_PENDING_DOT = re.compile(r"ttng.warp_group_dot_wait (.*?) \{pendings = ([1-9]\d*)")
+
+
+def inflight_overwrites(ttgir: str) -> list[str]:
+    """Shared-memory buffers of one slot that an async copy writes while a wgmma reading them may still be in
+    flight: the buffer is an operand of a warp_group_dot_wait that leaves dots pending (pendings > 0), and an
+    async_copy_global_to_local targets it. One slot means the copy of the next rows lands where the pending dot
+    reads (a race: the selected dK/dV kernel's wrong dK, twelfth session). A text heuristic over the TTGIR: it
+    does not look at which loop each op is in."""
+    views = {m.group(1): m.group(2) for m in _VIEW.finditer(ttgir)}
+
+    def root(v: str) -> str:
+        while v in views:
+            v = views[v]
+        return v
+
+    single = {m.group(1) for m in _SINGLE_BUFFER.finditer(ttgir)}
+    copied = {root(m.group(1)) for m in _COPY_INTO.finditer(ttgir)}
+    read = {root(op.split("#")[0]) for m in _PENDING_DOT.finditer(ttgir) for op in re.findall(r"%[\w.#]+", m.group(1))}
+    return sorted(single & copied & read)
+
+
 def report(name: str, dump: str | None) -> str:
     k = compile_preset(name)
     resources, sass = ptxas_and_sass(k.asm["ptx"])
@@ -193,6 +220,8 @@ def report(name: str, dump: str | None) -> str:
     lines = [f"{name}: {resources}; shared memory {k.metadata.shared} bytes",
              f"  async copies {ttgir.count('async_copy_global_to_local')}, wgmma {ttgir.count('warp_group_dot ')}, "
              f"SASS instructions {total}"]
+    if hazards := inflight_overwrites(ttgir):
+        lines.append("  RACE: async copies overwrite one-slot buffers that pending wgmmas read: " + ", ".join(hazards))
     for n, ops in loops(sass):
         lines.append(f"  loop of {n}: " + ", ".join(f"{op} {c}" for op, c in ops.most_common(8)))
     return "\n".join(lines)

@@ -223,3 +223,43 @@ def test_tune_flags_outputs_that_change_between_runs():
     assert ba._repeat_err(lambda: [x * (1 + 1e-7), ids.clone()], [x, ids]) < 1e-6
     assert abs(ba._repeat_err(lambda: next(noisy), [x, ids]) - 1e-2) < 1e-6
     assert ba._repeat_err(lambda: next(noisy), [x, ids]) == 1.0
+
+
+def test_sass_report_presets_build_the_shipped_tiles():
+    """The presets compile what ships at the main shape: warps, stages and query rows of GPU_TILES' "small" entry
+    (rows = NPOS x G_PAD); a kernel with a TMA option has a "-tma" preset beside its gathering one."""
+    import sass_report
+
+    from kernels.triton_common import GPU_TILES
+
+    tiles_of = {"select": "select", "band-fwd": "band_fwd", "band-dkdv": "band_dkdv", "band-dq": "band_dq",
+                "selected-fwd": "selected_fwd", "selected-dq": "selected_dq", "selected-dkdv": "selected_dkdv"}
+    for name, kernel in tiles_of.items():
+        tiles = GPU_TILES[kernel]["small"]
+        _module, _kernel, _types, consts, _div16, warps, stages = sass_report.PRESETS[name]
+        assert (warps, stages) == (tiles["warps"], tiles["stages"]), name
+        if "rows" in tiles:
+            assert consts["NPOS"] * consts["G_PAD"] == tiles["rows"], name
+        if "tma" in tiles:
+            assert f"{name}-tma" in sass_report.PRESETS, name
+            assert sass_report.PRESETS[f"{name}-tma"][3]["TMA"] and not consts["TMA"], name
+
+
+def test_sass_report_finds_the_selected_dkdv_race_offline():
+    """inflight_overwrites on the TTGIR: the selected dK/dV kernel pipelined (2 stages) gives its gathered Q and dO
+    tiles one buffer that the next rows' async copies overwrite while the dK/dV wgmmas reading them are in flight
+    (what made dK wrong on the H100); at the shipped tiles nothing is flagged, nor in the banded dK/dV (two slots)."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'scripts'); import sass_report as s\n"
+        "shipped = s.PRESETS['selected-dkdv'][6]\n"
+        "def hz(name, stages=None):\n"
+        "    if stages is not None:\n"
+        "        p = s.PRESETS[name]; s.PRESETS[name] = (*p[:6], stages)\n"
+        "    return s.inflight_overwrites(s.compile_preset(name).asm['ttgir'])\n"
+        "print(json.dumps([hz('selected-dkdv', 2), hz('selected-dkdv', shipped), hz('band-dkdv')]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pipelined, shipped, banded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [name.lstrip("%").split("_")[0] for name in pipelined] == ["do", "q"], pipelined
+    assert shipped == [] and banded == []
