@@ -98,7 +98,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # this made dK wrong in every run (0.9% from float64, 21% of its elements differing between runs; dQ, dV
     # right); 3 stages and 8 warps happened to come out right in the runs tried. With 1 stage nothing is in
     # flight across rows: right by construction, and 10% slower than 2 or 3 stages (selected forward+backward at
-    # 64k 63.9 against 58.1-58.3 ms), twelfth session, docs/benchmarks.md.
+    # 64k 63.9 against 58.1-58.3 ms), twelfth session, docs/benchmarks.md. (At 64 rows with 8 warps every product is a
+    # wgmma and Q/dO get two buffers: pipelined without the race, by the TTGIR; not yet timed on an H100, and 8% slower
+    # than the racy 32-row tiles on an H200 in the ninth session's tune section.)
     # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8),
                       "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8)},

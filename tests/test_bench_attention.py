@@ -246,20 +246,25 @@ def test_sass_report_presets_build_the_shipped_tiles():
 
 
 def test_sass_report_finds_the_selected_dkdv_race_offline():
-    """inflight_overwrites on the TTGIR: the selected dK/dV kernel pipelined (2 stages) gives its gathered Q and dO
-    tiles one buffer that the next rows' async copies overwrite while the dK/dV wgmmas reading them are in flight
-    (what made dK wrong on the H100); at the shipped tiles nothing is flagged, nor in the banded dK/dV (two slots)."""
+    """inflight_overwrites on the TTGIR: the selected dK/dV kernel pipelined (2 stages) at 32 rows gives its gathered
+    Q and dO tiles one buffer that the next rows' async copies overwrite while the dK/dV wgmmas reading them are in
+    flight (what made dK wrong on the H100); at the shipped tiles (1 stage) nothing is flagged, nor pipelined at 64
+    rows (every product a wgmma, two buffers), nor in the banded dK/dV."""
     code = (
         "import json, sys; sys.path.insert(0, 'scripts'); import sass_report as s\n"
-        "shipped = s.PRESETS['selected-dkdv'][6]\n"
-        "def hz(name, stages=None):\n"
-        "    if stages is not None:\n"
-        "        p = s.PRESETS[name]; s.PRESETS[name] = (*p[:6], stages)\n"
-        "    return s.inflight_overwrites(s.compile_preset(name).asm['ttgir'])\n"
-        "print(json.dumps([hz('selected-dkdv', 2), hz('selected-dkdv', shipped), hz('band-dkdv')]))\n")
+        "def hz(name, stages=None, npos=None, warps=None):\n"
+        "    p = s.PRESETS[name]\n"
+        "    consts = {**p[3], **({'NPOS': npos} if npos else {})}\n"
+        "    s.PRESETS[name] = (*p[:3], consts, p[4], warps or p[5], stages or p[6])\n"
+        "    try:\n"
+        "        return s.inflight_overwrites(s.compile_preset(name).asm['ttgir'])\n"
+        "    finally:\n"
+        "        s.PRESETS[name] = p\n"
+        "print(json.dumps([hz('selected-dkdv', 2), hz('selected-dkdv'), hz('selected-dkdv', 2, npos=4, warps=8),"
+        " hz('band-dkdv')]))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    pipelined, shipped, banded = json.loads(out.stdout.strip().splitlines()[-1])
+    pipelined, shipped, rows64, banded = json.loads(out.stdout.strip().splitlines()[-1])
     assert [name.lstrip("%").split("_")[0] for name in pipelined] == ["do", "q"], pipelined
-    assert shipped == [] and banded == []
+    assert shipped == [] and rows64 == [] and banded == []
