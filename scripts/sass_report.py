@@ -127,13 +127,18 @@ def compile_preset(name: str):
     """The compiled kernel of a preset (triton.compile's result: .asm holds "ttgir", "ptx", ...)."""
     import importlib
 
+    module, kernel, types, consts, div16, warps, stages = PRESETS[name]
+    return compile_kernel(getattr(importlib.import_module(module), kernel), types, consts, div16, warps, stages)
+
+
+def compile_kernel(fn, types: dict[str, str], consts: dict, div16, warps: int, stages: int):
+    """fn (a @triton.jit kernel) compiled for sm_90a: parameters typed by `types` (default i32), fixed by `consts`
+    ("fp32" means tl.float32), marked 16-divisible where pointers or named in div16."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module, kernel, types, consts, div16, warps, stages = PRESETS[name]
-    fn = getattr(importlib.import_module(module), kernel)
     # an older kernels/ (--against) may lack a constexpr the preset sets; built without it, a parameter that a later
     # commit added with its old behaviour as the default compares as it should
     consts = {k: (tl.float32 if v == "fp32" else v) for k, v in consts.items() if k in fn.arg_names}

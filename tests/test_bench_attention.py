@@ -245,26 +245,26 @@ def test_sass_report_presets_build_the_shipped_tiles():
             assert sass_report.PRESETS[f"{name}-tma"][3]["TMA"] and not consts["TMA"], name
 
 
-def test_sass_report_finds_the_selected_dkdv_race_offline():
-    """inflight_overwrites on the TTGIR: the selected dK/dV kernel pipelined (2 stages) at 32 rows gives its gathered
-    Q and dO tiles one buffer that the next rows' async copies overwrite while the dK/dV wgmmas reading them are in
-    flight (what made dK wrong on the H100); at the shipped tiles (1 stage) nothing is flagged, nor pipelined at 64
-    rows (every product a wgmma, two buffers), nor in the banded dK/dV."""
-    code = (
-        "import json, sys; sys.path.insert(0, 'scripts'); import sass_report as s\n"
-        "def hz(name, stages=None, npos=None, warps=None):\n"
-        "    p = s.PRESETS[name]\n"
-        "    consts = {**p[3], **({'NPOS': npos} if npos else {})}\n"
-        "    s.PRESETS[name] = (*p[:3], consts, p[4], warps or p[5], stages or p[6])\n"
-        "    try:\n"
-        "        return s.inflight_overwrites(s.compile_preset(name).asm['ttgir'])\n"
-        "    finally:\n"
-        "        s.PRESETS[name] = p\n"
-        "print(json.dumps([hz('selected-dkdv', 2), hz('selected-dkdv'), hz('selected-dkdv', 2, npos=4, warps=8),"
-        " hz('band-dkdv')]))\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    pipelined, shipped, rows64, banded = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [name.lstrip("%").split("_")[0] for name in pipelined] == ["do", "q"], pipelined
-    assert shipped == [] and rows64 == [] and banded == []
+def test_race_scan_flags_the_pipelined_selected_dkdv_and_passes_the_shipped_tiles(tmp_path):
+    """scripts/race_scan.py at the main heads: the shipped tiles build without in-flight overwrites; the selected
+    dK/dV pipelined at 32 rows (2 stages, what gave the wrong dK on the H100) is flagged on its Q and dO buffers and
+    nothing else is; pipelined at 64 rows (every product a wgmma, two buffers: a tune alternative) it is not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NSA_TRITON_TILES")}
+
+    def scan(**dkdv):
+        if dkdv:
+            tiles = tmp_path / "tiles.json"
+            tiles.write_text(json.dumps({"selected_dkdv": {"small": dkdv}}))
+            env["NSA_TRITON_TILES"] = str(tiles)
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "race_scan.py"), "--shapes", "main"],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+
+    shipped = scan()
+    assert shipped.returncode == 0 and "RACE" not in shipped.stdout, shipped.stdout + shipped.stderr[-2000:]
+    assert len(re.findall(r"\]: ok", shipped.stdout)) >= 9, shipped.stdout  # band x2 ops, select, selected
+    pipelined = scan(stages=2)
+    flagged = [line for line in pipelined.stdout.splitlines() if "RACE" in line]
+    assert pipelined.returncode == 1 and len(flagged) == 1 and "_selected_bwd_dkdv_kernel" in flagged[0], flagged
+    assert sorted(re.findall(r"%(q|do)_\d+", flagged[0])) == ["do", "q"], flagged
+    rows64 = scan(rows=64, warps=8, stages=2)
+    assert rows64.returncode == 0 and "RACE" not in rows64.stdout, rows64.stdout
