@@ -102,8 +102,13 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # wgmma and Q/dO get two buffers: pipelined without the race, by the TTGIR; not yet timed on an H100, and 8% slower
     # than the racy 32-row tiles on an H200 in the ninth session's tune section.)
     # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
-    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8),
-                      "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8)},
+    # key_major 1: the products key-major (add_key_grads_t); then every product is a wgmma and Triton gives Q/dO two
+    # buffers, so it can run pipelined without the race (scripts/race_scan.py); compiled with 8 warps and 2 stages
+    # it has no spill (the 1-stage kernel spills 40 bytes). Written after the device time was spent: untimed, off.
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,
+                                    key_major=0),
+                      "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,
+                                  key_major=0)},
 }
 if os.environ.get("NSA_TRITON_TILES"):
     with open(os.environ["NSA_TRITON_TILES"]) as f:
@@ -391,4 +396,19 @@ def add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC: tl.const
     ds = score_grads(p, do, v, delta, ACC, PREC)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """add_key_grads computed key-major: the scores as s^T = k q^T [BLOCK_N, R] (vis_t [BLOCK_N, R]), so that all four
+    products have the BLOCK_N key rows (a wgmma at 64 keys even with 32 query rows) and p^T, ds^T feed dV and dK
+    untransposed. Why it exists: with 32 query rows, add_key_grads' QK^T and dO V^T are 32-row MMAs and Triton 3.6/3.9
+    then gives the pipelined Q/dO tiles one buffer, which the next rows' copies overwrite under the dK/dV wgmmas
+    still in flight (the selected dK/dV's race); key-major, they get two (scripts/race_scan.py)."""
+    st = tl.dot(k, tl.trans(q), out_dtype=ACC, input_precision=PREC) * qk_scale
+    pt = tl.where(vis_t, tl.exp2(st - lse2[None, :]), 0.0)
+    dst = pt * (tl.dot(v, tl.trans(do), out_dtype=ACC, input_precision=PREC) - delta[None, :])
+    dv += tl.dot(pt.to(do.dtype), do, out_dtype=ACC, input_precision=PREC)
+    dk += tl.dot(dst.to(q.dtype), q, out_dtype=ACC, input_precision=PREC)
     return dk, dv

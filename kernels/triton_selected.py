@@ -38,6 +38,7 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     add_key_grads,
+    add_key_grads_t,
     attend_kv,
     attend_tile,
     attend_tile_rows,
@@ -180,10 +181,11 @@ def _selected_bwd_dkdv_kernel(
     T, Hkv, G, NB, qk_scale, sm_scale, SEL, SEG_LEN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, KEY_MAJOR: tl.constexpr = False,
 ):
     """dK/dV of one selection block from one segment of the queries that selected it (atomically added
-    into the float32 buffers DK_ACC [B, T, Hkv, DK], DV_ACC [B, T, Hkv, DV], contiguous)."""
+    into the float32 buffers DK_ACC [B, T, Hkv, DK], DV_ACC [B, T, Hkv, DV], contiguous). KEY_MAJOR: the products
+    key-major (add_key_grads_t), which Triton can pipeline without a race."""
     BM: tl.constexpr = NPOS * G_PAD
     item = tl.program_id(0)
     bucket = tl.load(ITEM_BUCKET + item)
@@ -219,8 +221,12 @@ def _selected_bwd_dkdv_kernel(
                 q = load_rows(Q, b, pos, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
                 do = load_rows(DO, b, pos, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
                 lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos) * Hq + head, row_ok)
-                vis = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
-                dk, dv = add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
+                if KEY_MAJOR:
+                    vis_t = k_ok[:, None] & row_ok[None, :] & (kpos[:, None] <= pos[None, :])
+                    dk, dv = add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC, PREC)
+                else:
+                    vis = row_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= pos[:, None])
+                    dk, dv = add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
             out_row = (b * T + kpos) * Hkv + kvh
             tl.atomic_add(DK_ACC + out_row[:, None] * DK + offs_dk[None, :], dk * sm_scale,
                           mask=k_ok[:, None] & (offs_dk[None, :] < DK))
@@ -533,7 +539,7 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, Hkv, G, n_blocks, scale * LOG2E, scale, select_size, seg_len,
-        G_PAD=g_pad, NPOS=npos, **common,
+        G_PAD=g_pad, NPOS=npos, **common, KEY_MAJOR=bool(cfg.get("key_major")),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return dq, dk_acc.to(k.dtype), dv_acc.to(v.dtype)

@@ -90,7 +90,7 @@ PRESETS = {
                       dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", POS="*i32",
                            BUCKET_OFF="*i64", ITEM_BUCKET="*i32", ITEM_SEG="*i32", DK_ACC="*fp32", DV_ACC="*fp32",
                            qk_scale="fp32", sm_scale="fp32"),
-                      {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1},
+                      {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1, "KEY_MAJOR": False},
                       (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 1),
     "decode-attn": ("kernels.triton_decode", "_decode_attn_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", PM="*fp32",
@@ -121,6 +121,11 @@ for _name in ("band-fwd", "band-dq", "selected-fwd", "selected-dq"):
     _module, _kernel, _types, _consts, _div16, _warps, _stages = PRESETS[_name]
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, "K": _KV_DESC, "V": _KV_DESC}, {**_consts, "TMA": True},
                                _div16, _warps, _stages)
+
+
+# the selected dK/dV key-major (tiles option key_major=1), pipelined: the candidate to time against the 1-stage default
+_dkdv = PRESETS["selected-dkdv"]
+PRESETS["selected-dkdv-key-major"] = (*_dkdv[:3], {**_dkdv[3], "KEY_MAJOR": True}, _dkdv[4], 8, 2)
 
 
 def compile_preset(name: str):

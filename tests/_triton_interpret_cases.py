@@ -153,6 +153,7 @@ SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
 SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
     "inverted-index": (["selected_dkdv"], dict(atomic=0)),
     "atomic-dkdv": (["selected_dkdv"], dict(atomic=1)),  # dK/dV by float32 atomics from the dQ programs
+    "key-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=1)),  # the inverted index's products key-major
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
     "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
 }
@@ -161,8 +162,9 @@ SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes
 @pytest.mark.parametrize("variant", list(SELECTED_VARIANTS))
 @pytest.mark.parametrize("case", SELECTED_CASES)
 def test_selected_attention(gen, case, variant, monkeypatch):
-    """Outputs and gradients against the reference, with either dK/dV design (the inverted index, or the
-    "selected_dkdv" tiles' option `atomic`), and with the forward and dQ's TMA loads (option `tma`)."""
+    """Outputs and gradients against the reference, with either dK/dV design (the inverted index, its products
+    row-major or key-major (option `key_major`), or the "selected_dkdv" tiles' option `atomic`), and with the forward
+    and dQ's TMA loads (option `tma`)."""
     names, changes = SELECTED_VARIANTS[variant]
     set_tiles(monkeypatch, names, **changes)
     B, T, Hkv, G, Dk, Dv, ss, n = case

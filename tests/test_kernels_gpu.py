@@ -131,6 +131,18 @@ def test_select_blocks_bf16(cuda_gen, shape):
                 f"scores {lo_mine:.6g} < {hi_theirs:.6g} (seed {cuda_gen.initial_seed()})")
 
 
+_SELECTED = ["selected_fwd", "selected_dq", "selected_dkdv"]
+SELECTED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
+    "one-position": (_SELECTED, dict(share=1, pack_below_g=0)),
+    "default": (_SELECTED, {}),  # the shipped tiles (positions packed for G < 8 in forward, G < 4 in dQ)
+    "share4": (_SELECTED, dict(share=4, pack_below_g=0)),
+    "atomic-dkdv": (_SELECTED, dict(atomic=1)),  # dK/dV by float32 atomics
+    "block_n32": (_SELECTED, dict(block_n=32)),  # 32-key steps
+    "tma": (_SELECTED, dict(tma=1, share=1, pack_below_g=0)),  # K/V through TMA in the one-position kernels
+    "key-major-dkdv": (["selected_dkdv"], dict(key_major=1, warps=8, stages=2)),  # key-major products, pipelined
+}
+
+
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv
     pytest.param((1, 4096, 64, 4, 128, 128), id="T4k-G16-D128"),
     pytest.param((1, 4096, 16, 1, 64, 64), id="T4k-G16-D64"),  # the small_gqa16 model's heads: the "d64" tiles
@@ -139,13 +151,10 @@ def test_select_blocks_bf16(cuda_gen, shape):
     pytest.param((1, 2500, 32, 2, 192, 128), id="T2500-Dk192-Dv128"),
     pytest.param((1, 2048, 16, 16, 128, 128), id="T2k-G1"),
 ])
-@pytest.mark.parametrize("tiles", [  # the one-position kernels, the shipped tiles (positions packed for G < 8
-    dict(share=1, pack_below_g=0), {}, dict(share=4, pack_below_g=0),  # in forward, G < 4 in dQ), 4 sharing,
-    dict(atomic=1), dict(block_n=32),  # dK/dV by float32 atomics, 32-key steps (one-position forward and dQ),
-    dict(tma=1, share=1, pack_below_g=0)],  # K/V through tensor descriptors (TMA) in the one-position kernels
-    ids=["one-position", "default", "share4", "atomic-dkdv", "block_n32", "tma"])
-def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
-    set_tiles(monkeypatch, ["selected_fwd", "selected_dq", "selected_dkdv"], **tiles)
+@pytest.mark.parametrize("variant", list(SELECTED_TILE_VARIANTS))
+def test_selected_attention_bf16(cuda_gen, shape, variant, monkeypatch):
+    names, changes = SELECTED_TILE_VARIANTS[variant]
+    set_tiles(monkeypatch, names, **changes)
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
@@ -167,7 +176,8 @@ def test_selected_attention_bf16(cuda_gen, shape, tiles, monkeypatch):
     pytest.param((1, 8192, 16, 1, 64, 64), id="T8k-G16-D64"),
     pytest.param((1, 4096, 32, 2, 192, 128), id="T4k-Dk192-Dv128"),
 ])
-def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, monkeypatch):
+@pytest.mark.parametrize("dkdv", [{}, dict(key_major=1, warps=8, stages=2)], ids=["shipped", "key-major-pipelined"])
+def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, dkdv, monkeypatch):
     """The selected backward, run three times on the same inputs with K/V gathered and three times through TMA: dQ
     has no atomics, so each way must give it bit for bit the same every run; dK/dV (float32 atomics in varying
     order, then bf16) within 1e-3 (measured: ~1e-5). TMA and gathers feed the same products: their gradients must
@@ -176,6 +186,7 @@ def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, monk
     from kernels.triton_common import GPU_TILES, tiles_set
 
     set_tiles(monkeypatch, ["selected_fwd", "selected_dq"], share=1, pack_below_g=0)
+    set_tiles(monkeypatch, ["selected_dkdv"], **dkdv)
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d, ss, n = 32, 16, 64, 16
     q, k, v = (rand(cuda_gen, B, T, h, dim).requires_grad_() for h, dim in ((Hq, Dk), (Hkv, Dk), (Hkv, Dv)))
