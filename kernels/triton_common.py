@@ -54,8 +54,10 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
     # until then) 2.80 / 2.88 / 2.99. "big": untimed.
-    "select": {"small": dict(rows=128, warps=4, stages=2),
-               "big": dict(rows=64, warps=4, stages=2)},
+    # tma 1: the compressed keys through a tensor descriptor (one TMA copy per tile of C_PAD tokens); written after the
+    # twelfth session's device time was spent: untimed, off.
+    "select": {"small": dict(rows=128, warps=4, stages=2, tma=0),
+               "big": dict(rows=64, warps=4, stages=2, tma=0)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py
@@ -285,12 +287,16 @@ def finish_rows(m_i, l_i, acc):
 
 
 @triton.jit
+def row_block(XD, b, start, h, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows start .. start + BLOCK_N - 1 [BLOCK_N, BLOCK_D] of head h in batch b, through a tensor descriptor over
+    X [B, T, H, D] (TMA on Hopper; rows past T and columns past D read 0)."""
+    return XD.load([b.to(tl.int32), start, h, 0]).reshape(BLOCK_N, BLOCK_D)
+
+
+@triton.jit
 def kv_block(KD, VD, b, start, kvh, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows start .. start + BLOCK_N - 1 of KV head kvh in batch b,
-    through tensor descriptors over K and V [B, T, Hkv, D] (TMA on Hopper; rows past T and columns past D read 0)."""
-    k = KD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DK)
-    v = VD.load([b.to(tl.int32), start, kvh, 0]).reshape(BLOCK_N, BLOCK_DV)
-    return k, v
+    """K [BLOCK_N, BLOCK_DK] and V [BLOCK_N, BLOCK_DV] rows start .. start + BLOCK_N - 1 of KV head kvh (row_block)."""
+    return row_block(KD, b, start, kvh, BLOCK_N, BLOCK_DK), row_block(VD, b, start, kvh, BLOCK_N, BLOCK_DV)
 
 
 @triton.jit

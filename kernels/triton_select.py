@@ -46,28 +46,34 @@ from kernels.triton_common import (
     load_rows,
     lse_log2,
     next_pow2,
+    row_block,
     tl_acc,
+    tma_descriptor,
 )
 
 NO_KEY: tl.constexpr = tl.constexpr(-(2**40))  # the key of an invisible block: below the initial keys -1 .. -NBT
 
 
 @triton.jit
-def _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
+def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
                  DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
                  NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
+                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """Block scores [NPOS, NBT] of the tile of blocks jb0 .. jb0 + NBT - 1 (steps 1-3 of the module docstring),
     and the carry into the next tile. MASKED=False: every compressed token of the tile is visible to every
     position (the tiles before the diagonal), so no mask is computed (rows without a query have q = 0 and
-    lse2 = +inf, hence p = 0)."""
+    lse2 = +inf, hence p = 0). k_src: the compressed keys of (b, kvh) as a pointer, or with TMA a tensor descriptor
+    over all of them (its C_PAD-row box may reach into the next tile: those tokens get weight 0 below)."""
     offs_dk = tl.arange(0, BLOCK_DK)
     c = tl.arange(0, C_PAD)
     jj = tl.arange(0, NBT)
     i = jb0 * TPB + c
     i_ok = (c < NBT * TPB) & (i < TC)
-    kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                 mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    if TMA:
+        kc = row_block(k_src, b, jb0 * TPB, kvh, C_PAD, BLOCK_DK)
+    else:
+        kc = tl.load(k_src + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                     mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
     s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC)
     if MASKED:
         vis = (i[None, :] * STRIDE + BS - 1 <= pos[:, None]) & i_ok[None, :] & row_ok[:, None]
@@ -118,14 +124,14 @@ def _merge_top(top, cand, NBT: tl.constexpr):
 
 
 @triton.jit
-def _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE, SEL, NUM_INIT,
-                 NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
-                 NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-                 PREC: tl.constexpr, MASKED: tl.constexpr):
+def _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE, SEL,
+                 NUM_INIT, NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr,
+                 NPOS: tl.constexpr, NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     """One tile of blocks: its scores become candidate keys, merged into the running top -> (top, carry)."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
-    score, carry = _tile_scores(q, lse2, pos, row_ok, k_base, sk_t, jb0, carry, TC, qk_scale, BS, STRIDE, SEL, DK,
-                                BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED)
+    score, carry = _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
+                                DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED, TMA)
     jj = tl.arange(0, NBT)
     blk = jb0 + jj
     visible = blk[None, :] <= cur[:, None]
@@ -143,8 +149,9 @@ def _select_kernel(
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, TMA: tl.constexpr = False,
 ):
+    """TMA: KC is a tensor descriptor over the compressed keys (row_block), not a pointer."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
 
     # query rows: NPOS positions x G_PAD heads
@@ -164,19 +171,19 @@ def _select_kernel(
     # tiles whose compressed tokens the first position already sees in full need no mask
     n_vis0 = tl.where(t0 + 1 >= BS, (t0 + 1 - BS) // STRIDE + 1, 0)
     full_end = tl.minimum((n_vis0 // (NBT * TPB)) * NBT, n_blocks)
-    k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
+    k_src = KC if TMA else KC + b * sk_b + kvh.to(tl.int64) * sk_h
     top = -1 - tl.zeros([NPOS, NBT], tl.int64) - jj[None, :]  # distinct placeholders, below every real key
     carry = tl.zeros([NPOS], ACC)
     # the tiles before the diagonal, then the rest: two loops, not a branch in one (Triton 3.6's software
     # pipeliner fails on a loop with a branch around the dot)
     for jb0 in range(0, full_end, NBT):
-        top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
-                                  SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
-                                  PREC, False)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS,
+                                  STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED,
+                                  ACC, PREC, False, TMA)
     for jb0 in range(full_end, n_blocks, NBT):
-        top, carry = _select_tile(q, lse2, pos, row_ok, k_base, sk_t, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE,
-                                  SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC,
-                                  PREC, True)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS,
+                                  STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED,
+                                  ACC, PREC, True, TMA)
 
     top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
@@ -211,13 +218,14 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     npos = max(npos, math.ceil(16 / g_pad))
     npos = next_pow2(npos)
     grid = (triton.cdiv(T, npos), B * Hkv)
+    kc_desc = tma_descriptor(k_cmp, [1, c_pad, 1, bdk]) if cfg.get("tma") else None
     _select_kernel[grid](
-        q, k_cmp, lse, idx,
+        q, k_cmp if kc_desc is None else kc_desc, lse, idx,
         q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
-        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+        ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), TMA=kc_desc is not None,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

@@ -316,7 +316,7 @@ TUNE = {
                 dict(rows=64, block_n=64, warps=4, stages=2),
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3),
                 dict(tma=1), dict(tma=1, stages=3)],
-    "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3)],
+    "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3), dict(tma=1), dict(tma=1, stages=3)],
     "selected_fwd": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                      dict(warps=2, stages=3, block_n=32), dict(warps=2, stages=4, block_n=32),
                      dict(warps=4, stages=4, block_n=32), dict(tma=1), dict(tma=1, stages=3),

@@ -49,7 +49,7 @@ PRESETS = {
     "select": ("kernels.triton_select", "_select_kernel",
                dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
                dict(DK=128, BLOCK_DK=128, G_PAD=16, NPOS=8, NBT=16, TPB=4, C_PAD=64, ALIGNED=True, ACC="fp32",
-                    PREC="tf32"),
+                    PREC="tf32", TMA=False),
                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -122,6 +122,10 @@ for _name in ("band-fwd", "band-dq", "selected-fwd", "selected-dq"):
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, "K": _KV_DESC, "V": _KV_DESC}, {**_consts, "TMA": True},
                                _div16, _warps, _stages)
 
+
+# the selection kernel with the compressed keys through a tensor descriptor ([1, C_PAD, 1, 128] boxes)
+PRESETS["select-tma"] = (*PRESETS["select"][:2], {**PRESETS["select"][2], "KC": "tensordesc<bf16[1, 64, 1, 128]>"},
+                         {**PRESETS["select"][3], "TMA": True}, *PRESETS["select"][4:])
 
 # the selected dK/dV key-major (tiles option key_major=1), pipelined: the candidate to time against the 1-stage default
 _dkdv = PRESETS["selected-dkdv"]

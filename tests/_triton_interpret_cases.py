@@ -113,8 +113,10 @@ SELECT_CASES = [  # T, Hkv, G, D, block_size, stride, select_size, num_select, n
 ]
 
 
+@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])  # the compressed keys through a tensor descriptor
 @pytest.mark.parametrize("case", SELECT_CASES)
-def test_select_blocks_matches_reference_exactly(gen, case):
+def test_select_blocks_matches_reference_exactly(gen, case, tma, monkeypatch):
+    set_tiles(monkeypatch, ["select"], tma=tma)
     T, Hkv, G, D, bs, d, ss, n, ni, nl = case
     q = randn(gen, 1, T, Hkv * G, D, grad=False)
     kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, grad=False)
