@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# (Hq, Hkv, Dk, Dv): the benchmarks' main heads, the small_gqa16 training model's, the paper's Dk=192 / Dv=128
+# (Hq, Hkv, Dk, Dv): the benchmarks' main heads, the training models' (small_gqa16 and the gpu-small reproduction),
+# the paper's Dk=192 / Dv=128
 SHAPES = {"main": (64, 4, 128, 128), "small": (16, 1, 64, 64), "paper": (64, 4, 192, 128),
           **{f"main-G{g}": (64, 64 // g, 128, 128) for g in (1, 2, 4, 8)}}
 T, NSA = 1024, dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
