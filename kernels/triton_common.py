@@ -106,7 +106,8 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
     # key_major 1: the products key-major (add_key_grads_t); then every product is a wgmma and Triton gives Q/dO two
     # buffers, so it can run pipelined without the race (scripts/race_scan.py); compiled with 8 warps and 2 stages
-    # it has no spill (the 1-stage kernel spills 40 bytes). Written after the device time was spent: untimed, off.
+    # it has no spill (the 1-stage kernel spills 32 bytes; Triton 3.6, sm_90a). Written after the device time was
+    # spent: untimed, off.
     "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,
                                     key_major=0),
                       "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,

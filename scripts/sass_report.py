@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO))
 _D128 = dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, ACC="fp32", PREC="tf32")  # bf16 heads of 128
 _BAND = {**_D128, "G_PAD": 16, "BLOCK_N": 64}  # the banded kernels' shared constexprs
 _SELECTED = {**_D128, "NSEL_PAD": 16, "BLOCK_N": 64, "N_KT": 1}  # the selected kernels' (16 blocks of 64 keys)
-_KV_DESC = "tensordesc<bf16[1, 64, 1, 128]>"  # K or V [B, T, Hkv, 128] read in boxes of 64 keys (TMA)
 _QKV_STRIDES = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h")
 
 # preset -> (module, kernel, pointer/float types, constexprs, 16-divisible int args, warps, stages); main shape
@@ -115,17 +114,14 @@ PRESETS = {
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
 }
 
-# the same kernels with TMA loads of K/V (tiles option tma=1): K and V become tensor descriptors with [1, 64, 1, 128]
-# boxes (their stride arguments go unused)
-for _name in ("band-fwd", "band-dq", "selected-fwd", "selected-dq"):
+# the same kernels with TMA loads (tiles option tma=1): the named tensors become tensor descriptors read in boxes of
+# 64 rows of 128 (K/V tiles of 64 keys; the selection's C_PAD = 64 compressed tokens), their stride arguments unused
+_TMA_DESC = "tensordesc<bf16[1, 64, 1, 128]>"
+for _name, _loaded in (("band-fwd", "KV"), ("band-dq", "KV"), ("selected-fwd", "KV"), ("selected-dq", "KV"),
+                       ("select", ("KC",))):
     _module, _kernel, _types, _consts, _div16, _warps, _stages = PRESETS[_name]
-    PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, "K": _KV_DESC, "V": _KV_DESC}, {**_consts, "TMA": True},
-                               _div16, _warps, _stages)
-
-
-# the selection kernel with the compressed keys through a tensor descriptor ([1, C_PAD, 1, 128] boxes)
-PRESETS["select-tma"] = (*PRESETS["select"][:2], {**PRESETS["select"][2], "KC": "tensordesc<bf16[1, 64, 1, 128]>"},
-                         {**PRESETS["select"][3], "TMA": True}, *PRESETS["select"][4:])
+    PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, **dict.fromkeys(_loaded, _TMA_DESC)},
+                               {**_consts, "TMA": True}, _div16, _warps, _stages)
 
 # the selected dK/dV key-major (tiles option key_major=1), pipelined: the candidate to time against the 1-stage default
 _dkdv = PRESETS["selected-dkdv"]
