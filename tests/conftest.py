@@ -26,12 +26,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def set_tiles(monkeypatch, names, sizes=("small", "big"), **changes) -> None:
-    """For one test, set `changes` in kernels.triton_common.GPU_TILES[name][size] for every name and size."""
+def set_tiles(monkeypatch, names, sizes=None, **changes) -> None:
+    """For one test, set `changes` in kernels.triton_common.GPU_TILES[name][size] for every name and size (None: every
+    entry the kernel has, "d64" included, which would otherwise override "small"'s value at head dims up to 64)."""
     from kernels.triton_common import GPU_TILES
 
     for name in names:
-        for size in sizes:
+        for size in GPU_TILES[name] if sizes is None else sizes:
             for key, value in changes.items():
                 monkeypatch.setitem(GPU_TILES[name][size], key, value)
 
