@@ -574,6 +574,8 @@ def main() -> None:
                    help="heads of the tune section: main (Hq=64, Hkv=4, D=128) or small (Hq=16, Hkv=1, D=64)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
+    p.add_argument("--baselines", nargs="*", choices=["flash", "cudnn"], default=["flash", "cudnn"],
+                   help="SDPA backends timed beside NSA in main/paper (none: NSA only, for A/B runs of tiles)")
     p.add_argument("--floors-from", help="print the floors table of this results JSON and exit (no GPU needed)")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 TFLOP/s for the floors (default: measured/spec)")
     p.add_argument("--bw-gbps", type=float, help="memory bandwidth GB/s for the floors (default: measured)")
@@ -608,7 +610,7 @@ def main() -> None:
         print(f"{section} T={T}", flush=True)
         row = results[section].setdefault(str(T), {})
         attempt(row, "nsa", lambda: bench_nsa(B, T, Hq, HKV, Dk, 128), checkpoint)
-        for backend in ("flash", "cudnn"):
+        for backend in args.baselines:
             attempt(row, backend, lambda b=backend: bench_sdpa(B, T, Hq, Dk, 128, b), checkpoint)
 
     if "main" in args.sections:
