@@ -54,8 +54,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
     # until then) 2.80 / 2.88 / 2.99. "big": untimed.
-    # tma 1: the compressed keys through a tensor descriptor (one TMA copy per tile of C_PAD tokens); written after the
-    # twelfth session's device time was spent: untimed, off.
+    # tma 1: the compressed keys through a tensor descriptor (one TMA copy per tile of C_PAD tokens). Slower on an
+    # H100 (thirteenth session): tune section at 32k 2.58 -> 2.90 ms (2.91 with 3 stages); interleaved runs at 64k
+    # 9.09-9.33 -> 9.55-10.08 ms. So off.
     "select": {"small": dict(rows=128, warps=4, stages=2, tma=0),
                "big": dict(rows=64, warps=4, stages=2, tma=0)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
@@ -93,23 +94,22 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
     # 32k, H200, docs/benchmarks.md; likely contention on blocks many queries choose). It runs with atomic_warps:
     # compiled for sm_90 it spills 940 bytes at 4 warps, 48 at 8 (ptxas -v, Triton 3.9).
-    # stages 1: with 2 or more, Triton 3.6's pipeliner gives the Q and dO tiles, gathered through the inverted index,
-    # one shared-memory buffer, and leaves the dK / dV wgmmas that read them in flight while the next rows' async
-    # copies overwrite them (TTGIR: warp_group_dot_wait pendings 3, then async_copy_global_to_local into the same
-    # buffer; every warps / stages / head-dim setting that pipelines does it). On an H100 at D = 128 with 2 stages
-    # this made dK wrong in every run (0.9% from float64, 21% of its elements differing between runs; dQ, dV
-    # right); 3 stages and 8 warps happened to come out right in the runs tried. With 1 stage nothing is in
-    # flight across rows: right by construction, and 10% slower than 2 or 3 stages (selected forward+backward at
-    # 64k 63.9 against 58.1-58.3 ms), twelfth session, docs/benchmarks.md. (At 64 rows with 8 warps every product is a
-    # wgmma and Q/dO get two buffers: pipelined without the race, by the TTGIR; not yet timed on an H100, and 8% slower
-    # than the racy 32-row tiles on an H200 in the ninth session's tune section.)
-    # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers.
-    # key_major 1: the products key-major (add_key_grads_t); then every product is a wgmma and Triton gives Q/dO two
-    # buffers, so it can run pipelined without the race (scripts/race_scan.py); compiled with 8 warps and 2 stages
-    # it has no spill (the 1-stage kernel spills 32 bytes; Triton 3.6, sm_90a). Written after the device time was
-    # spent: untimed, off.
-    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,
-                                    key_major=0),
+    # key_major 1: the four products key-major (s^T = K Q^T, [keys, rows]; add_key_grads_t), so each has the 64 key
+    # rows and all four are wgmmas. H100, main shape, thirteenth session (docs/benchmarks.md): tune section at 32k
+    # 31.9 ms (row-major, 1 stage) -> 28.0 (key-major, 4 warps, 2 stages; 29.0 at 1 stage, 35.8 at 8 warps);
+    # interleaved runs at 64k, selected forward+backward 64.3 -> 56.5 ms. At the small model's heads (D = 64, "d64")
+    # the tune section gave 5.10 -> 4.21 ms at 1 stage, 4.40 at 2.
+    # Why not row-major pipelined: with 32 query rows its QK^T and dO V^T are plain MMAs, and Triton 3.6/3.9's
+    # pipeliner then gives the gathered Q and dO one shared-memory buffer that the next rows' async copies overwrite
+    # while the dK / dV wgmmas still read it (TTGIR: warp_group_dot_wait pendings 3, then async_copy_global_to_local
+    # into the same buffer). On an H100 at D = 128, 2 stages, that made dK wrong in every run (0.9% from float64;
+    # twelfth session). Key-major (and row-major at 64 rows, 8 warps) gets two buffers and a full wait before a
+    # buffer is refilled: scripts/race_scan.py checks every shipped build for the pattern, and
+    # tests/test_kernels_gpu.py: test_selected_backward_repeats_and_tma_matches_gathers checks that dK repeats.
+    # "big" (Dk = 192, 32-key steps): not timed key-major, so row-major at 1 stage (right by construction).
+    "selected_dkdv": {"small": dict(rows=32, block_n=64, warps=4, stages=2, seg_len=256, atomic=0, atomic_warps=8,
+                                    key_major=1),
+                      "d64": dict(stages=1),
                       "big": dict(rows=32, block_n=32, warps=4, stages=1, seg_len=256, atomic=0, atomic_warps=8,
                                   key_major=0)},
 }

@@ -324,14 +324,12 @@ TUNE = {
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                     dict(warps=2, stages=3, block_n=32), dict(warps=4, stages=3, block_n=32), dict(tma=1),
                     dict(tma=1, stages=3), dict(tma=1, warps=2, stages=3)],
-    # pipelined (stages > 1) only key-major or at 64 rows: otherwise this kernel races (GPU_TILES["selected_dkdv"]);
-    # there every product is a wgmma and Q/dO get two buffers (scripts/race_scan.py flags nothing)
-    "selected_dkdv": [dict(key_major=1), dict(key_major=1, warps=8, stages=2), dict(key_major=1, stages=2),
-                      dict(key_major=1, warps=8, stages=3),
-                      dict(rows=16, block_n=64, warps=4), dict(rows=64, block_n=64, warps=8),
-                      dict(rows=64, block_n=64, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3),
-                      dict(rows=32, block_n=32, warps=4), dict(rows=32, block_n=64, warps=8),
-                      dict(rows=16, block_n=64, warps=2), dict(seg_len=128), dict(seg_len=1024), dict(atomic=1)],
+    # row-major (key_major=0) pipelined (stages > 1) only at 64 rows: otherwise it races (GPU_TILES["selected_dkdv"]);
+    # key-major or at 64 rows every product is a wgmma and Q/dO get two buffers (scripts/race_scan.py flags nothing)
+    "selected_dkdv": [dict(stages=1), dict(stages=3), dict(warps=8, stages=2), dict(rows=64, warps=8, stages=2),
+                      dict(rows=16, stages=2), dict(block_n=32, stages=2), dict(seg_len=128), dict(seg_len=1024),
+                      dict(key_major=0, stages=1), dict(key_major=0, rows=16, stages=1),
+                      dict(key_major=0, rows=64, warps=8, stages=3), dict(atomic=1)],
 }
 
 

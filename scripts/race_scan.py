@@ -117,7 +117,7 @@ def main() -> None:
     for (fn, types, consts, div16, warps, stages), shapes in builds.items():
         race = inflight_overwrites(compile_kernel(fn, dict(types), dict(consts), div16, warps, stages).asm["ttgir"])
         flagged += bool(race)
-        tiles = ", ".join(f"{k}={v}" for k, v in consts if k in ("G_PAD", "NPOS", "P", "BLOCK_N", "TMA"))
+        tiles = ", ".join(f"{k}={v}" for k, v in consts if k in ("G_PAD", "NPOS", "P", "BLOCK_N", "TMA", "KEY_MAJOR"))
         print(f"{fn.__name__} ({tiles}, warps {warps}, stages {stages}) [{' '.join(sorted(set(shapes)))}]: "
               + (f"RACE on {', '.join(race)}" if race else "ok"), flush=True)
     sys.exit(1 if flagged else 0)

@@ -89,8 +89,8 @@ PRESETS = {
                       dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", POS="*i32",
                            BUCKET_OFF="*i64", ITEM_BUCKET="*i32", ITEM_SEG="*i32", DK_ACC="*fp32", DV_ACC="*fp32",
                            qk_scale="fp32", sm_scale="fp32"),
-                      {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1, "KEY_MAJOR": False},
-                      (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 1),
+                      {**_D128, "G_PAD": 16, "NPOS": 2, "BLOCK_N": 64, "N_KT": 1, "KEY_MAJOR": True},
+                      (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 4, 2),
     "decode-attn": ("kernels.triton_decode", "_decode_attn_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", PM="*fp32",
                          PL="*fp32", PACC="*fp32", COUNT="*i32", TP="*i64", qk_scale="fp32"),
@@ -123,9 +123,10 @@ for _name, _loaded in (("band-fwd", "KV"), ("band-dq", "KV"), ("selected-fwd", "
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, **dict.fromkeys(_loaded, _TMA_DESC)},
                                {**_consts, "TMA": True}, _div16, _warps, _stages)
 
-# the selected dK/dV key-major (tiles option key_major=1), pipelined: the candidate to time against the 1-stage default
+# the selected dK/dV row-major (tiles option key_major=0) at 1 stage: what shipped before the key-major products
+# (pipelined, this layout races: kernels/triton_common.py GPU_TILES["selected_dkdv"])
 _dkdv = PRESETS["selected-dkdv"]
-PRESETS["selected-dkdv-key-major"] = (*_dkdv[:3], {**_dkdv[3], "KEY_MAJOR": True}, _dkdv[4], 8, 2)
+PRESETS["selected-dkdv-row-major"] = (*_dkdv[:3], {**_dkdv[3], "KEY_MAJOR": False}, _dkdv[4], 4, 1)
 
 
 def compile_preset(name: str):

@@ -153,9 +153,9 @@ SELECTED_CASES = [  # B, T, Hkv, G, Dk, Dv, select_size, num_select
 
 
 SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
-    "inverted-index": (["selected_dkdv"], dict(atomic=0)),
+    "inverted-index": (["selected_dkdv"], dict(atomic=0, key_major=1)),  # its products key-major (as shipped)
     "atomic-dkdv": (["selected_dkdv"], dict(atomic=1)),  # dK/dV by float32 atomics from the dQ programs
-    "key-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=1)),  # the inverted index's products key-major
+    "row-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=0)),  # the inverted index's products row-major
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
     "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
 }

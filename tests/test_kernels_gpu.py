@@ -141,7 +141,8 @@ SELECTED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the ch
     "atomic-dkdv": (_SELECTED, dict(atomic=1)),  # dK/dV by float32 atomics
     "block_n32": (_SELECTED, dict(block_n=32)),  # 32-key steps
     "tma": (_SELECTED, dict(tma=1, share=1, pack_below_g=0)),  # K/V through TMA in the one-position kernels
-    "key-major-dkdv": (["selected_dkdv"], dict(key_major=1, warps=8, stages=2)),  # key-major products, pipelined
+    "row-major-dkdv": (["selected_dkdv"], dict(key_major=0, stages=1)),  # dK/dV products row-major (1 stage: races
+    # when pipelined, GPU_TILES["selected_dkdv"])
 }
 
 
@@ -178,7 +179,8 @@ def test_selected_attention_bf16(cuda_gen, shape, variant, monkeypatch):
     pytest.param((1, 8192, 16, 1, 64, 64), id="T8k-G16-D64"),
     pytest.param((1, 4096, 32, 2, 192, 128), id="T4k-Dk192-Dv128"),
 ])
-@pytest.mark.parametrize("dkdv", [{}, dict(key_major=1, warps=8, stages=2)], ids=["shipped", "key-major-pipelined"])
+@pytest.mark.parametrize("dkdv", [{}, dict(key_major=0, stages=1), dict(key_major=1, warps=8, stages=3)],
+                         ids=["shipped", "row-major", "key-major-8warps-3stages"])
 def test_selected_backward_repeats_and_tma_matches_gathers(cuda_gen, shape, dkdv, monkeypatch):
     """The selected backward, run three times on the same inputs with K/V gathered and three times through TMA: dQ
     has no atomics, so each way must give it bit for bit the same every run; dK/dV (float32 atomics in varying
