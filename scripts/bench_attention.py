@@ -28,11 +28,11 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          max(FLOPs / peak, bytes / bandwidth), and the measured time against it. Without a "peak" section in
          the JSON, --peak-tflops / --bw-gbps (default: the H100 SXM's dense bf16 spec and its measured read
          bandwidth in docs/benchmarks.md).
-- tune: at T=32k and the main shape (or --tune-shape small: the small_gqa16 model's heads), times each
-  kernel family with alternative tile sizes (GPU_TILES in kernels/triton_common.py), greedily, checking every
-  alternative's outputs/gradients against the current config's (relative error < 1e-2, selections >= 99%
-  equal); the winners are kept for the sections after it and written to --tiles-out (usable as
-  NSA_TRITON_TILES=...). Run it first.
+- tune: at T=32k and the main shape (or --tune-shape small: the small_gqa16 model's heads; paper: Dk=192,
+  Dv=128, the "big" tiles), times each kernel family with alternative tile sizes (GPU_TILES in
+  kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the current
+  config's (relative error < 1e-2, selections >= 99% equal) and that a second run repeats them; the winners
+  are kept for the sections after it and written to --tiles-out (usable as NSA_TRITON_TILES=...). Run it first.
 NSA "total" is the four kernels as the model calls them: compressed -> select -> selected, window, and
 the sum of the three branch outputs (the gates are elementwise and left out); its backward runs every
 backward kernel. Full attention expands K/V to Hq heads beforehand (untimed): GQA costs the same FLOPs.
@@ -266,9 +266,10 @@ def agree_with_neighbours(idx: torch.Tensor, keep: float, gen: torch.Generator) 
     return idx[:, src]
 
 
-def selection_inputs(B, T, Hq, Hkv, D):
-    """Random inputs x (with gradients), their branch closures, and the compression lse and block choices."""
-    x = make_inputs(B, T, Hq, Hkv, D, D, grad=True)
+def selection_inputs(B, T, Hq, Hkv, D, Dv=None):
+    """Random inputs x (with gradients; head dims D and Dv, default D), their branch closures, and the compression
+    lse and block choices."""
+    x = make_inputs(B, T, Hq, Hkv, D, Dv or D, grad=True)
     branches = nsa_branches(x)
     with torch.no_grad():
         _, lse = branches[0]()
@@ -324,13 +325,18 @@ TUNE = {
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                     dict(warps=2, stages=3, block_n=32), dict(warps=4, stages=3, block_n=32), dict(tma=1),
                     dict(tma=1, stages=3), dict(tma=1, warps=2, stages=3)],
-    # row-major (key_major=0) pipelined (stages > 1) only at 64 rows: otherwise it races (GPU_TILES["selected_dkdv"]);
-    # key-major or at 64 rows every product is a wgmma and Q/dO get two buffers (scripts/race_scan.py flags nothing)
-    "selected_dkdv": [dict(stages=1), dict(stages=3), dict(warps=8, stages=2), dict(rows=64, warps=8, stages=2),
-                      dict(rows=16, stages=2), dict(block_n=32, stages=2), dict(seg_len=128), dict(seg_len=1024),
-                      dict(key_major=0, stages=1), dict(key_major=0, rows=16, stages=1),
-                      dict(key_major=0, rows=64, warps=8, stages=3), dict(atomic=1)],
+    # pipelined (stages > 1) only where every product is a wgmma (key-major with 64-key steps, or row-major at 64
+    # rows): then Q/dO get two buffers; otherwise it races (GPU_TILES["selected_dkdv"], scripts/race_scan.py). Each
+    # alternative names key_major and stages, so that it means the same on a row-major base ("big") as on key-major.
+    "selected_dkdv": [dict(key_major=1, block_n=64, stages=1), dict(key_major=1, block_n=64, stages=2),
+                      dict(key_major=1, block_n=64, stages=3), dict(key_major=1, block_n=64, warps=8, stages=2),
+                      dict(key_major=1, block_n=64, rows=16, stages=2), dict(key_major=1, block_n=32, stages=1),
+                      dict(seg_len=128), dict(seg_len=1024), dict(key_major=0, stages=1),
+                      dict(key_major=0, rows=16, stages=1), dict(key_major=0, rows=64, warps=8, stages=3),
+                      dict(atomic=1)],
 }
+# --tune-shape: (Hq, Hkv, Dk, Dv) of the tune section; "paper" tunes the "big" tiles (head dims past 128)
+TUNE_SHAPES = {"main": (HQ, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]), "paper": (HQ, HKV, 192, 128)}
 
 
 def _rel(a, b) -> float:
@@ -344,12 +350,13 @@ def _repeat_err(run, first: list[torch.Tensor]) -> float:
     return max(_rel(a, b) if a.is_floating_point() else float(not torch.equal(a, b)) for a, b in zip(run(), first))
 
 
-def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
-    """Greedy per-kernel tile search (see the module docstring) over the TUNE kernels (or those in `only`);
-    returns the measurements and the winners."""
+def tune(B, T, Hq, Hkv, D, Dv=None, only: list[str] | None = None) -> dict:
+    """Greedy per-kernel tile search (see the module docstring) over the TUNE kernels (or those in `only`), at head
+    dims D and Dv (default D); returns the measurements and the winners."""
     from kernels import triton_common
-    x, (cmp, select, slc, win, _), lse, idx = selection_inputs(B, T, Hq, Hkv, D)
-    grad = torch.randn(B, T, Hq, D, device="cuda", dtype=torch.bfloat16)
+    Dv = Dv or D
+    x, (cmp, select, slc, win, _), lse, idx = selection_inputs(B, T, Hq, Hkv, D, Dv)
+    grad = torch.randn(B, T, Hq, Dv, device="cuda", dtype=torch.bfloat16)
 
     def band(backward):
         def run():
@@ -370,7 +377,7 @@ def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
                 "select": lambda: [select(lse)], "selected_fwd": selected(False), "selected_dq": selected(True),
                 "selected_dkdv": selected(True)}
     report, winners = {}, {}
-    hb = triton_common.head_block(D)
+    hb = max(triton_common.head_block(D), triton_common.head_block(Dv))  # as the launchers pick their tiles
     size = triton_common.tile_size_class(hb)  # the GPU_TILES entry this shape uses ("d64" adds to "small")
     for kernel, alternatives in TUNE.items():
         if only and kernel not in only:
@@ -388,6 +395,8 @@ def tune(B, T, Hq, Hkv, D, only: list[str] | None = None) -> dict:
         for alt in alternatives:
             with triton_common.tiles_set(entry, **alt):
                 cfg = dict(triton_common.gpu_tiles(kernel, hb))
+                if any(t["cfg"] == cfg for t in tried):  # the same tiles at this shape: timed already
+                    continue
                 try:
                     out = run()
                     if kernel == "select":
@@ -568,8 +577,9 @@ def main() -> None:
                    choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share"])
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
-    p.add_argument("--tune-shape", choices=["main", "small"], default="main",
-                   help="heads of the tune section: main (Hq=64, Hkv=4, D=128) or small (Hq=16, Hkv=1, D=64)")
+    p.add_argument("--tune-shape", choices=sorted(TUNE_SHAPES), default="main",
+                   help="heads of the tune section: main (Hq=64, Hkv=4, D=128), small (Hq=16, Hkv=1, D=64) or "
+                        "paper (Hq=64, Hkv=4, Dk=192, Dv=128)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     p.add_argument("--baselines", nargs="*", choices=["flash", "cudnn"], default=["flash", "cudnn"],
@@ -596,9 +606,9 @@ def main() -> None:
         print("peak", flush=True)
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
-        heads = (Hq, HKV, D_MAIN) if args.tune_shape == "main" else SMALL_HEADS
-        print(f"tune T=32768, Hq, Hkv, D = {heads}", flush=True)
-        results["tune"] = tune(B, 32768, *heads, args.tune_kernels)
+        heads = TUNE_SHAPES[args.tune_shape]
+        print(f"tune T=32768, Hq, Hkv, Dk, Dv = {heads}", flush=True)
+        results["tune"] = tune(B, 32768, *heads, only=args.tune_kernels)
         results["tune"]["heads"] = heads
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)

@@ -108,6 +108,24 @@ def test_tune_alternatives_name_existing_tile_options():
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
+def test_tune_never_tries_a_racy_selected_dkdv():
+    """The selected dK/dV pipelined (stages > 1) is right only where every product is a wgmma: key-major with 64-key
+    steps, or row-major at 64 rows (GPU_TILES["selected_dkdv"]). The tune section applies its alternatives to the
+    shipped entry of the tuned head dim (key-major "small" and "d64", row-major "big"): none may land elsewhere, or
+    the greedy search could ship a race that happened to repeat in its two runs."""
+    from kernels.triton_common import GPU_TILES, gpu_tiles
+
+    for block_d in (64, 128, 256):
+        base = gpu_tiles("selected_dkdv", block_d)
+        for alt in [{}, *ba.TUNE["selected_dkdv"]]:
+            cfg = {**base, **alt}
+            if cfg["stages"] > 1 and not cfg["atomic"]:
+                wgmma_only = (cfg["block_n"] == 64) if cfg["key_major"] else (cfg["rows"] == 64)
+                assert wgmma_only, (block_d, alt, cfg)
+    assert GPU_TILES["selected_dkdv"]["big"]["key_major"] == 0  # the row-major base this test covers
+    assert set(ba.TUNE_SHAPES) == {"main", "small", "paper"} and ba.TUNE_SHAPES["paper"][2:] == (192, 128)
+
+
 def test_profile_kernels_script_imports_the_benchmarks_it_drives():
     """scripts/profile_kernels.py (run under Nsight Compute on the GPU) builds its workloads from the two benchmark
     scripts' helpers: its help must come up on CPU, naming every workload, so a renamed helper fails here."""

@@ -143,6 +143,9 @@ SELECTED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the ch
     "tma": (_SELECTED, dict(tma=1, share=1, pack_below_g=0)),  # K/V through TMA in the one-position kernels
     "row-major-dkdv": (["selected_dkdv"], dict(key_major=0, stages=1)),  # dK/dV products row-major (1 stage: races
     # when pipelined, GPU_TILES["selected_dkdv"])
+    # key-major with 64-key steps, 8 warps, 2 stages at every head dim: the tune section's candidate for the Dk = 192
+    # ("big") tiles, which ship row-major with 32-key steps (offline: 40 bytes spilled, no race)
+    "key-major-64keys-8warps": (["selected_dkdv"], dict(key_major=1, block_n=64, warps=8, stages=2)),
 }
 
 
