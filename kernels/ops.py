@@ -20,12 +20,13 @@ Annotations here are evaluated (no `from __future__ import annotations`): torch.
 schemas from them, and older torch versions do not resolve string annotations.
 """
 
+import os
 from collections.abc import Callable
 from typing import Optional
 
 import torch
 
-from kernels import chunked
+from kernels import chunked, cudnn_compressed
 from kernels.reference import resolve_scale
 from kernels.triton_banded import band_backward, band_forward
 from kernels.triton_common import acc_dtype, runs_triton
@@ -33,6 +34,14 @@ from kernels.triton_select import select_blocks as _select_blocks_launch
 from kernels.triton_selected import selected_backward, selected_forward
 
 Tensor = torch.Tensor
+
+# Which kernel runs compressed attention on CUDA tensors: "triton" (the banded kernel below) or "cudnn"
+# (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
+# inputs stay on Triton). docs/benchmarks.md times both. NSA_COMPRESSED_BACKEND overrides the default.
+COMPRESSED_BACKENDS = ("triton", "cudnn")
+COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "triton")
+if COMPRESSED_BACKEND not in COMPRESSED_BACKENDS:
+    raise ValueError(f"NSA_COMPRESSED_BACKEND={COMPRESSED_BACKEND!r}: use one of {', '.join(COMPRESSED_BACKENDS)}")
 
 # ----------------------------------------------------------------------------------------------
 # compressed / window attention: one banded op (key j visible to t iff j*ks + koff <= t < j*ks + koff + win;
@@ -147,6 +156,9 @@ def _(q, k_cmp, lse, block_size, stride, select_size, num_select, num_init, num_
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, stride: int,
                          scale: float | None = None) -> tuple[Tensor, Tensor]:
+    if COMPRESSED_BACKEND == "cudnn" and cudnn_compressed.supported(q, k_cmp, v_cmp):
+        return cudnn_compressed.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride,
+                                                     scale=scale)
     if not runs_triton(q):
         return chunked.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale)
     o, lse = band_fwd(q, k_cmp, v_cmp, stride, block_size - 1, -1, resolve_scale(scale, q.shape[-1]))

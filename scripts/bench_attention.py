@@ -21,6 +21,10 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
          measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
          (Hq=16, Hkv=1, D=64) at 8k, G = 1, 2, 4 and 8 (Hq=64) at 8k, and G = 4 at 32k.
+- compressed: compressed attention alone through each backend (kernels.ops.COMPRESSED_BACKENDS: the Triton
+         banded kernel, cuDNN's fused attention on a strided view), forward and forward+backward, at each T for the
+         main, small-model and paper heads, with the cuDNN path's relative error against the Triton kernel's
+         outputs and gradients.
 - peak:  the card's measured dense bf16 matmul rate (8192^3) and memory bandwidth (bench_decode.py's copy and
          read passes), the denominators of the floors below.
 - floors (printed with the table, and alone for an existing JSON: --floors-from FILE, no GPU needed): for each
@@ -191,6 +195,26 @@ def bench_sdpa(B, T, Hq, Dk, Dv, backend_name: str) -> dict:
     run = fwd_bwd(fwd, [q, k, v])
     res["fwdbwd"] = timed(run)
     res["peak_fwdbwd_mib"] = peak_mib(run)
+    return res
+
+
+def bench_compressed_backends(B, T, Hq, Hkv, Dk, Dv) -> dict:
+    """{backend: {fwd, fwdbwd ms}, "err": cuDNN's relative error vs Triton per tensor} of compressed attention."""
+    from kernels import ops
+    x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
+    ins = [x["q"], x["k_cmp"], x["v_cmp"]]
+    grad = torch.randn(B, T, Hq, Dv, device="cuda", dtype=torch.bfloat16)
+    res, outs = {}, {}
+    for backend in ops.COMPRESSED_BACKENDS:
+        ops.COMPRESSED_BACKEND = backend
+
+        def cmp():
+            return kernels.compressed_attention(*ins, block_size=NSA["block_size"], stride=NSA["stride"])
+        o, lse = cmp()
+        outs[backend] = [o, lse[torch.isfinite(lse)], *torch.autograd.grad(o, ins, grad)]
+        res[backend] = {"fwd": timed(cmp), "fwdbwd": timed(fwd_bwd(lambda: cmp()[0], ins))}
+    res["err"] = {name: _rel(a, b) for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), outs["cudnn"],
+                                                          outs["triton"])}
     return res
 
 
@@ -554,6 +578,17 @@ def table(results: dict) -> str:
             lines.append(f"{G:>3} | {fmt(ns.get('cmp_fwd'))} {fmt(ns.get('select_fwd'))} {fmt(ns.get('slc_fwd'))} "
                          f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
                          f"{fmt(ns.get('total_fwdbwd'))}")
+    if results.get("compressed"):
+        lines.append("\n[compressed] compressed attention alone, ms: fwd / fwd+bwd per backend; cuDNN's largest "
+                     "relative error against Triton (o, lse, dq, dk, dv)")
+        for key, r in results["compressed"].items():
+            if "err" not in r:
+                lines.append(f"{key:>12}: {r}")
+                continue
+            tr, cu = r["triton"], r["cudnn"]
+            lines.append(f"{key:>12}: triton {fmt(tr['fwd'])} {fmt(tr['fwdbwd'])} | cudnn {fmt(cu['fwd'])} "
+                         f"{fmt(cu['fwdbwd'])} | x {tr['fwd'] / cu['fwd']:5.2f} {tr['fwdbwd'] / cu['fwdbwd']:5.2f} "
+                         f"| err {max(r['err'].values()):.1e}")
     if results.get("tune"):
         heads = results["tune"].get("heads", (HQ, HKV, D_MAIN))
         lines.append(f"\n[tune] T=32768, Hq, Hkv, D = {tuple(heads)}: first config tried (the default) -> best, ms "
@@ -574,7 +609,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["peak", "main", "gsweep", "paper", "profile"],
-                   choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share"])
+                   choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share", "compressed"])
+    p.add_argument("--compressed-backend", choices=["triton", "cudnn"],
+                   help="compressed attention's kernel for every section (default: kernels.ops.COMPRESSED_BACKEND)")
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
     p.add_argument("--tune-shape", choices=sorted(TUNE_SHAPES), default="main",
@@ -595,9 +632,13 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
     import triton
+
+    from kernels import ops
+    ops.COMPRESSED_BACKEND = args.compressed_backend or ops.COMPRESSED_BACKEND
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "nsa_sizes": NSA,
-               "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}, "share": {}}
+               "compressed_backend": ops.COMPRESSED_BACKEND,
+               "main": {}, "gsweep": {}, "paper": {}, "profile": {}, "host": {}, "share": {}, "compressed": {}}
     B, Hq = 1, HQ
 
     def checkpoint():
@@ -646,6 +687,15 @@ def main() -> None:
         for name, (T, hq, hkv, d) in shapes.items():
             print(f"share {name}", flush=True)
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
+    if "compressed" in args.sections:
+        default = ops.COMPRESSED_BACKEND
+        for name, (hq, hkv, dk, dv) in {"main": (Hq, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]),
+                                        "paper": (Hq, HKV, 192, 128)}.items():
+            for T in args.T:
+                print(f"compressed {name} T={T}", flush=True)
+                attempt(results["compressed"], f"{name}-{T}",
+                        lambda a=(T, hq, hkv, dk, dv): bench_compressed_backends(B, *a), checkpoint)
+        ops.COMPRESSED_BACKEND = default
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
     if results["main"]:

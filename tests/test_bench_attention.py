@@ -53,6 +53,16 @@ def test_floors_table_from_a_results_file_needs_no_gpu(tmp_path):
     assert ba.peak_of({}, None, None)[:2] == (ba.H100_DENSE_BF16_TFLOPS, ba.H100_READ_GBPS)
 
 
+def test_compressed_backends_table_gives_speedups_and_errors():
+    results = {"compressed": {
+        "main-65536": {"triton": {"fwd": 10.0, "fwdbwd": 40.0}, "cudnn": {"fwd": 8.0, "fwdbwd": 20.0},
+                       "err": {"o": 1e-3, "lse": 2e-6, "dq": 4e-3, "dk": 3e-3, "dv": 2e-3}},
+        "small-8192": {"error": "RuntimeError: no kernel"}}}
+    lines = [line for line in ba.table(results).splitlines() if ":" in line and "-" in line.split(":")[0]]
+    assert "x  1.25  2.00" in lines[0] and "err 4.0e-03" in lines[0]
+    assert "no kernel" in lines[1]
+
+
 def test_tiles_set_restores_the_entries_even_after_an_error():
     """The benchmarks try tile alternatives inside kernels.triton_common.tiles_set: the entries take the updates
     within the block and hold exactly their old contents afterwards (a key the block added is gone)."""
