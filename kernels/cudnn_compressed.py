@@ -32,7 +32,7 @@ MAX_HEAD_DIM = 256  # cuDNN's fused attention on Hopper takes head dims up to 25
 
 def supported(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor) -> bool:
     """True when cuDNN's attention can run these inputs (CUDA, half precision, head dims it supports)."""
-    dims_ok = all(x.shape[-1] % 8 == 0 and x.shape[-1] <= MAX_HEAD_DIM for x in (q, v_cmp))
+    dims_ok = all(x.shape[-1] % 8 == 0 and x.shape[-1] <= MAX_HEAD_DIM and x.stride(-1) == 1 for x in (q, v_cmp))
     return (q.is_cuda and q.dtype in DTYPES and k_cmp.dtype == q.dtype and v_cmp.dtype == q.dtype and dims_ok
             and hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention"))
 
