@@ -3,6 +3,7 @@
 #   kernels  scripts/gpu_check.sh         Triton NSA kernel GPU tests + scripts/bench_attention.py
 #   decode   scripts/gpu_check_decode.sh  decode-kernel GPU tests + scripts/bench_decode.py
 #   share    scripts/gpu_check_share.sh   block-sharing selected attention: GPU tests, timing, 8k training pair
+#   cudnn    scripts/gpu_check_cudnn.sh   compressed attention on cuDNN vs Triton: GPU tests, timing, training pair
 #   tests    scripts/gpu_tests.sh         every GPU test (pytest -m gpu)
 #   train    scripts/gpu_check_train.sh   trainer smoke check (tiny eager/compiled, 124M compiled)
 #   speed    scripts/gpu_bench_train.sh   MFU and full-vs-NSA training throughput
@@ -23,8 +24,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 declare -A SCRIPT=([profile]=gpu_profile.sh [kernels]=gpu_check.sh [decode]=gpu_check_decode.sh [share]=gpu_check_share.sh
-                   [train]=gpu_check_train.sh [speed]=gpu_bench_train.sh [multi]=gpu_check_multi.sh [tests]=gpu_tests.sh
-                   [scale]=gpu_scale.sh [tunesmall]=gpu_tune_small.sh)
+                   [cudnn]=gpu_check_cudnn.sh [train]=gpu_check_train.sh [speed]=gpu_bench_train.sh
+                   [multi]=gpu_check_multi.sh [tests]=gpu_tests.sh [scale]=gpu_scale.sh [tunesmall]=gpu_tune_small.sh)
 declare -A WIDE=([multi]=1 [scale]=1)  # parts that take two GPUs
 PARTS=${PARTS:-kernels decode train speed}
 if [ "${GPUS:-1}" -le 1 ]; then
