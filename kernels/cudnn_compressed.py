@@ -28,6 +28,12 @@ from kernels.reference import attend, resolve_scale
 
 DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256  # cuDNN's fused attention on Hopper takes head dims up to 256 (multiples of 8)
+# How the d query rows of a chunk share their KV head in the cuDNN call: "shared" (K/V with one head: cuDNN's GQA),
+# "broadcast" (K/V expanded to the d rows with stride 0) or "copied" (expanded and materialised: d times the
+# compressed K/V's memory). All three are the same math; which cuDNN runs fastest (or at all) is measured by
+# scripts/bench_attention.py --sections compressed.
+KV_LAYOUTS = ("shared", "broadcast", "copied")
+KV_LAYOUT = "shared"
 
 
 def supported(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor) -> bool:
@@ -38,7 +44,8 @@ def supported(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor) -> bool
 
 
 def _cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention, q [N, H, L, Dk], k [N, 1, L, Dk], v [N, 1, L, Dv] -> o [N, H, L, Dv], lse [N, H, L]."""
+    """Causal attention: q [N, H, L, Dk], k [N, 1 or H, L, Dk], v [N, 1 or H, L, Dv] -> o [N, H, L, Dv], lse [N, H, L].
+    """
     out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False, scale=scale)
     return out[0], out[1].reshape(q.shape[:3])  # lse is [N, H, L] or [N, H, L, 1] depending on the version
 
@@ -63,6 +70,10 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
         qc = q[b, first:t_tail].view(chunks, stride, Hq, Dk).permute(2, 1, 0, 3)  # [Hq, d, C, Dk]
         kc, vc = (x[b, :chunks].permute(1, 0, 2)[:, None].expand(Hkv, G, chunks, x.shape[-1])
                   .reshape(Hq, 1, chunks, x.shape[-1]) for x in (k_cmp, v_cmp))  # [Hq, 1, C, D]
+        if KV_LAYOUT != "shared":
+            kc, vc = (x.expand(Hq, stride, chunks, x.shape[-1]) for x in (kc, vc))
+            if KV_LAYOUT == "copied":
+                kc, vc = kc.contiguous(), vc.contiguous()
         o, lse = _cudnn(qc, kc, vc, scale)
         outs.append(o.permute(2, 1, 0, 3).reshape(chunks * stride, Hq, Dv))
         lses.append(lse.permute(2, 1, 0).reshape(chunks * stride, Hq))

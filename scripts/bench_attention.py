@@ -22,8 +22,9 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
          (Hq=16, Hkv=1, D=64) at 8k, G = 1, 2, 4 and 8 (Hq=64) at 8k, and G = 4 at 32k.
 - compressed: compressed attention alone through each backend (kernels.ops.COMPRESSED_BACKENDS: the Triton
-         banded kernel, cuDNN's fused attention on a strided view), forward and forward+backward, at each T for the
-         main, small-model and paper heads, with the cuDNN path's relative error against the Triton kernel's
+         banded kernel, cuDNN's fused attention on a strided view, the latter with each way of sharing the KV
+         head: kernels/cudnn_compressed.py KV_LAYOUTS), forward and forward+backward, at each T for the main,
+         small-model and paper heads, with each cuDNN variant's relative error against the Triton kernel's
          outputs and gradients.
 - peak:  the card's measured dense bf16 matmul rate (8192^3) and memory bandwidth (bench_decode.py's copy and
          read passes), the denominators of the floors below.
@@ -199,22 +200,36 @@ def bench_sdpa(B, T, Hq, Dk, Dv, backend_name: str) -> dict:
 
 
 def bench_compressed_backends(B, T, Hq, Hkv, Dk, Dv) -> dict:
-    """{backend: {fwd, fwdbwd ms}, "err": cuDNN's relative error vs Triton per tensor} of compressed attention."""
-    from kernels import ops
+    """Compressed attention through each backend: {variant: {fwd, fwdbwd ms, err}} where the variants are "triton"
+    and "cudnn" / "cudnn-broadcast" / "cudnn-copied" (kernels/cudnn_compressed.py KV_LAYOUTS), err being the largest
+    relative error against Triton's outputs and gradients; a variant that fails holds its error message."""
+    from kernels import cudnn_compressed, ops
     x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
     ins = [x["q"], x["k_cmp"], x["v_cmp"]]
-    grad = torch.randn(B, T, Hq, Dv, device="cuda", dtype=torch.bfloat16)
-    res, outs = {}, {}
-    for backend in ops.COMPRESSED_BACKENDS:
-        ops.COMPRESSED_BACKEND = backend
+    grad = torch.randn(B, T, Hq, Dv, device=x["q"].device, dtype=x["q"].dtype)
+    variants = [("triton", "triton", cudnn_compressed.KV_LAYOUT)] + [
+        ("cudnn" if kv == "shared" else f"cudnn-{kv}", "cudnn", kv) for kv in cudnn_compressed.KV_LAYOUTS]
+    res, first = {}, None
+    saved = ops.COMPRESSED_BACKEND, cudnn_compressed.KV_LAYOUT
+    for name, backend, kv in variants:
+        ops.COMPRESSED_BACKEND, cudnn_compressed.KV_LAYOUT = backend, kv
 
         def cmp():
             return kernels.compressed_attention(*ins, block_size=NSA["block_size"], stride=NSA["stride"])
-        o, lse = cmp()
-        outs[backend] = [o, lse[torch.isfinite(lse)], *torch.autograd.grad(o, ins, grad)]
-        res[backend] = {"fwd": timed(cmp), "fwdbwd": timed(fwd_bwd(lambda: cmp()[0], ins))}
-    res["err"] = {name: _rel(a, b) for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), outs["cudnn"],
-                                                          outs["triton"])}
+
+        try:
+            o, lse = cmp()
+            out = [o, lse[torch.isfinite(lse)], *torch.autograd.grad(o, ins, grad)]
+            res[name] = {"fwd": timed(cmp), "fwdbwd": timed(fwd_bwd(lambda: cmp()[0], ins))}
+            if first is None:
+                first = out
+            else:
+                res[name]["err"] = max(_rel(a, b) for a, b in zip(out, first))
+            del o, lse, out
+        except Exception as e:  # a layout cuDNN rejects is a result
+            res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        torch.cuda.empty_cache()
+    ops.COMPRESSED_BACKEND, cudnn_compressed.KV_LAYOUT = saved
     return res
 
 
@@ -579,16 +594,17 @@ def table(results: dict) -> str:
                          f"{fmt(ns.get('win_fwd'))} {fmt(ns.get('total_fwd'))} | {fmt(ns.get('slc_fwdbwd'))} "
                          f"{fmt(ns.get('total_fwdbwd'))}")
     if results.get("compressed"):
-        lines.append("\n[compressed] compressed attention alone, ms: fwd / fwd+bwd per backend; cuDNN's largest "
-                     "relative error against Triton (o, lse, dq, dk, dv)")
+        lines.append("\n[compressed] compressed attention alone, ms fwd / fwd+bwd; x = Triton's time / this one's; "
+                     "err = largest relative error against Triton (o, lse, dq, dk, dv)")
         for key, r in results["compressed"].items():
-            if "err" not in r:
-                lines.append(f"{key:>12}: {r}")
-                continue
-            tr, cu = r["triton"], r["cudnn"]
-            lines.append(f"{key:>12}: triton {fmt(tr['fwd'])} {fmt(tr['fwdbwd'])} | cudnn {fmt(cu['fwd'])} "
-                         f"{fmt(cu['fwdbwd'])} | x {tr['fwd'] / cu['fwd']:5.2f} {tr['fwdbwd'] / cu['fwdbwd']:5.2f} "
-                         f"| err {max(r['err'].values()):.1e}")
+            tr = r.get("triton", {})
+            for name, v in r.items():
+                if "fwd" not in v:
+                    lines.append(f"{key:>12} {name:>16}: {v}")
+                    continue
+                x = (f"x {tr['fwd'] / v['fwd']:5.2f} {tr['fwdbwd'] / v['fwdbwd']:5.2f}" if "fwd" in tr else "")
+                err = f"err {v['err']:.1e}" if "err" in v else ""
+                lines.append(f"{key:>12} {name:>16}: {fmt(v['fwd'])} {fmt(v['fwdbwd'])} {x} {err}")
     if results.get("tune"):
         heads = results["tune"].get("heads", (HQ, HKV, D_MAIN))
         lines.append(f"\n[tune] T=32768, Hq, Hkv, D = {tuple(heads)}: first config tried (the default) -> best, ms "

@@ -54,13 +54,34 @@ def test_floors_table_from_a_results_file_needs_no_gpu(tmp_path):
 
 
 def test_compressed_backends_table_gives_speedups_and_errors():
-    results = {"compressed": {
-        "main-65536": {"triton": {"fwd": 10.0, "fwdbwd": 40.0}, "cudnn": {"fwd": 8.0, "fwdbwd": 20.0},
-                       "err": {"o": 1e-3, "lse": 2e-6, "dq": 4e-3, "dk": 3e-3, "dv": 2e-3}},
-        "small-8192": {"error": "RuntimeError: no kernel"}}}
-    lines = [line for line in ba.table(results).splitlines() if ":" in line and "-" in line.split(":")[0]]
-    assert "x  1.25  2.00" in lines[0] and "err 4.0e-03" in lines[0]
-    assert "no kernel" in lines[1]
+    results = {"compressed": {"main-65536": {
+        "triton": {"fwd": 10.0, "fwdbwd": 40.0}, "cudnn": {"fwd": 8.0, "fwdbwd": 20.0, "err": 4e-3},
+        "cudnn-broadcast": {"error": "RuntimeError: no kernel"}}}}
+    lines = [line for line in ba.table(results).splitlines() if line.strip().startswith("main-65536")]
+    assert len(lines) == 3 and "err" not in lines[0]
+    assert "x  1.25  2.00" in lines[1] and "err 4.0e-03" in lines[1]
+    assert "no kernel" in lines[2]
+
+
+def test_compressed_backends_section_runs_every_variant(monkeypatch):
+    """The section's bookkeeping on CPU: float64 inputs make every cuDNN variant fall back to the chunked path
+    (kernels/cudnn_compressed.py supports half precision on CUDA only), so all agree with "triton" exactly."""
+    import torch
+
+    from kernels import cudnn_compressed, ops
+
+    def cpu_inputs(B, T, Hq, Hkv, Dk, Dv, *, grad):
+        Tc = ba.num_compressed_tokens(T, ba.NSA["block_size"], ba.NSA["stride"])
+        return {name: torch.randn(*shape, dtype=torch.float64).requires_grad_(grad) for name, shape in
+                {"q": (B, T, Hq, Dk), "k_cmp": (B, Tc, Hkv, Dk), "v_cmp": (B, Tc, Hkv, Dv)}.items()}
+    monkeypatch.setattr(ba, "make_inputs", cpu_inputs)
+    monkeypatch.setattr(ba, "timed", lambda fn: (fn(), 1.5)[1])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    res = ba.bench_compressed_backends(1, 100, 4, 2, 8, 8)
+    assert list(res) == ["triton", "cudnn", "cudnn-broadcast", "cudnn-copied"]
+    assert res["triton"] == {"fwd": 1.5, "fwdbwd": 1.5}
+    assert all(res[k]["err"] == 0.0 for k in list(res)[1:])
+    assert (ops.COMPRESSED_BACKEND, cudnn_compressed.KV_LAYOUT) == ("triton", "shared")  # restored
 
 
 def test_tiles_set_restores_the_entries_even_after_an_error():

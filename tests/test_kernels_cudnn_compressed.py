@@ -48,8 +48,10 @@ CASES = [  # B, T, Hkv, G, Dk, Dv, block_size, stride
 ]
 
 
+@pytest.mark.parametrize("layout", cudnn_compressed.KV_LAYOUTS)
 @pytest.mark.parametrize("case", CASES)
-def test_chunked_causal_layout_matches_reference(gen, case, monkeypatch):
+def test_chunked_causal_layout_matches_reference(gen, case, layout, monkeypatch):
+    monkeypatch.setattr(cudnn_compressed, "KV_LAYOUT", layout)
     B, T, Hkv, G, Dk, Dv, bs, d = case
     Tc = ref.num_compressed_tokens(T, bs, d)
     q, kc, vc = (torch.randn(*s, generator=gen, dtype=F64).requires_grad_()
@@ -58,7 +60,9 @@ def test_chunked_causal_layout_matches_reference(gen, case, monkeypatch):
 
     def fake_cudnn(q4, k4, v4, scale):  # checks what cuDNN would be handed, then does its math
         seen.append(q4)
-        assert q4.shape == (Hkv * G, d, (T - bs + 1) // d, Dk) and k4.shape == (Hkv * G, 1, q4.shape[2], Dk)
+        kv_heads = 1 if layout == "shared" else d
+        assert q4.shape == (Hkv * G, d, (T - bs + 1) // d, Dk) and k4.shape == (Hkv * G, kv_heads, q4.shape[2], Dk)
+        assert (k4.stride(1) == 0) == (layout == "broadcast")
         assert q4.untyped_storage().data_ptr() == q.untyped_storage().data_ptr(), "q was copied, not viewed"
         return causal_attention(q4, k4, v4, scale)
 
