@@ -77,8 +77,9 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
         o, lse = _cudnn(qc, kc, vc, scale)
         outs.append(o.permute(2, 1, 0, 3).reshape(chunks * stride, Hq, Dv))
         lses.append(lse.permute(2, 1, 0).reshape(chunks * stride, Hq))
-    parts_o = [q.new_zeros(B, first, Hq, Dv), torch.stack(outs)]
-    parts_lse = [torch.full((B, first, Hq), float("-inf"), device=q.device), torch.stack(lses).float()]
+    stack = (lambda xs: xs[0][None]) if B == 1 else torch.stack  # B = 1: a view, not another copy of o
+    parts_o = [q.new_zeros(B, first, Hq, Dv), stack(outs)]
+    parts_lse = [torch.full((B, first, Hq), float("-inf"), device=q.device), stack(lses).float()]
     if t_tail < T:
         visible = torch.ones(1, 1, dtype=torch.bool, device=q.device)
         o, lse = attend(q[:, t_tail:], k_cmp, v_cmp, visible, scale)
