@@ -10,15 +10,22 @@ bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
   python3 scripts/bench_train.py --out "$OUT/train_$name.json" "$@" 2>&1 | grep -v '%|' | tail -4 | tee -a "$LOG"; }
 # 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled (SKIP_MFU=1 leaves it out). MFU_RUNS picks
 #    variants, each timed in this process's GPU after the one before: mb32 (the reference), mb64 (micro-batch 64),
-#    graphs (CUDA graphs), autotune (max-autotune-no-cudagraphs: Triton matmul autotuning, slow to compile)
+#    graphs (CUDA graphs), autotune (max-autotune-no-cudagraphs: Triton matmul autotuning, slow to compile),
+#    coord (Inductor's coordinate-descent tuning of its own pointwise / reduction kernels: the norms, SwiGLU, RoPE)
 declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_size=64"
                 [graphs]="train.micro_batch_size=32 train.compile_mode=reduce-overhead"
-                [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs")
+                [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs"
+                [coord]="train.micro_batch_size=32")
+declare -A MFU_ENV=([coord]="TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1")  # Inductor reads these at import
 if [ "${SKIP_MFU:-0}" != 1 ]; then
   for v in ${MFU_RUNS:-mb32}; do
-    # shellcheck disable=SC2086
-    bench "small_t1024$([ "$v" = mb32 ] || echo "_$v")" --steps 10 --warmup 3 -- model=small model.loss_chunk=8192 \
-      train.batch_tokens=524288 train.compile=true ${MFU[$v]:?unknown MFU run $v}
+    (
+      # shellcheck disable=SC2163
+      [ -n "${MFU_ENV[$v]:-}" ] && export "${MFU_ENV[$v]}"
+      # shellcheck disable=SC2086
+      bench "small_t1024$([ "$v" = mb32 ] || echo "_$v")" --steps 10 --warmup 3 -- model=small model.loss_chunk=8192 \
+        train.batch_tokens=524288 train.compile=true ${MFU[$v]:?unknown MFU run $v}
+    )
   done
 fi
 # 2. full vs NSA, same NSA-friendly model (16 query heads per KV head), one sequence per micro-step (TS: lengths;
