@@ -12,11 +12,13 @@ with the KV head of query head h (h // G) repeated G times as N's keys ([Hq, 1, 
 and cuDNN's GQA (H = d query heads on 1 KV head). The rows before l - 1 see nothing (o = 0, lse = -inf) and
 the last (T - l + 1) % d rows, a partial chunk that sees every token, go through kernels.reference.attend.
 
-cuDNN's kernels are faster than the Triton banded kernel on an H100 at long T (docs/benchmarks.md), but they
-exist only for float16/bfloat16 CUDA tensors, and the lse they return carries no gradient (NSA only feeds it
-to the non-differentiable block selection). kernels/ops.py picks this path (COMPRESSED_BACKEND) only where
-it applies; everything else keeps the Triton kernel. Autograd comes from PyTorch's own derivative of the
-cuDNN op, so torch.compile traces the whole function.
+Why bother: on an H100 cuDNN runs full causal attention at ~600 TFLOP/s forward, the Triton banded kernel runs
+compressed attention at ~413 (64k, docs/benchmarks.md); whether cuDNN keeps its rate on this layout is what
+`scripts/bench_attention.py --sections compressed` measures. Its kernels exist only for float16/bfloat16 CUDA
+tensors, and the lse they return carries no gradient (NSA only feeds it to the non-differentiable block
+selection). kernels/ops.py picks this path (COMPRESSED_BACKEND) only where it applies; everything else keeps the
+Triton kernel. Autograd comes from PyTorch's own derivative of the cuDNN op, so torch.compile traces the whole
+function.
 """
 
 from __future__ import annotations

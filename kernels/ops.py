@@ -37,7 +37,8 @@ Tensor = torch.Tensor
 
 # Which kernel runs compressed attention on CUDA tensors: "triton" (the banded kernel below) or "cudnn"
 # (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
-# inputs stay on Triton). docs/benchmarks.md times both. NSA_COMPRESSED_BACKEND overrides the default.
+# inputs stay on Triton). `scripts/bench_attention.py --sections compressed` times both. NSA_COMPRESSED_BACKEND
+# overrides the default.
 COMPRESSED_BACKENDS = ("triton", "cudnn")
 COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "triton")
 if COMPRESSED_BACKEND not in COMPRESSED_BACKENDS:
