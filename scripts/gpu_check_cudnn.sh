@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compressed attention through cuDNN (kernels/cudnn_compressed.py, NSA_COMPRESSED_BACKEND=cudnn) on the lent GPU,
-# against the Triton banded kernel in the same call: its GPU tests, each backend alone (bench_attention.py --sections
+# against the Triton banded kernel in the same call: its GPU tests (and the NSA model's and CUDA-graph training's
+# GPU tests with it), each backend alone (bench_attention.py --sections
 # compressed: every T, the main, small-model and paper heads, with cuDNN's error against Triton), the main table
 # with each backend (NSA only; cuDNN full attention once, as the baseline), and the training pair at 8k and 64k
 # (small_gqa16, CUDA graphs) for full attention, NSA and NSA on cuDNN. Results under $OUT (or ./gpu_check_out):
@@ -12,6 +13,10 @@ source "$(dirname "$0")/gpu_env.sh"
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest tests/test_kernels_cudnn_compressed.py -m gpu -q -s -p no:cacheprovider \
     2>&1 | tee "$OUT/cudnn_tests.log"
 echo "cudnn gpu tests exit: $?" | tee -a "$OUT/cudnn_tests.log"
+# the NSA model and compiled CUDA-graph training with compressed attention on cuDNN (bf16 autocast)
+NSA_COMPRESSED_BACKEND=cudnn timeout "${TEST_TIMEOUT:-150}" $PY -m pytest tests/test_nsa_model.py tests/test_train.py \
+    -m gpu -q -s -p no:cacheprovider -k "cuda_kernels or cuda_graph" 2>&1 | tee -a "$OUT/cudnn_tests.log"
+echo "model/training gpu tests on cuDNN exit: $?" | tee -a "$OUT/cudnn_tests.log"
 
 bench() { local name=$1; shift
   timeout "${BENCH_TIMEOUT:-200}" $PY scripts/bench_attention.py --out "$OUT/cudnn_$name.json" "$@" 2>&1 \
