@@ -81,6 +81,26 @@ def test_chunked_causal_layout_matches_reference(gen, case, layout, monkeypatch)
         torch.testing.assert_close(g, g_r, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("B", [1, 2])
+def test_real_cudnn_op_signature_autograd_and_fullgraph_trace_on_meta_tensors(B):
+    """No GPU needed: on meta tensors the real cuDNN op runs its shape functions, so this checks the call's
+    arguments, PyTorch's derivative of it (the backward op and its arguments) and that torch.compile traces the
+    whole path as one graph (fullgraph, aot_eager: no kernels are generated)."""
+    Hq, Hkv, D, bs, d = 8, 2, 64, 32, 16
+    T = 100
+    meta = dict(device="meta", dtype=torch.bfloat16, requires_grad=True)
+    q = torch.empty(B, T, Hq, D, **meta)
+    kc, vc = (torch.empty(B, ref.num_compressed_tokens(T, bs, d), Hkv, D, **meta) for _ in range(2))
+
+    def cmp(q, kc, vc):
+        return cudnn_compressed.compressed_attention(q, kc, vc, block_size=bs, stride=d)
+    for fn in (cmp, torch.compile(cmp, fullgraph=True, backend="aot_eager")):
+        o, lse = fn(q, kc, vc)
+        assert o.shape == (B, T, Hq, D) and lse.shape == (B, T, Hq) and lse.dtype == torch.float32
+        dq, dk, dv = torch.autograd.grad(o.float().sum(), (q, kc, vc))
+        assert dq.shape == q.shape and dk.shape == kc.shape and dv.shape == vc.shape
+
+
 def test_backend_choice_is_validated(monkeypatch):
     import subprocess
     import sys
