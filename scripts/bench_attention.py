@@ -227,7 +227,7 @@ def bench_compressed_backends(B, T, Hq, Hkv, Dk, Dv) -> dict:
                 res[name]["err"] = max(_rel(a, b) for a, b in zip(out, first))
             del o, lse, out
         except Exception as e:  # a layout cuDNN rejects is a result
-            res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+            res[name] = {"error": error_text(e)}
         torch.cuda.empty_cache()
     ops.COMPRESSED_BACKEND, cudnn_compressed.KV_LAYOUT = saved
     return res
@@ -548,13 +548,18 @@ def save(results: dict, path: str | None) -> None:
         write_text_atomic(path, json.dumps(results, indent=1))
 
 
+def error_text(e: Exception) -> str:
+    """One line naming an exception, as results record it."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
 def attempt(container: dict, key: str, fn, checkpoint) -> None:
     """container[key] = fn(), or the error it raised; then checkpoint() (saves the whole results)."""
     t0 = time.time()
     try:
         container[key] = fn()
     except Exception as e:  # a backend that does not support a shape is a result, not a crash
-        container[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        container[key] = {"error": error_text(e)}
     torch.cuda.empty_cache()
     print(f"  {key}: {container[key]}  ({time.time() - t0:.1f}s)", flush=True)
     checkpoint()
@@ -703,15 +708,13 @@ def main() -> None:
         for name, (T, hq, hkv, d) in shapes.items():
             print(f"share {name}", flush=True)
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
-    if "compressed" in args.sections:
-        default = ops.COMPRESSED_BACKEND
+    if "compressed" in args.sections:  # bench_compressed_backends restores the backend it switches
         for name, (hq, hkv, dk, dv) in {"main": (Hq, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]),
                                         "paper": (Hq, HKV, 192, 128)}.items():
             for T in args.T:
                 print(f"compressed {name} T={T}", flush=True)
                 attempt(results["compressed"], f"{name}-{T}",
                         lambda a=(T, hq, hkv, dk, dv): bench_compressed_backends(B, *a), checkpoint)
-        ops.COMPRESSED_BACKEND = default
     print(f"\n{results['device']}, torch {results['torch']}, triton {results['triton']}")
     print(table(results))
     if results["main"]:

@@ -9,7 +9,10 @@ reference in float32, and the dispatch through kernels.compressed_attention is c
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -101,10 +104,8 @@ def test_real_cudnn_op_signature_autograd_and_fullgraph_trace_on_meta_tensors(B)
         assert dq.shape == q.shape and dk.shape == kc.shape and dv.shape == vc.shape
 
 
-def test_backend_choice_is_validated(monkeypatch):
-    import subprocess
-    import sys
-    env = {**__import__("os").environ, "NSA_COMPRESSED_BACKEND": "cudnnn", "TRITON_INTERPRET": "1"}
+def test_backend_choice_is_validated():
+    env = {**os.environ, "NSA_COMPRESSED_BACKEND": "cudnnn", "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", "import kernels.ops"], capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "NSA_COMPRESSED_BACKEND='cudnnn': use one of triton, cudnn" in r.stderr
 
@@ -121,11 +122,10 @@ def test_cpu_and_float32_inputs_are_not_supported():
     pytest.param((2, 2048, 16, 1, 64, 64), id="B2-T2k-Hq16-Hkv1-D64"),
     pytest.param((1, 3001, 32, 2, 192, 128), id="T3001-Dk192-Dv128"),
 ])
-def test_cudnn_compressed_attention_bf16(shape, monkeypatch):
+def test_cudnn_compressed_attention_bf16(shape, cuda_gen, monkeypatch):
     from kernels import ops
     from tests.gpu_utils import rand, rel_err
     monkeypatch.setattr(ops, "COMPRESSED_BACKEND", "cudnn")
-    cuda_gen = torch.Generator(device="cuda").manual_seed(random.SystemRandom().randrange(2**31))
     B, T, Hq, Hkv, Dk, Dv = shape
     bs, d = 32, 16
     Tc = ref.num_compressed_tokens(T, bs, d)
@@ -150,11 +150,10 @@ def test_cudnn_compressed_attention_bf16(shape, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cudnn_compressed_attention_compiles_fullgraph(monkeypatch):
+def test_cudnn_compressed_attention_compiles_fullgraph(cuda_gen, monkeypatch):
     from kernels import ops
     from tests.gpu_utils import rand, rel_err
     monkeypatch.setattr(ops, "COMPRESSED_BACKEND", "cudnn")
-    cuda_gen = torch.Generator(device="cuda").manual_seed(random.SystemRandom().randrange(2**31))
     B, T, Hq, Hkv, D, bs, d = 1, 2048 + 5, 32, 2, 128, 32, 16
     Tc = ref.num_compressed_tokens(T, bs, d)
     xs = rand(cuda_gen, B, T, Hq, D), rand(cuda_gen, B, Tc, Hkv, D), rand(cuda_gen, B, Tc, Hkv, D)
