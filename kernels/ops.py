@@ -35,12 +35,12 @@ from kernels.triton_selected import selected_backward, selected_forward
 
 Tensor = torch.Tensor
 
-# Which kernel runs compressed attention on CUDA tensors: "triton" (the banded kernel below) or "cudnn"
+# Which kernel runs compressed attention on CUDA tensors: "triton" (the banded kernel below), "cudnn"
 # (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
-# inputs stay on Triton). `scripts/bench_attention.py --sections compressed` times both. NSA_COMPRESSED_BACKEND
-# overrides the default.
-COMPRESSED_BACKENDS = ("triton", "cudnn")
-COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "triton")
+# inputs stay on Triton) or "auto" (cuDNN where it measured faster: long sequences, cudnn_compressed.pays_off).
+# `scripts/bench_attention.py --sections compressed` times both. NSA_COMPRESSED_BACKEND overrides the default.
+COMPRESSED_BACKENDS = ("auto", "triton", "cudnn")
+COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "auto")
 if COMPRESSED_BACKEND not in COMPRESSED_BACKENDS:
     raise ValueError(f"NSA_COMPRESSED_BACKEND={COMPRESSED_BACKEND!r}: use one of {', '.join(COMPRESSED_BACKENDS)}")
 
@@ -157,7 +157,8 @@ def _(q, k_cmp, lse, block_size, stride, select_size, num_select, num_init, num_
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, *, block_size: int, stride: int,
                          scale: float | None = None) -> tuple[Tensor, Tensor]:
-    if COMPRESSED_BACKEND == "cudnn" and cudnn_compressed.supported(q, k_cmp, v_cmp):
+    if COMPRESSED_BACKEND != "triton" and cudnn_compressed.supported(q, k_cmp, v_cmp) and (
+            COMPRESSED_BACKEND == "cudnn" or cudnn_compressed.pays_off(q, v_cmp, stride)):
         return cudnn_compressed.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride,
                                                      scale=scale)
     if not runs_triton(q):

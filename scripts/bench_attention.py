@@ -631,7 +631,7 @@ def main() -> None:
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["peak", "main", "gsweep", "paper", "profile"],
                    choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share", "compressed"])
-    p.add_argument("--compressed-backend", choices=["triton", "cudnn"],
+    p.add_argument("--compressed-backend", choices=["auto", "triton", "cudnn"],
                    help="compressed attention's kernel for every section (default: kernels.ops.COMPRESSED_BACKEND)")
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")

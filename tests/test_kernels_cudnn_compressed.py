@@ -107,7 +107,34 @@ def test_real_cudnn_op_signature_autograd_and_fullgraph_trace_on_meta_tensors(B)
 def test_backend_choice_is_validated():
     env = {**os.environ, "NSA_COMPRESSED_BACKEND": "cudnnn", "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", "import kernels.ops"], capture_output=True, text=True, env=env)
-    assert r.returncode != 0 and "NSA_COMPRESSED_BACKEND='cudnnn': use one of triton, cudnn" in r.stderr
+    assert r.returncode != 0 and "NSA_COMPRESSED_BACKEND='cudnnn': use one of auto, triton, cudnn" in r.stderr
+
+
+@pytest.mark.parametrize("heads,T,expect", [  # (Hq, Dk, Dv): each pair straddles its measured crossover
+    ((64, 128, 128), 16384, False), ((64, 128, 128), 32768, True),  # the benchmark's main heads
+    ((16, 64, 64), 32768, False), ((16, 64, 64), 65536, True),  # the small_gqa16 model's
+    ((64, 192, 128), 8192, False), ((64, 192, 128), 16384, True),  # the paper's
+])
+def test_auto_takes_cudnn_only_where_it_measured_faster(heads, T, expect, monkeypatch):
+    Hq, Dk, Dv = heads
+    q, v = (torch.empty(1, T, Hq, D, device="meta") for D in (Dk, Dv))
+    assert cudnn_compressed.pays_off(q, v, 16) is expect
+    monkeypatch.setattr(torch, "__version__", "2.10.0+cu128")  # auto trusts only the measured torch
+    assert not cudnn_compressed.pays_off(q, v, 16)
+
+
+@pytest.mark.parametrize("backend,big,want", [
+    ("auto", True, "cudnn"), ("auto", False, "triton"), ("cudnn", False, "cudnn"), ("triton", True, "triton")])
+def test_dispatch_follows_the_backend_setting(backend, big, want, monkeypatch):
+    """kernels.compressed_attention's choice, with the cuDNN path and pays_off stubbed (CPU: nothing runs cuDNN)."""
+    from kernels import ops
+    monkeypatch.setattr(ops, "COMPRESSED_BACKEND", backend)
+    monkeypatch.setattr(cudnn_compressed, "supported", lambda *a: True)
+    monkeypatch.setattr(cudnn_compressed, "pays_off", lambda *a: big)
+    monkeypatch.setattr(cudnn_compressed, "compressed_attention", lambda *a, **k: "cudnn")
+    q, kc = torch.randn(1, 40, 2, 8), torch.randn(1, 3, 1, 8)
+    got = ops.compressed_attention(q, kc, kc, block_size=8, stride=4)
+    assert ("cudnn" if got == "cudnn" else "triton") == want
 
 
 def test_cpu_and_float32_inputs_are_not_supported():
