@@ -28,6 +28,7 @@ import torch
 from kernels import reference
 from kernels.reference import attend, resolve_scale
 
+BACKENDS = ("auto", "triton", "cudnn")  # NSA_COMPRESSED_BACKEND's choices (kernels/ops.py COMPRESSED_BACKEND)
 DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256  # cuDNN's fused attention on Hopper takes head dims up to 256 (multiples of 8)
 # How the d query rows of a chunk share their KV head in the cuDNN call: "shared" (K/V with one head: cuDNN's GQA),

@@ -39,10 +39,11 @@ Tensor = torch.Tensor
 # (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
 # inputs stay on Triton) or "auto" (cuDNN where it measured faster: long sequences, cudnn_compressed.pays_off).
 # `scripts/bench_attention.py --sections compressed` times both. NSA_COMPRESSED_BACKEND overrides the default.
-COMPRESSED_BACKENDS = ("auto", "triton", "cudnn")
+# The choices live in kernels/cudnn_compressed.py (BACKENDS), which scripts can import without triton.
 COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "auto")
-if COMPRESSED_BACKEND not in COMPRESSED_BACKENDS:
-    raise ValueError(f"NSA_COMPRESSED_BACKEND={COMPRESSED_BACKEND!r}: use one of {', '.join(COMPRESSED_BACKENDS)}")
+if COMPRESSED_BACKEND not in cudnn_compressed.BACKENDS:
+    raise ValueError(f"NSA_COMPRESSED_BACKEND={COMPRESSED_BACKEND!r}: "
+                     f"use one of {', '.join(cudnn_compressed.BACKENDS)}")
 
 # ----------------------------------------------------------------------------------------------
 # compressed / window attention: one banded op (key j visible to t iff j*ks + koff <= t < j*ks + koff + win;

@@ -21,7 +21,7 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          to eval.py's sharing statistic (distinct blocks per query when 4 neighbours share): trained models
          measured 6.2 of 15.1 (docs/results/gpu-small). Main shape at 8k and 32k, the small model's shape
          (Hq=16, Hkv=1, D=64) at 8k, G = 1, 2, 4 and 8 (Hq=64) at 8k, and G = 4 at 32k.
-- compressed: compressed attention alone through each backend (kernels.ops.COMPRESSED_BACKENDS: the Triton
+- compressed: compressed attention alone through each backend (kernels.cudnn_compressed.BACKENDS: the Triton
          banded kernel, cuDNN's fused attention on a strided view, the latter with each way of sharing the KV
          head: kernels/cudnn_compressed.py KV_LAYOUTS), forward and forward+backward, at each T for the main,
          small-model and paper heads, with each cuDNN variant's relative error against the Triton kernel's
@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
 from common.files import write_text_atomic  # noqa: E402
+from kernels import cudnn_compressed  # noqa: E402  (no triton: --floors-from runs without it)
 from kernels.reference import num_compressed_tokens  # noqa: E402
 
 NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
@@ -203,7 +204,7 @@ def bench_compressed_backends(B, T, Hq, Hkv, Dk, Dv) -> dict:
     """Compressed attention through each backend: {variant: {fwd, fwdbwd ms, err}} where the variants are "triton"
     and "cudnn" / "cudnn-broadcast" / "cudnn-copied" (kernels/cudnn_compressed.py KV_LAYOUTS), err being the largest
     relative error against Triton's outputs and gradients; a variant that fails holds its error message."""
-    from kernels import cudnn_compressed, ops
+    from kernels import ops
     x = make_inputs(B, T, Hq, Hkv, Dk, Dv, grad=True)
     ins = [x["q"], x["k_cmp"], x["v_cmp"]]
     grad = torch.randn(B, T, Hq, Dv, device=x["q"].device, dtype=x["q"].dtype)
@@ -631,7 +632,7 @@ def main() -> None:
     p.add_argument("--T", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--sections", nargs="+", default=["peak", "main", "gsweep", "paper", "profile"],
                    choices=["peak", "tune", "main", "gsweep", "paper", "profile", "host", "share", "compressed"])
-    p.add_argument("--compressed-backend", choices=["auto", "triton", "cudnn"],
+    p.add_argument("--compressed-backend", choices=cudnn_compressed.BACKENDS,
                    help="compressed attention's kernel for every section (default: kernels.ops.COMPRESSED_BACKEND)")
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
