@@ -17,9 +17,9 @@ Each op checks its sizes (one-line ValueError), then dispatches:
   `TRITON_OPS` (kernels/ops.py over kernels/triton_*.py; registered only where it can run, see
   `_register_triton_ops`); an op not registered, or called with q_start != 0 when its kernel has no
   `q_start` argument, takes the PyTorch path below (which runs on CUDA tensors too).
-  compressed_attention on half-precision CUDA tensors runs cuDNN's fused attention instead
-  (kernels/cudnn_compressed.py) where that measured faster (long sequences; NSA_COMPRESSED_BACKEND=auto, the
-  default), always (=cudnn) or never (=triton): kernels/ops.py COMPRESSED_BACKEND.
+  compressed_attention on half-precision CUDA tensors can run cuDNN's fused attention instead
+  (kernels/cudnn_compressed.py): never (NSA_COMPRESSED_BACKEND=triton, the default), where it measured faster
+  (=auto: long sequences) or always (=cudnn); kernels/ops.py COMPRESSED_BACKEND.
 - otherwise: kernels/chunked.py, vectorised PyTorch over query tiles (never a [T, T] matrix).
 One decoding step (T == 1, any q_start) on such tensors takes the decode kernel in `TRITON_DECODE_OPS`
 (kernels/triton_decode.py: split along the context, group-centric) instead; it runs the chunked path itself

@@ -16,8 +16,8 @@ Why bother: on an H100 cuDNN runs full causal attention at ~600 TFLOP/s forward,
 compressed attention at ~413 (64k, docs/benchmarks.md); whether cuDNN keeps its rate on this layout is what
 `scripts/bench_attention.py --sections compressed` measures. Its kernels exist only for float16/bfloat16 CUDA
 tensors, and the lse they return carries no gradient (NSA only feeds it to the non-differentiable block
-selection). kernels/ops.py picks this path (COMPRESSED_BACKEND) only where it applies (and, by default, only
-where it is the faster one: pays_off); everything else keeps the Triton kernel. Autograd comes from PyTorch's own
+selection). kernels/ops.py picks this path (COMPRESSED_BACKEND: off by default, "auto" only where it is the
+faster one, pays_off) only where it applies; everything else keeps the Triton kernel. Autograd comes from PyTorch's own
 derivative of the cuDNN op, so torch.compile traces the whole function.
 """
 
@@ -46,7 +46,7 @@ def supported(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor) -> bool
             and hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention"))
 
 
-# NSA_COMPRESSED_BACKEND=auto (the default) takes cuDNN where it beat the Triton kernel: per sequence, the work
+# NSA_COMPRESSED_BACKEND=auto takes cuDNN where it beat the Triton kernel: per sequence, the work
 # Hq * T * (T / d) * (Dk + Dv) of at least AUTO_MIN_WORK. Measured on an H200 (docs/benchmarks.md, fifteenth
 # session; `bench_attention.py --sections compressed`): forward and forward+backward both lose at or below
 # 2.75e11 (Hq 64 D 128 at 16k: 0.83x f+b; Hq 16 D 64 at 32k: 0.72x; Dk 192 Dv 128 at 8k: 0.66x) and both win
@@ -85,10 +85,7 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
         o, lse = reference.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale)
         return o, lse.detach()
     t_tail = first + chunks * stride  # the rows from here on (fewer than `stride`) see all Tc tokens
-    # o and lse are written in place, each sequence's cuDNN result copied once into its rows: a reshape then a
-    # cat would hold a third T x Hq x Dv tensor at the peak (1 GiB per layer at 64k, main heads)
-    o = q.new_zeros(B, T, Hq, Dv)  # rows before the first compressed token see nothing: o = 0, lse = -inf
-    lse = torch.full((B, T, Hq), float("-inf"), device=q.device)
+    outs, lses = [], []
     for b in range(B):  # one cuDNN call per sequence: folding B into N would need a copy of q
         qc = q[b, first:t_tail].view(chunks, stride, Hq, Dk).permute(2, 1, 0, 3)  # [Hq, d, C, Dk]
         kc, vc = (x[b, :chunks].permute(1, 0, 2)[:, None].expand(Hkv, G, chunks, x.shape[-1])
@@ -97,12 +94,15 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
             kc, vc = (x.expand(Hq, stride, chunks, x.shape[-1]) for x in (kc, vc))
             if KV_LAYOUT == "copied":
                 kc, vc = kc.contiguous(), vc.contiguous()
-        o_b, lse_b = _cudnn(qc, kc, vc, scale)
-        o[b, first:t_tail].view(chunks, stride, Hq, Dv).copy_(o_b.permute(2, 1, 0, 3))
-        lse[b, first:t_tail].view(chunks, stride, Hq).copy_(lse_b.detach().permute(2, 1, 0))
+        o, lse = _cudnn(qc, kc, vc, scale)
+        outs.append(o.permute(2, 1, 0, 3).reshape(chunks * stride, Hq, Dv))
+        lses.append(lse.permute(2, 1, 0).reshape(chunks * stride, Hq))
+    stack = (lambda xs: xs[0][None]) if B == 1 else torch.stack  # B = 1: a view, not another copy of o
+    parts_o = [q.new_zeros(B, first, Hq, Dv), stack(outs)]
+    parts_lse = [torch.full((B, first, Hq), float("-inf"), device=q.device), stack(lses).float()]
     if t_tail < T:
         visible = torch.ones(1, 1, dtype=torch.bool, device=q.device)
-        o_t, lse_t = attend(q[:, t_tail:], k_cmp, v_cmp, visible, scale)
-        o[:, t_tail:].copy_(o_t)
-        lse[:, t_tail:].copy_(lse_t.detach())
-    return o, lse
+        o, lse = attend(q[:, t_tail:], k_cmp, v_cmp, visible, scale)
+        parts_o.append(o)
+        parts_lse.append(lse)
+    return torch.cat(parts_o, dim=1), torch.cat(parts_lse, dim=1).detach()

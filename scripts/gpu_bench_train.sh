@@ -32,12 +32,12 @@ fi
 #    TRAIN_ARGS: more overrides for both, e.g. "train.compile=true train.compile_mode=reduce-overhead" for graphs;
 #    STEP_ARGS: bench_train.py's step counts, default "--steps 3 --warmup 2 --breakdown-steps 1"; TS="" skips it;
 #    ACT_CKPT: activation checkpointing true/false for every length, default on from 32k; ATTNS: which of
-#    "full nsa nsa_triton nsa_cudnn" to run: nsa takes kernels' default compressed backend (auto), nsa_triton and
-#    nsa_cudnn force one (NSA_COMPRESSED_BACKEND=triton / cudnn)
+#    full, nsa and nsa_<backend> to run: nsa takes the default compressed backend (Triton), nsa_auto and nsa_cudnn
+#    set NSA_COMPRESSED_BACKEND (kernels/ops.py)
 for T in ${TS-8192 32768 65536}; do
   AC=${ACT_CKPT:-$([ "$T" -ge 32768 ] && echo true || echo false)}
   for ATTN in ${ATTNS:-full nsa}; do
-    backend=auto; [ "$ATTN" != "${ATTN#nsa_}" ] && backend=${ATTN#nsa_}
+    backend=triton; [ "$ATTN" != "${ATTN#nsa_}" ] && backend=${ATTN#nsa_}
     # shellcheck disable=SC2086
     NSA_COMPRESSED_BACKEND=$backend bench "${ATTN}_t$T" ${STEP_ARGS:---steps 3 --warmup 2 --breakdown-steps 1} -- \
       model=small_gqa16 attention=${ATTN%_*} \

@@ -3,9 +3,9 @@
 # kernel in the same call: its GPU tests (and, unless QUICK=1, the NSA model's and CUDA-graph training's GPU tests
 # with it forced on), each backend alone (bench_attention.py --sections compressed at each of TS, "" skips it:
 # the main, small-model and paper heads, each cuDNN KV layout, the error against Triton), the main table (at
-# MAIN_TS) and the paper shape with compressed attention forced on Triton and on the default (auto: cuDNN where it
-# measured faster), cuDNN full attention as the baseline in each, and the training pair at TRAIN_TS (small_gqa16,
-# CUDA graphs) for full attention, NSA on Triton and NSA on the default. Results under $OUT (or ./gpu_check_out):
+# MAIN_TS) and the paper shape with compressed attention on Triton and on auto (cuDNN where it measured faster),
+# cuDNN full attention as the baseline in each, and the training pair at TRAIN_TS (small_gqa16, CUDA graphs) for
+# full attention, NSA on Triton and NSA on auto. Results under $OUT (or ./gpu_check_out):
 # cudnn_tests.log, cudnn_{cmp,main_triton,main_auto,paper_triton,paper_auto}.log/.json, bench_train.log, train_*.json.
 #   device run (carry .whl): bash scripts/gpu_check_cudnn.sh   (~12 min in all: past one call's limit, so split it:
 #   SKIP_TRAIN=1 for the tests and kernel timings; SKIP_KERNELS=1 for the training pair, ~3 min per length)
@@ -38,7 +38,7 @@ if [ "${SKIP_KERNELS:-0}" != 1 ]; then
 fi
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-  SKIP_MFU=1 ACT_CKPT=false ATTNS="full nsa_triton nsa" TS="${TRAIN_TS:-8192 65536}" \
+  SKIP_MFU=1 ACT_CKPT=false ATTNS="full nsa nsa_auto" TS="${TRAIN_TS:-8192 65536}" \
     STEP_ARGS="--steps 2 --warmup 3 --breakdown-steps 0" \
     TRAIN_ARGS="train.compile=true train.compile_mode=reduce-overhead" bash scripts/gpu_bench_train.sh
 fi
