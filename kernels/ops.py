@@ -38,9 +38,9 @@ Tensor = torch.Tensor
 # Which kernel runs compressed attention on CUDA tensors: "triton" (the banded kernel below), "cudnn"
 # (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
 # inputs stay on Triton) or "auto" (cuDNN where it measured faster: long sequences, cudnn_compressed.pays_off).
-# `scripts/bench_attention.py --sections compressed` times both. NSA_COMPRESSED_BACKEND overrides the default,
-# Triton: the cuDNN path is faster at long T but holds more memory, and compiled training on it is not yet checked
-# at long T (docs/benchmarks.md, fifteenth session).
+# `scripts/bench_attention.py --sections compressed` times both. The default is Triton (NSA_COMPRESSED_BACKEND
+# overrides it): the cuDNN path is faster at long T but holds more memory, and compiled training on it is not yet
+# checked at long T (docs/benchmarks.md, fifteenth session).
 # The choices live in kernels/cudnn_compressed.py (BACKENDS), which scripts can import without triton.
 COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "triton")
 if COMPRESSED_BACKEND not in cudnn_compressed.BACKENDS:
