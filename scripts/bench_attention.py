@@ -375,8 +375,9 @@ TUNE = {
                       dict(key_major=0, rows=16, stages=1), dict(key_major=0, rows=64, warps=8, stages=3),
                       dict(atomic=1)],
 }
-# --tune-shape: (Hq, Hkv, Dk, Dv) of the tune section; "paper" tunes the "big" tiles (head dims past 128)
-TUNE_SHAPES = {"main": (HQ, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]), "paper": (HQ, HKV, 192, 128)}
+# (Hq, Hkv, Dk, Dv) of the head shapes the tune section (--tune-shape; "paper" tunes the "big" tiles, head dims
+# past 128) and the compressed section (all three) run at
+HEAD_SHAPES = {"main": (HQ, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]), "paper": (HQ, HKV, 192, 128)}
 
 
 def _rel(a, b) -> float:
@@ -636,7 +637,7 @@ def main() -> None:
                    help="compressed attention's kernel for every section (default: kernels.ops.COMPRESSED_BACKEND)")
     p.add_argument("--tiles-out", help="write the tune section's winning tile sizes here (JSON)")
     p.add_argument("--tune-kernels", nargs="+", choices=sorted(TUNE), help="tune only these kernels")
-    p.add_argument("--tune-shape", choices=sorted(TUNE_SHAPES), default="main",
+    p.add_argument("--tune-shape", choices=sorted(HEAD_SHAPES), default="main",
                    help="heads of the tune section: main (Hq=64, Hkv=4, D=128), small (Hq=16, Hkv=1, D=64) or "
                         "paper (Hq=64, Hkv=4, Dk=192, Dv=128)")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
@@ -669,7 +670,7 @@ def main() -> None:
         print("peak", flush=True)
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
-        heads = TUNE_SHAPES[args.tune_shape]
+        heads = HEAD_SHAPES[args.tune_shape]
         print(f"tune T=32768, Hq, Hkv, Dk, Dv = {heads}", flush=True)
         results["tune"] = tune(B, 32768, *heads, only=args.tune_kernels)
         results["tune"]["heads"] = heads
@@ -710,8 +711,7 @@ def main() -> None:
             print(f"share {name}", flush=True)
             attempt(results["share"], name, lambda a=(T, hq, hkv, d): bench_share(B, *a[:3], a[3]), checkpoint)
     if "compressed" in args.sections:  # bench_compressed_backends restores the backend it switches
-        for name, (hq, hkv, dk, dv) in {"main": (Hq, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]),
-                                        "paper": (Hq, HKV, 192, 128)}.items():
+        for name, (hq, hkv, dk, dv) in HEAD_SHAPES.items():
             for T in args.T:
                 print(f"compressed {name} T={T}", flush=True)
                 attempt(results["compressed"], f"{name}-{T}",

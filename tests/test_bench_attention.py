@@ -155,7 +155,7 @@ def test_tune_never_tries_a_racy_selected_dkdv():
                 wgmma_only = (cfg["block_n"] == 64) if cfg["key_major"] else (cfg["rows"] == 64)
                 assert wgmma_only, (block_d, alt, cfg)
     assert GPU_TILES["selected_dkdv"]["big"]["key_major"] == 0  # the row-major base this test covers
-    assert set(ba.TUNE_SHAPES) == {"main", "small", "paper"} and ba.TUNE_SHAPES["paper"][2:] == (192, 128)
+    assert set(ba.HEAD_SHAPES) == {"main", "small", "paper"} and ba.HEAD_SHAPES["paper"][2:] == (192, 128)
 
 
 def test_profile_kernels_script_imports_the_benchmarks_it_drives():
