@@ -18,8 +18,8 @@ Each op checks its sizes (one-line ValueError), then dispatches:
   `_register_triton_ops`); an op not registered, or called with q_start != 0 when its kernel has no
   `q_start` argument, takes the PyTorch path below (which runs on CUDA tensors too).
   compressed_attention on half-precision CUDA tensors can run cuDNN's fused attention instead
-  (kernels/cudnn_compressed.py): never (NSA_COMPRESSED_BACKEND=triton, the default), where it measured faster
-  (=auto: long sequences) or always (=cudnn); kernels/ops.py COMPRESSED_BACKEND.
+  (kernels/cudnn_compressed.py): never (NSA_COMPRESSED_BACKEND=triton), where it measured faster
+  (=auto, the default: long sequences) or always (=cudnn); kernels/ops.py COMPRESSED_BACKEND.
 - otherwise: kernels/chunked.py, vectorised PyTorch over query tiles (never a [T, T] matrix).
 One decoding step (T == 1, any q_start) on such tensors takes the decode kernel in `TRITON_DECODE_OPS`
 (kernels/triton_decode.py: split along the context, group-centric) instead; it runs the chunked path itself

@@ -16,9 +16,9 @@ Why bother: on an H100 cuDNN runs full causal attention at ~600 TFLOP/s forward,
 compressed attention at ~413 (64k, docs/benchmarks.md); whether cuDNN keeps its rate on this layout is what
 `scripts/bench_attention.py --sections compressed` measures. Its kernels exist only for float16/bfloat16 CUDA
 tensors, and the lse they return carries no gradient (NSA only feeds it to the non-differentiable block
-selection). kernels/ops.py takes this path only where it applies and COMPRESSED_BACKEND asks for it (off by
-default; "auto": only where pays_off finds it the faster one); everything else keeps the Triton kernel. Autograd
-comes from PyTorch's own derivative of the cuDNN op, so torch.compile traces the whole function.
+selection). kernels/ops.py takes this path only where it applies and COMPRESSED_BACKEND asks for it ("auto",
+the default: only where pays_off finds it the faster one; "cudnn": always); everything else keeps the Triton
+kernel. Autograd comes from PyTorch's own derivative of the cuDNN op, so torch.compile traces the whole function.
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
 # 1. MFU: GPT-2 small shape, T=1024, 0.5M-token batch, compiled (SKIP_MFU=1 leaves it out). MFU_RUNS picks
 #    variants, each timed in this process's GPU after the one before: mb32 (the reference), mb64 (micro-batch 64),
 #    graphs (CUDA graphs), autotune (max-autotune-no-cudagraphs: Triton matmul autotuning, slow to compile),
-#    coord (Inductor's coordinate-descent tuning of its own pointwise / reduction kernels: the norms, SwiGLU, RoPE)
+#    coord (Inductor's coordinate-descent tuning of its own pointwise / reduction kernels: the norms, SwiGLU, RoPE),
+#    h128 / mb64_h128 (6 heads of 128 instead of 12 of 64: same parameters and FLOPs, the attention kernels' better tile)
 declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_size=64"
                 [graphs]="train.micro_batch_size=32 train.compile_mode=reduce-overhead"
                 [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs"
-                [coord]="train.micro_batch_size=32")
+                [coord]="train.micro_batch_size=32"
+                [h128]="train.micro_batch_size=32 model.n_head=6 model.n_kv_head=6"
+                [mb64_h128]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6")
 declare -A MFU_ENV=([coord]="TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1")  # Inductor reads these at import
 if [ "${SKIP_MFU:-0}" != 1 ]; then
   for v in ${MFU_RUNS:-mb32}; do
@@ -32,12 +35,12 @@ fi
 #    TRAIN_ARGS: more overrides for both, e.g. "train.compile=true train.compile_mode=reduce-overhead" for graphs;
 #    STEP_ARGS: bench_train.py's step counts, default "--steps 3 --warmup 2 --breakdown-steps 1"; TS="" skips it;
 #    ACT_CKPT: activation checkpointing true/false for every length, default on from 32k; ATTNS: which of
-#    full, nsa and nsa_<backend> to run: nsa takes the default compressed backend (Triton), nsa_auto and nsa_cudnn
-#    set NSA_COMPRESSED_BACKEND (kernels/ops.py)
+#    full, nsa and nsa_<backend> to run: nsa takes the default compressed backend (auto, or NSA_COMPRESSED_BACKEND
+#    if set), nsa_triton, nsa_auto and nsa_cudnn set NSA_COMPRESSED_BACKEND (kernels/ops.py)
 for T in ${TS-8192 32768 65536}; do
   AC=${ACT_CKPT:-$([ "$T" -ge 32768 ] && echo true || echo false)}
   for ATTN in ${ATTNS:-full nsa}; do
-    backend=triton; [ "$ATTN" != "${ATTN#nsa_}" ] && backend=${ATTN#nsa_}
+    backend=${NSA_COMPRESSED_BACKEND:-auto}; [ "$ATTN" != "${ATTN#nsa_}" ] && backend=${ATTN#nsa_}
     # shellcheck disable=SC2086
     NSA_COMPRESSED_BACKEND=$backend bench "${ATTN}_t$T" ${STEP_ARGS:---steps 3 --warmup 2 --breakdown-steps 1} -- \
       model=small_gqa16 attention=${ATTN%_*} \

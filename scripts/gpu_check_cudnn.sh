@@ -38,7 +38,7 @@ if [ "${SKIP_KERNELS:-0}" != 1 ]; then
 fi
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-  SKIP_MFU=1 ACT_CKPT=false ATTNS="full nsa nsa_auto" TS="${TRAIN_TS:-8192 65536}" \
+  SKIP_MFU=1 ACT_CKPT=false ATTNS="full nsa_triton nsa_auto" TS="${TRAIN_TS:-8192 65536}" \
     STEP_ARGS="--steps 2 --warmup 3 --breakdown-steps 0" \
     TRAIN_ARGS="train.compile=true train.compile_mode=reduce-overhead" bash scripts/gpu_bench_train.sh
 fi
