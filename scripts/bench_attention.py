@@ -59,14 +59,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_shapes import D_MAIN, HEAD_SHAPES, HKV, HQ, NSA, SMALL_HEADS  # noqa: E402
+
 import kernels  # noqa: E402
 from common.files import write_text_atomic  # noqa: E402
 from kernels import cudnn_compressed  # noqa: E402  (no triton: --floors-from runs without it)
 from kernels.reference import num_compressed_tokens  # noqa: E402
-
-NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
-HQ, HKV, D_MAIN = 64, 4, 128  # the main shape: 64 query heads in 4 KV groups (G = 16), head dim 128
-SMALL_HEADS = (16, 1, 64)  # Hq, Hkv, D of configs/model/small_gqa16.yaml, the long-context training model
 
 
 def timed(fn, budget_ms: float = 800.0, max_reps: int = 20, warmup_ms: float = 100.0) -> float:
@@ -377,7 +375,6 @@ TUNE = {
 }
 # (Hq, Hkv, Dk, Dv) of the head shapes the tune section (--tune-shape; "paper" tunes the "big" tiles, head dims
 # past 128) and the compressed section (all three) run at
-HEAD_SHAPES = {"main": (HQ, HKV, D_MAIN, D_MAIN), "small": (*SMALL_HEADS, SMALL_HEADS[2]), "paper": (HQ, HKV, 192, 128)}
 
 
 def _rel(a, b) -> float:

@@ -51,12 +51,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_shapes import HEAD_SHAPES, NSA  # noqa: E402
+
 import kernels  # noqa: E402
 from common.files import write_text_atomic  # noqa: E402
 from kernels.reference import num_compressed_tokens  # noqa: E402
 
-NSA = dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
-SHAPES = {"main": dict(Hq=64, Hkv=4, D=128), "small": dict(Hq=16, Hkv=1, D=64)}
+SHAPES = {name: dict(Hq=hq, Hkv=hkv, D=dk) for name, (hq, hkv, dk, _) in HEAD_SHAPES.items() if name != "paper"}
 START = time.time()
 DEV = "cuda"
 

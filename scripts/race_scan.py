@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# (Hq, Hkv, Dk, Dv): the benchmarks' main heads, the training models' (small_gqa16 and the gpu-small reproduction),
-# the paper's Dk=192 / Dv=128
-SHAPES = {"main": (64, 4, 128, 128), "small": (16, 1, 64, 64), "paper": (64, 4, 192, 128),
-          **{f"main-G{g}": (64, 64 // g, 128, 128) for g in (1, 2, 4, 8)}}
-T, NSA = 1024, dict(block_size=32, stride=16, select_size=64, num_select=16, window=512)
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_shapes import D_MAIN, HEAD_SHAPES, HQ, NSA  # noqa: E402  (plain constants: no torch, no triton)
+
+# (Hq, Hkv, Dk, Dv): the benchmarks' head shapes, and the main heads at G = 1, 2, 4, 8
+SHAPES = {**HEAD_SHAPES, **{f"main-G{g}": (HQ, HQ // g, D_MAIN, D_MAIN) for g in (1, 2, 4, 8)}}
+T = 1024
 
 
 def signature(fn, args: tuple, kwargs: dict) -> tuple[dict[str, str], dict, tuple[str, ...]]:
@@ -102,7 +103,6 @@ def main() -> None:
     if args.triton:
         sys.path.insert(0, args.triton)
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "scripts"))
     import triton
     from sass_report import compile_kernel, inflight_overwrites
 
