@@ -179,6 +179,29 @@ def test_flops_per_token_counts_attention():
     assert short == pytest.approx(dense + 3 * c.n_layer * 4 * c.n_head * c.head_size * 32.5)
 
 
+def test_checkpoint_with_separate_q_and_kv_projections_loads():
+    """A state dict from before the fused q/k/v projection (wq, and wkv holding k then v) loads, and the model
+    computes what those weights computed: q = x wq^T, (k, v) = x wkv^T split in two, then causal attention."""
+    from model.attention.full import sdpa_bthd
+
+    model = make()
+    c, attn = model.cfg, model.blocks[0].attn
+    D = c.head_size
+    old = {k: v for k, v in model.state_dict().items() if ".wqkv." not in k}
+    gen = torch.Generator().manual_seed(1)
+    for i in range(c.n_layer):
+        old[f"blocks.{i}.attn.wq.weight"] = torch.randn(c.n_head * D, c.n_embd, generator=gen) * 0.02
+        old[f"blocks.{i}.attn.wkv.weight"] = torch.randn(2 * c.n_kv_head * D, c.n_embd, generator=gen) * 0.02
+    model.load_state_dict(old)  # strict: no key left over or missing
+
+    x = torch.randn(2, 16, c.n_embd, generator=gen)
+    wq, wkv = old["blocks.0.attn.wq.weight"], old["blocks.0.attn.wkv.weight"]
+    q = model.rotary((x @ wq.T).view(2, 16, c.n_head, D), 0)
+    k, v = (x @ wkv.T).view(2, 16, 2, c.n_kv_head, D).unbind(2)
+    expected = attn.wo(sdpa_bthd(q, model.rotary(k, 0), v).reshape(2, 16, -1))
+    torch.testing.assert_close(attn(x, model.rotary), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_model_configs_fail_clearly():
     with pytest.raises(ValueError, match="n_kv_head"):
         make(tiny(n_head=4, n_kv_head=3))
