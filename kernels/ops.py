@@ -39,10 +39,10 @@ Tensor = torch.Tensor
 # (kernels/cudnn_compressed.py: cuDNN's fused attention on a strided view of q, for float16/bfloat16 only; other
 # inputs stay on Triton) or "auto" (cuDNN where it measured faster: long sequences, cudnn_compressed.pays_off).
 # `scripts/bench_attention.py --sections compressed` times both. The default is auto (NSA_COMPRESSED_BACKEND
-# overrides it): on an H100, compiled small_gqa16 training at 64k runs 8.6% faster on it (184.6k -> 200.4k tokens/s)
-# and the main-shape NSA forward+backward 5% (docs/benchmarks.md, fifteenth and sixteenth sessions). Its cost is
-# memory: cuDNN keeps its own copy of the output and returns dQ in a buffer of its own, so one NSA
-# forward+backward at 64k (Hq 64, D 128) peaks at 9.8 GB against 5.7 on Triton; =triton is the lean choice.
+# overrides it): on an H100, compiled small_gqa16 training at 64k runs 8.6% faster on it (184.6k -> 200.4k tokens/s);
+# on an H200 the main-shape NSA forward+backward at 64k 7% (docs/benchmarks.md, fifteenth and sixteenth sessions).
+# Its cost is memory: cuDNN keeps its own copy of the output and returns dQ in a buffer of its own, so one NSA
+# forward+backward at 64k (Hq 64, D 128) peaks at 8.7 GB against 5.7 on Triton; =triton is the lean choice.
 # The choices live in kernels/cudnn_compressed.py (BACKENDS), which scripts can import without triton.
 COMPRESSED_BACKEND = os.environ.get("NSA_COMPRESSED_BACKEND", "auto")
 if COMPRESSED_BACKEND not in cudnn_compressed.BACKENDS:
