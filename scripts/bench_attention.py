@@ -33,7 +33,7 @@ Sections (bf16, B=1, causal; NSA with the paper's sizes l=32, d=16, l'=64, n=16,
          max(FLOPs / peak, bytes / bandwidth), and the measured time against it. Without a "peak" section in
          the JSON, --peak-tflops / --bw-gbps (default: the H100 SXM's dense bf16 spec and its measured read
          bandwidth in docs/benchmarks.md).
-- tune: at T=32k and the main shape (or --tune-shape small: the small_gqa16 model's heads; paper: Dk=192,
+- tune: at T=32k (--tune-T) and the main shape (or --tune-shape small: the small_gqa16 model's heads; paper: Dk=192,
   Dv=128, the "big" tiles), times each kernel family with alternative tile sizes (GPU_TILES in
   kernels/triton_common.py), greedily, checking every alternative's outputs/gradients against the current
   config's (relative error < 1e-2, selections >= 99% equal) and that a second run repeats them; the winners
@@ -350,12 +350,15 @@ TUNE = {
     "band_dkdv": [dict(split_waves=1), dict(split_waves=8), dict(rows=32, block_n=64, warps=4, stages=2),
                   dict(rows=32, block_n=64, warps=8, stages=2),
                   dict(rows=64, block_n=32, warps=4, stages=2), dict(rows=128, block_n=64, warps=8, stages=2),
-                  dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3)],
+                  dict(rows=64, block_n=128, warps=8, stages=2), dict(rows=64, block_n=64, warps=8, stages=3),
+                  dict(rows=128, block_n=128, warps=8, stages=2), dict(rows=128, block_n=64, warps=4, stages=2),
+                  dict(rows=128, block_n=64, warps=8, stages=3), dict(rows=256, block_n=64, warps=8, stages=2)],
     "band_dq": [dict(rows=128, block_n=64, warps=8, stages=2),
                 dict(rows=64, block_n=64, warps=4, stages=2),
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3),
                 dict(tma=1), dict(tma=1, stages=3)],
-    "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3), dict(tma=1), dict(tma=1, stages=3)],
+    "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3), dict(tma=1), dict(tma=1, stages=3),
+               dict(rows=256, warps=8), dict(rows=64, warps=2)],
     "selected_fwd": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                      dict(warps=2, stages=3, block_n=32), dict(warps=2, stages=4, block_n=32),
                      dict(warps=4, stages=4, block_n=32), dict(tma=1), dict(tma=1, stages=3),
@@ -637,6 +640,7 @@ def main() -> None:
     p.add_argument("--tune-shape", choices=sorted(HEAD_SHAPES), default="main",
                    help="heads of the tune section: main (Hq=64, Hkv=4, D=128), small (Hq=16, Hkv=1, D=64) or "
                         "paper (Hq=64, Hkv=4, Dk=192, Dv=128)")
+    p.add_argument("--tune-T", type=int, default=32768, help="sequence length of the tune section")
     p.add_argument("--paper-T", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--out", help="write results as JSON here")
     p.add_argument("--baselines", nargs="*", choices=["flash", "cudnn"], default=["flash", "cudnn"],
@@ -668,9 +672,9 @@ def main() -> None:
         attempt(results, "peak", bench_peak, checkpoint)
     if "tune" in args.sections:
         heads = HEAD_SHAPES[args.tune_shape]
-        print(f"tune T=32768, Hq, Hkv, Dk, Dv = {heads}", flush=True)
-        results["tune"] = tune(B, 32768, *heads, only=args.tune_kernels)
-        results["tune"]["heads"] = heads
+        print(f"tune T={args.tune_T}, Hq, Hkv, Dk, Dv = {heads}", flush=True)
+        results["tune"] = tune(B, args.tune_T, *heads, only=args.tune_kernels)
+        results["tune"]["heads"], results["tune"]["T"] = heads, args.tune_T
         checkpoint()
         save(results["tune"]["winners"], args.tiles_out)
 

@@ -288,8 +288,11 @@ def test_torch_compile_fullgraph_pipeline(cuda_gen):
     check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], cuda_gen, TOL)
 
 
-def test_offsets_past_2_pow_31_elements(cuda_gen):
-    # q has B*T*Hq*D > 2^31 elements: the last batch element must match a run on its own copy
+def test_offsets_past_2_pow_31_elements(cuda_gen, monkeypatch):
+    # q has B*T*Hq*D > 2^31 elements: the last batch element must match a run on its own copy, bit for bit (the
+    # Triton kernels compute each sequence alike whatever the batch; the cuDNN compressed path's tail rows go
+    # through a batched matmul that need not, so it gets the test below)
+    monkeypatch.setattr("kernels.ops.COMPRESSED_BACKEND", "triton")
     B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
     assert B * T * Hq * D > 2**31
     bs, d, ss, n, win = 32, 16, 64, 16, 512
@@ -312,3 +315,18 @@ def test_offsets_past_2_pow_31_elements(cuda_gen):
     o1 = kernels.window_attention(q1, last[1], last[2], window=win)
     (dq1,) = torch.autograd.grad(o1, q1, torch.ones_like(o1))
     assert torch.equal(o[-1:], o1) and torch.equal(dq[-1:], dq1)
+
+
+def test_cudnn_compressed_offsets_past_2_pow_31_elements(cuda_gen, monkeypatch):
+    # the cuDNN compressed path at B*T*Hq*D > 2^31: the last sequence as on its own copy, to bf16 rounding
+    monkeypatch.setattr("kernels.ops.COMPRESSED_BACKEND", "cudnn")
+    B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
+    bs, d = 32, 16
+    q = rand(cuda_gen, B, T, Hq, D)
+    kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
+    o, lse = kernels.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    o1, lse1 = kernels.compressed_attention(q[-1:].contiguous(), kc[-1:].contiguous(), kc[-1:].contiguous(),
+                                            block_size=bs, stride=d)
+    assert rel_err(o[-1:], o1) < 1e-2
+    finite = lse1.isfinite()
+    assert torch.equal(finite, lse[-1:].isfinite()) and rel_err(lse[-1:][finite], lse1[finite]) < 1e-4
