@@ -29,6 +29,7 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     add_key_grads,
+    add_key_grads_t,
     attend_kv,
     attend_tile_rows,
     bthd,
@@ -126,8 +127,9 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
 def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T, Hq, G, t_lo,
                     t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr,
                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr,
-                    PREC: tl.constexpr):
-    """Add query tile t0's contribution to (dk, dv) of one key tile."""
+                    PREC: tl.constexpr, KEY_MAJOR: tl.constexpr):
+    """Add query tile t0's contribution to (dk, dv) of one key tile (KEY_MAJOR: the products key-major, as
+    triton_common.add_key_grads_t, with no transpose of p or ds in registers)."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     pos = t0 + rows // G_PAD
@@ -138,6 +140,11 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_o
     do = tl.load(do_base + pos64[:, None] * sdo_t + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
+    if KEY_MAJOR:
+        first = j * KS + KOFF
+        vis_t = (first[:, None] <= pos[None, :]) & (pos[None, :] < first[:, None] + WIN) & j_ok[:, None] \
+            & row_ok[None, :]
+        return add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC, PREC)
     vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
     return add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
 
@@ -149,6 +156,7 @@ def _band_bwd_dkdv_kernel(
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN, SPLIT_LEN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    KEY_MAJOR: tl.constexpr,
 ):
     """dK, dV of one key tile, summed over the G heads and the queries of split pid_s.
 
@@ -186,7 +194,7 @@ def _band_bwd_dkdv_kernel(
     for t0 in range(start, t_hi, NPOS):
         dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
                                  Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
-                                 G_PAD, ACC, PREC)
+                                 G_PAD, ACC, PREC, KEY_MAJOR)
     dk = dk * sm_scale
 
     B = tl.num_programs(1) // Hkv
@@ -344,7 +352,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common, KEY_MAJOR=bool(cfg.get("key_major")),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)

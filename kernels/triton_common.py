@@ -46,8 +46,10 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # work (key tile j is seen by the queries from j*d + l - 1 on: a triangle, see band_backward). One wave
     # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
-    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4),
-                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4)},
+    # key_major 1: the four products key-major (add_key_grads_t), no transpose of p / ds in registers; an option
+    # of the tune section, not yet timed (seventeenth session), so off.
+    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0),
+                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0)},
     "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1),
                 "d64": dict(rows=128, warps=8, tma=0),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0)},

@@ -295,6 +295,22 @@ def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
 
 
+@pytest.mark.parametrize("case", [WINDOW_CASES[0], WINDOW_CASES[1], WINDOW_CASES[4]])
+def test_band_dkdv_key_major(gen, case, monkeypatch):
+    """The banded dK/dV with its products key-major (the tiles' option `key_major`) equals the reference: window
+    attention, then compressed attention (its keys and values the first T // 4 rows) on the same queries."""
+    set_tiles(monkeypatch, ["band_dkdv"], key_major=1)
+    B, T, Hkv, G, Dk, Dv, w = case
+    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
+    wo = torch.randn(B, T, Hkv * G, Dv, generator=gen, dtype=F64)
+    o, o_r = kernels.window_attention(q, k, v, window=w), ref.window_attention(q, k, v, window=w)
+    close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
+    kc, vc = k[:, : T // 4], v[:, : T // 4]
+    o, _ = kernels.compressed_attention(q, kc, vc, block_size=4, stride=4)
+    o_r, _ = ref.compressed_attention(q, kc, vc, block_size=4, stride=4)
+    close(grads(o, (q, kc, vc), wo), grads(o_r, (q, kc, vc), wo), "d(q, k_cmp, v_cmp)", gen)
+
+
 # ----------------------------------------------------------------------------------------------
 # float32, and torch.compile through the registered ops
 
