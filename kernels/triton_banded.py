@@ -52,10 +52,16 @@ from kernels.triton_common import (
 
 
 @triton.jit
+def _in_band(first, pos, WIN):
+    """Whether the query at pos sees the key first seen at position first: first <= pos < first + WIN
+    (elementwise, broadcasting; first(j) = j * KS + KOFF)."""
+    return (first <= pos) & (pos < first + WIN)
+
+
+@triton.jit
 def _band_visible(j, j_ok, pos, KS, KOFF, WIN):
-    """[R, BLOCK_N] which keys j each query row at pos sees: first(j) <= pos < first(j) + WIN, j < S."""
-    first = j * KS + KOFF
-    return (first[None, :] <= pos[:, None]) & (pos[:, None] < first[None, :] + WIN) & j_ok[None, :]
+    """[R, BLOCK_N] which keys j each query row at pos sees (j < S)."""
+    return _in_band((j * KS + KOFF)[None, :], pos[:, None], WIN) & j_ok[None, :]
 
 
 @triton.jit
@@ -141,9 +147,7 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_o
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
     if KEY_MAJOR:
-        first = j * KS + KOFF
-        vis_t = (first[:, None] <= pos[None, :]) & (pos[None, :] < first[:, None] + WIN) & j_ok[:, None] \
-            & row_ok[None, :]
+        vis_t = _in_band((j * KS + KOFF)[:, None], pos[None, :], WIN) & j_ok[:, None] & row_ok[None, :]
         return add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC, PREC)
     vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
     return add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)

@@ -11,6 +11,6 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 # shellcheck disable=SC2086
-timeout "${TEST_TIMEOUT:-500}" $PY -m pytest ${TESTS:-tests} -m gpu -v -rfE -p no:cacheprovider \
+timeout "${TEST_TIMEOUT:-500}" $PY -m pytest ${TESTS:-tests} -m gpu -v -rfE --durations=20 -p no:cacheprovider \
     --junitxml="$OUT/gpu_tests_all.xml" 2>&1 | tee "$OUT/gpu_tests_all.log" | grep -v " PASSED \| SKIPPED "
 echo "gpu tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_tests_all.log"
