@@ -56,7 +56,8 @@ PRESETS = {
     "band-dkdv": ("kernels.triton_banded", "_band_bwd_dkdv_kernel",
                   dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DK_OUT="*fp32",
                        DV_OUT="*fp32", sm_scale="fp32", qk_scale="fp32"),
-                  {**_BAND, "NPOS": 8}, (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 8, 2),
+                  {**_BAND, "NPOS": 8, "KEY_MAJOR": False, "INTERIOR": False},
+                  (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 8, 2),
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
                      sm_scale="fp32", qk_scale="fp32"),
@@ -122,6 +123,15 @@ for _name, _loaded in (("band-fwd", "KV"), ("band-dq", "KV"), ("selected-fwd", "
     _module, _kernel, _types, _consts, _div16, _warps, _stages = PRESETS[_name]
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, **dict.fromkeys(_loaded, _TMA_DESC)},
                                {**_consts, "TMA": True}, _div16, _warps, _stages)
+
+# the banded dK/dV's tile options key_major=1 (at 4 warps: one warpgroup for its 64-key products; at 8 the two
+# warpgroups repeat them) and interior=1, at the small training model's heads of 64 (configs/model/small_gqa16.yaml:
+# G = 16, the "d64" tiles are "small"'s: 128 rows, 64 keys, 8 warps, 2 stages)
+_band = PRESETS["band-dkdv"]
+_D64 = dict(DK=64, DV=64, BLOCK_DK=64, BLOCK_DV=64)
+PRESETS["band-dkdv-d64"] = (*_band[:3], {**_band[3], **_D64}, *_band[4:])
+PRESETS["band-dkdv-d64-interior"] = (*_band[:3], {**_band[3], **_D64, "INTERIOR": True}, *_band[4:])
+PRESETS["band-dkdv-d64-key-major"] = (*_band[:3], {**_band[3], **_D64, "KEY_MAJOR": True}, _band[4], 4, _band[6])
 
 # the selected dK/dV row-major (tiles option key_major=0) at 1 stage: what shipped before the key-major products
 # (pipelined, this layout races: kernels/triton_common.py GPU_TILES["selected_dkdv"])

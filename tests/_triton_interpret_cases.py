@@ -295,11 +295,15 @@ def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
 
 
-@pytest.mark.parametrize("case", [WINDOW_CASES[0], WINDOW_CASES[1], WINDOW_CASES[4]])
-def test_band_dkdv_key_major(gen, case, monkeypatch):
-    """The banded dK/dV with its products key-major (the tiles' option `key_major`) equals the reference: window
-    attention, then compressed attention (its keys and values the first T // 4 rows) on the same queries."""
-    set_tiles(monkeypatch, ["band_dkdv"], key_major=1)
+@pytest.mark.parametrize("variant", [dict(key_major=1), dict(interior=1), dict(key_major=1, interior=1)],
+                         ids=["key_major", "interior", "key_major-interior"])
+@pytest.mark.parametrize("case", [WINDOW_CASES[0], WINDOW_CASES[1], WINDOW_CASES[4],
+                                  pytest.param((1, 203, 1, 4, 16, 16, 64), id="G4-w64-T203")])
+def test_band_dkdv_variants(gen, case, variant, monkeypatch):
+    """The banded dK/dV with its products key-major (the tiles' option `key_major`) and with the query tiles that see
+    a whole key tile unmasked (`interior`) equals the reference: window attention, then compressed attention (its
+    keys and values the first T // 4 rows) on the same queries."""
+    set_tiles(monkeypatch, ["band_dkdv"], **variant)
     B, T, Hkv, G, Dk, Dv, w = case
     q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
     wo = torch.randn(B, T, Hkv * G, Dv, generator=gen, dtype=F64)
