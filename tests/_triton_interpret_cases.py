@@ -295,10 +295,17 @@ def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
 
 
-@pytest.mark.parametrize("variant", [dict(key_major=1), dict(interior=1), dict(key_major=1, interior=1)],
-                         ids=["key_major", "interior", "key_major-interior"])
-@pytest.mark.parametrize("case", [WINDOW_CASES[0], WINDOW_CASES[1], WINDOW_CASES[4],
-                                  pytest.param((1, 203, 1, 4, 16, 16, 64), id="G4-w64-T203")])
+_W64 = (1, 203, 1, 4, 16, 16, 64)  # B, T, Hkv, G, Dk, Dv, window: interior tiles for window and compressed
+BAND_DKDV_VARIANTS = [
+    pytest.param(WINDOW_CASES[1].values[0], dict(key_major=1), id="G16-w1-key_major"),
+    pytest.param(_W64, dict(key_major=1), id="G4-w64-T203-key_major"),
+    pytest.param(WINDOW_CASES[4].values[0], dict(interior=1), id="G2-w70-T160-interior"),
+    pytest.param(_W64, dict(interior=1), id="G4-w64-T203-interior"),
+    pytest.param(_W64, dict(key_major=1, interior=1), id="G4-w64-T203-key_major-interior"),
+]
+
+
+@pytest.mark.parametrize("case, variant", BAND_DKDV_VARIANTS)
 def test_band_dkdv_variants(gen, case, variant, monkeypatch):
     """The banded dK/dV with its products key-major (the tiles' option `key_major`) and with the query tiles that see
     a whole key tile unmasked (`interior`) equals the reference: window attention, then compressed attention (its
