@@ -47,8 +47,8 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
     # key_major 1: the four products key-major (add_key_grads_t), no transpose of p / ds in registers; interior 1:
-    # the query tiles that see the whole key tile run without the visibility mask (about a quarter of the loop's
-    # instructions at head dim 64, sass_report.py band-dkdv-d64-interior). Options of the tune section, not yet timed
+    # the query tiles that see the whole key tile run without the visibility mask (at head dim 64, 477 instructions
+    # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, not yet timed
     # (seventeenth session), so off.
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0, interior=0)},
