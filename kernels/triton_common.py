@@ -49,7 +49,10 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # key_major 1: the four products key-major (add_key_grads_t), no transpose of p / ds in registers; interior 1:
     # the query tiles that see the whole key tile run without the visibility mask (at head dim 64, 477 instructions
     # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, not yet timed
-    # (seventeenth session), so off.
+    # (seventeenth session), so off. The same idea for all three banded kernels (split_mask) was removed after the
+    # main-shape tune found them not issue-bound (ninth session, H200, D = 128, docs/benchmarks.md); at the training
+    # model's head dim 64 the mask is twice the share of a trip's work, which is what `interior` is for: drop it if
+    # the tune at --tune-shape small finds no gain either.
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0, interior=0)},
     "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1),
