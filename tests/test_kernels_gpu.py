@@ -288,12 +288,15 @@ def test_torch_compile_fullgraph_pipeline(cuda_gen):
     check(g, g_r, ["dq", "dk_slc", "dv_slc", "dk_win", "dv_win", "dk_cmp", "dv_cmp"], cuda_gen, TOL)
 
 
+PAST_2_POW_31 = (3, 90_000, 64, 4, 128)  # B, T, Hq, Hkv, D: q has B*T*Hq*D > 2^31 elements
+
+
 def test_offsets_past_2_pow_31_elements(cuda_gen, monkeypatch):
     # q has B*T*Hq*D > 2^31 elements: the last batch element must match a run on its own copy, bit for bit (the
     # Triton kernels compute each sequence alike whatever the batch; the cuDNN compressed path's tail rows go
     # through a batched matmul that need not, so it gets the test below)
     monkeypatch.setattr("kernels.ops.COMPRESSED_BACKEND", "triton")
-    B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
+    B, T, Hq, Hkv, D = PAST_2_POW_31
     assert B * T * Hq * D > 2**31
     bs, d, ss, n, win = 32, 16, 64, 16, 512
     q, k, v = rand(cuda_gen, B, T, Hq, D), rand(cuda_gen, B, T, Hkv, D), rand(cuda_gen, B, T, Hkv, D)
@@ -320,7 +323,7 @@ def test_offsets_past_2_pow_31_elements(cuda_gen, monkeypatch):
 def test_cudnn_compressed_offsets_past_2_pow_31_elements(cuda_gen, monkeypatch):
     # the cuDNN compressed path at B*T*Hq*D > 2^31: the last sequence as on its own copy, to bf16 rounding
     monkeypatch.setattr("kernels.ops.COMPRESSED_BACKEND", "cudnn")
-    B, T, Hq, Hkv, D = 3, 90_000, 64, 4, 128
+    B, T, Hq, Hkv, D = PAST_2_POW_31
     bs, d = 32, 16
     q = rand(cuda_gen, B, T, Hq, D)
     kc = rand(cuda_gen, B, ref.num_compressed_tokens(T, bs, d), Hkv, D)
