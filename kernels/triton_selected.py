@@ -448,15 +448,19 @@ def inverted_index(idx: torch.Tensor, select_size: int, seg_len: int):
     dev = idx.device
     n_blocks = triton.cdiv(T, select_size)
     n_buckets = B * Hkv * n_blocks
-    ids = idx.long()
-    earlier_same = (ids[..., :, None] == ids[..., None, :]).tril(diagonal=-1).any(-1)  # a repeat in its row
-    t = torch.arange(T, device=dev).view(1, T, 1, 1)
-    valid = (ids >= 0) & (ids * select_size <= t) & ~earlier_same
-    bh = torch.arange(B * Hkv, device=dev).view(B, 1, Hkv, 1)
+    # int32 keys when they fit: the radix sort below then makes half the passes of int64 keys
+    key_dtype = torch.int32 if n_buckets < torch.iinfo(torch.int32).max else torch.int64
+    # Each row sorted on its own (slots are interchangeable: only the position t is kept), so a repeated id
+    # sits next to its twin and one neighbour comparison drops it (comparing every pair of slots was n x n).
+    ids = idx.sort(-1).values.to(key_dtype)
+    first = torch.nn.functional.pad(ids[..., 1:] != ids[..., :-1], (1, 0), value=True)
+    last_visible = (torch.arange(T, device=dev) // select_size).view(1, T, 1, 1)  # j*l' <= t, without overflow
+    valid = (ids >= 0) & (ids <= last_visible) & first
+    bh = torch.arange(B * Hkv, device=dev, dtype=key_dtype).view(B, 1, Hkv, 1)
     key = torch.where(valid, bh * n_blocks + ids, n_buckets).flatten()
     key, order = torch.sort(key, stable=True)  # stable: ascending positions inside a bucket
     pos = ((order // (Hkv * n)) % T).to(torch.int32)  # flat index (b, t, h, slot) -> t
-    bucket_off = torch.searchsorted(key, torch.arange(n_buckets + 1, device=dev))  # first entry of each bucket
+    bucket_off = torch.searchsorted(key, torch.arange(n_buckets + 1, device=dev, dtype=key_dtype))  # bucket starts
     segs = (bucket_off.diff() + seg_len - 1) // seg_len
     seg_end = segs.cumsum(0)
     n_items = triton.cdiv(key.numel(), seg_len) + n_buckets  # >= sum(segs), known without a sync

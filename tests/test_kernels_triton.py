@@ -74,6 +74,7 @@ def test_inverted_index_groups_queries_by_block():
     n_blocks = -(-T // sel)
     idx = torch.randint(-1, n_blocks, (B, T, Hkv, n), generator=gen, dtype=torch.int32)
     idx[0, 5, 1] = torch.tensor([0, 0, -1, 0, 1])  # repeats, padding and an invisible block (1 * 8 > 5)
+    idx[1, 30, 2] = torch.tensor([2**31 - 1, n_blocks, 3, 3, 0])  # ids past the last block (id * l' overflows int32)
     pos, bucket_off, item_bucket, item_seg, nb = inverted_index(idx, sel, seg_len)
     assert nb == n_blocks and bucket_off.shape == (B * Hkv * n_blocks + 1,)
     expected: dict[int, list[int]] = {}
