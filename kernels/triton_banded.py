@@ -43,10 +43,12 @@ from kernels.triton_common import (
     kv_block,
     kv_descriptors,
     load_kv_tile,
+    load_lse2,
     load_rows,
     load_softmax_stats,
     next_pow2,
     sm_count,
+    store_row_delta,
     tl_acc,
 )
 
@@ -238,14 +240,15 @@ def _key_tiles(t0, t_last, S, KS, KOFF, WIN, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _band_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
+    Q, K, V, DO, LSE, DELTA, DQ, OUT, DLSE,
+    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h, so_b, so_t, so_h,
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr = False, FUSED_DELTA: tl.constexpr = False, HAS_DLSE: tl.constexpr = False,
 ):
-    """dQ of one query tile. TMA: K and V are tensor descriptors (kv_block), not pointers."""
+    """dQ of one query tile. TMA: K and V are tensor descriptors (kv_block), not pointers. FUSED_DELTA: the rows'
+    delta computed here from OUT (and DLSE if HAS_DLSE) and stored to DELTA, which the dK/dV kernel then reads."""
     BM: tl.constexpr = NPOS * G_PAD
     b, kvh, t0, pos, head, row_ok = group_rows(tl.program_id(0), tl.program_id(1), T, Hkv, G, NPOS, G_PAD)
     pos64 = pos.to(tl.int64)
@@ -253,7 +256,13 @@ def _band_bwd_dq_kernel(
     Hq = Hkv * G
     q = load_rows(Q, b, pos64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     do = load_rows(DO, b, pos64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
-    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
+    row = (b * T + pos64) * Hq + head
+    if FUSED_DELTA:
+        o = load_rows(OUT, b, pos64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)
+        delta = store_row_delta(o, do, DLSE, DELTA, row, row_ok, HAS_DLSE)
+        lse2 = load_lse2(LSE, row, row_ok)
+    else:
+        lse2, delta = load_softmax_stats(LSE, DELTA, row, row_ok)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     if not TMA:
@@ -345,10 +354,29 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     acc = acc_dtype(q.dtype)
     lse = lse.contiguous()
-    delta = row_delta(o, do, dlse, acc)
     bdk, bdv = head_block(Dk), head_block(Dv)
     WIN = _window_bound(win, T)
     common = dict(DK=Dk, DV=Dv, BLOCK_DK=bdk, BLOCK_DV=bdv, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype))
+
+    # dQ: one program per query tile; with fused_delta it also writes the rows' delta for the dK/dV kernel below
+    cfg = gpu_tiles("band_dq", max(bdk, bdv))
+    g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
+    block_n = 16 if INTERPRETED else cfg["block_n"]
+    fused_delta = bool(cfg.get("fused_delta"))
+    o = bthd(o)
+    delta = torch.empty(B, T, Hq, dtype=acc, device=q.device) if fused_delta else row_delta(o, do, dlse, acc)
+    dq = torch.empty_like(q)
+    desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
+    _band_bwd_dq_kernel[(triton.cdiv(T, npos), B * Hkv)](
+        q, *(desc or (k, v)), do, lse, delta, dq, o, dlse.contiguous() if dlse is not None else delta,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common, TMA=desc is not None,
+        FUSED_DELTA=fused_delta, HAS_DLSE=dlse is not None,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
+    )
 
     # dK, dV: one program per key tile (x query split); split the queries when key tiles are few
     cfg = gpu_tiles("band_dkdv", max(bdk, bdv))
@@ -381,20 +409,4 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)
     dv = (dv_part[0] if nsplit == 1 else dv_part.sum(0)).to(v.dtype)
-
-    # dQ: one program per query tile
-    cfg = gpu_tiles("band_dq", max(bdk, bdv))
-    g_pad, npos = _tiles(G, cfg["rows"], rows_interp=16)
-    block_n = 16 if INTERPRETED else cfg["block_n"]
-    dq = torch.empty_like(q)
-    desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
-    _band_bwd_dq_kernel[(triton.cdiv(T, npos), B * Hkv)](
-        q, *(desc or (k, v)), do, lse, delta, dq,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common, TMA=desc is not None,
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )
     return dq, dk, dv

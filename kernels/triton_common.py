@@ -55,9 +55,13 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # the tune at --tune-shape small finds no gain either.
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0, interior=0)},
-    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1),
+    # fused_delta 1 (band_dq, selected_dq): the dQ kernel computes the softmax row term delta = rowsum(o * do) - dlse
+    # from the rows it holds and stores it for the dK/dV kernel, which runs after it; 0: a pass of its own over o and
+    # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
+    # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md).
+    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=1),
                 "d64": dict(rows=128, warps=8, tma=0),
-                "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0)},
+                "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=1)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
     # until then) 2.80 / 2.88 / 2.99. "big": untimed.
@@ -93,9 +97,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                      "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8, tma=0),
                      "d64": dict(warps=2, stages=3, tma=0)},
     "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                  share_block_n=32, tma=0),
+                                  share_block_n=32, tma=0, fused_delta=1),
                     "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                share_block_n=32, tma=0),
+                                share_block_n=32, tma=0, fused_delta=1),
                     "d64": dict(warps=2, stages=3)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
@@ -358,12 +362,29 @@ def lse_log2(lse):
 
 
 @triton.jit
+def load_lse2(LSE, row, row_ok):
+    """The rows' lse (row = flat [B, T, Hq] index into the contiguous LSE) in log2 units (lse_log2; +inf for
+    masked rows)."""
+    return lse_log2(tl.load(LSE + row, mask=row_ok, other=float("inf")))
+
+
+@triton.jit
 def load_softmax_stats(LSE, DELTA, row, row_ok):
     """The backward's per-row statistics (row = flat [B, T, Hq] index into the contiguous LSE and DELTA): lse in
-    log2 units (lse_log2; +inf for masked rows) and delta = rowsum(o * do)."""
-    lse = tl.load(LSE + row, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-    return lse_log2(lse), delta
+    log2 units (load_lse2) and delta = rowsum(o * do)."""
+    return load_lse2(LSE, row, row_ok), tl.load(DELTA + row, mask=row_ok, other=0.0)
+
+
+@triton.jit
+def store_row_delta(o, do, DLSE, DELTA, row, row_ok, HAS_DLSE: tl.constexpr):
+    """delta = rowsum(o * do) - dlse of rows o, do [R, D] that a dQ kernel holds (row [R]: flat [B, T, Hq] index),
+    stored at DELTA[row] for the dK/dV kernel that runs after it and returned: the softmax backward's row term
+    computed where do is loaded anyway, instead of in a pass of its own (kernels/triton_banded.py: row_delta)."""
+    delta = tl.sum(o.to(DELTA.dtype.element_ty) * do.to(DELTA.dtype.element_ty), 1)
+    if HAS_DLSE:
+        delta = delta - tl.load(DLSE + row, mask=row_ok, other=0.0).to(DELTA.dtype.element_ty)
+    tl.store(DELTA + row, delta, mask=row_ok)
+    return delta
 
 
 @triton.jit

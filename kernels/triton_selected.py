@@ -54,11 +54,13 @@ from kernels.triton_common import (
     kv_descriptors,
     load_heads,
     load_kv_tile,
+    load_lse2,
     load_rows,
     load_softmax_stats,
     next_pow2,
     score_grads,
     softmax_probs,
+    store_row_delta,
     tl_acc,
 )
 
@@ -123,17 +125,19 @@ def _selected_fwd_kernel(
 
 @triton.jit
 def _selected_bwd_dq_kernel(
-    Q, K, V, IDX, DO, LSE, DELTA, DQ, DK_ACC, DV_ACC,
+    Q, K, V, IDX, DO, LSE, DELTA, DQ, DK_ACC, DV_ACC, OUT,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h, sdq_b, sdq_t, sdq_h,
-    si_b, si_t, si_h,
+    si_b, si_t, si_h, so_b, so_t, so_h,
     T, Hkv, G, NSEL, qk_scale, sm_scale, SEL,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NSEL_PAD: tl.constexpr, BLOCK_N: tl.constexpr, N_KT: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, ATOMIC_DKDV: tl.constexpr, TMA: tl.constexpr = False,
+    FUSED_DELTA: tl.constexpr = False,
 ):
     """dQ of one position's G heads. With ATOMIC_DKDV also its dK/dV contributions, added with float32 atomics
     into DK_ACC [B, T, Hkv, DK] / DV_ACC [B, T, Hkv, DV] (contiguous): the alternative to the inverted index.
-    TMA: K and V are tensor descriptors (kv_block), not pointers."""
+    TMA: K and V are tensor descriptors (kv_block), not pointers. FUSED_DELTA: the rows' delta computed here from
+    OUT and stored to DELTA, which the dK/dV kernel then reads."""
     t = tl.program_id(0)
     b, kvh, head, row_ok = group_heads(tl.program_id(1), Hkv, G, G_PAD)
     t64 = t.to(tl.int64)
@@ -142,7 +146,13 @@ def _selected_bwd_dq_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     q = load_heads(Q, b, t64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     do = load_heads(DO, b, t64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
-    lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + t64) * Hq + head, row_ok)
+    row = (b * T + t64) * Hq + head
+    if FUSED_DELTA:
+        o = load_heads(OUT, b, t64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)
+        delta = store_row_delta(o, do, DELTA, DELTA, row, row_ok, False)
+        lse2 = load_lse2(LSE, row, row_ok)
+    else:
+        lse2, delta = load_softmax_stats(LSE, DELTA, row, row_ok)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
@@ -485,7 +495,6 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     G = Hq // Hkv
     acc = acc_dtype(q.dtype)
     lse = lse.contiguous()
-    delta = row_delta(o, do, None, acc)
     bdk, bdv = head_block(Dk), head_block(Dv)
     cfg = gpu_tiles("selected_dq", max(bdk, bdv))
     block_n, n_kt = _block_tile(select_size, cfg["block_n"])
@@ -500,6 +509,10 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
         dk_acc = torch.zeros(B, T, Hkv, Dk, dtype=acc, device=q.device)
         dv_acc = torch.zeros(B, T, Hkv, Dv, dtype=acc, device=q.device)
     P = 1 if atomic else positions_per_program(share, cfg, G)
+    # fused_delta: the one-position dQ kernel computes the rows' delta itself (and stores it for the dK/dV kernel)
+    fused_delta = P == 1 and bool(cfg.get("fused_delta"))
+    o = bthd(o)
+    delta = torch.empty(B, T, Hq, dtype=acc, device=q.device) if fused_delta else row_delta(o, do, None, acc)
     if P > 1:
         union, count = tile_union(idx, P, select_size)
         share_n, share_kt = _block_tile(select_size, cfg.get("share_block_n", 64))
@@ -515,13 +528,14 @@ def selected_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
     else:
         desc = kv_descriptors(cfg, k, v, block_n, bdk, bdv)
         _selected_bwd_dq_kernel[(T, B * Hkv)](
-            q, *(desc or (k, v)), idx, do, lse, delta, dq, dk_acc, dv_acc,
+            q, *(desc or (k, v)), idx, do, lse, delta, dq, dk_acc, dv_acc, o,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2), idx.stride(0), idx.stride(1), idx.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
             T, Hkv, G, n, scale * LOG2E, scale, select_size,
             G_PAD=max(16, next_pow2(G)), NSEL_PAD=next_pow2(max(n, 2)), **common, ATOMIC_DKDV=atomic,
-            TMA=desc is not None,
+            TMA=desc is not None, FUSED_DELTA=fused_delta,
             num_warps=dkdv_cfg.get("atomic_warps", 8) if atomic else cfg["warps"], num_stages=cfg["stages"],
         )
     if atomic:

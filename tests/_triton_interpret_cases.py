@@ -158,6 +158,8 @@ SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes
     "row-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=0)),  # the inverted index's products row-major
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
     "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
+    # the softmax row term delta in a pass of its own (row_delta), not in the one-position dQ kernel (fused_delta)
+    "row-delta-pass": (["selected_dq"], dict(fused_delta=0)),
 }
 
 
@@ -274,6 +276,16 @@ def test_window_attention(gen, case):
     close([o], [o_r], "o", gen)
     wo = torch.randn(o.shape, generator=gen, dtype=F64)
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v)", gen)
+
+
+@pytest.mark.parametrize("cmp_case, window_case", [(CMP_CASES[i].values[0], WINDOW_CASES[i].values[0]) for i in (0, 1)])
+def test_compressed_attention_row_delta_pass_and_window(gen, cmp_case, window_case, monkeypatch):
+    """The banded backward with the softmax row term delta = rowsum(o * do) - dlse in a pass of its own (row_delta)
+    instead of in its dQ kernel (the tiles' option fused_delta, shipped on): the compressed-attention checks above
+    (gradients through o and through lse, i.e. with dlse), then window attention's."""
+    set_tiles(monkeypatch, ["band_dq"], fused_delta=0)
+    test_compressed_attention(gen, cmp_case)
+    test_window_attention(gen, window_case)
 
 
 @pytest.mark.parametrize("case", [CMP_CASES[0], CMP_CASES[2], CMP_CASES[5]])
