@@ -35,6 +35,7 @@ from kernels.triton_common import (
     bthd,
     dot_precision,
     dq_kv,
+    dq_softmax_stats,
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
@@ -43,12 +44,10 @@ from kernels.triton_common import (
     kv_block,
     kv_descriptors,
     load_kv_tile,
-    load_lse2,
     load_rows,
     load_softmax_stats,
     next_pow2,
     sm_count,
-    store_row_delta,
     tl_acc,
 )
 
@@ -256,13 +255,9 @@ def _band_bwd_dq_kernel(
     Hq = Hkv * G
     q = load_rows(Q, b, pos64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     do = load_rows(DO, b, pos64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
-    row = (b * T + pos64) * Hq + head
-    if FUSED_DELTA:
-        o = load_rows(OUT, b, pos64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)
-        delta = store_row_delta(o, do, DLSE, DELTA, row, row_ok, HAS_DLSE)
-        lse2 = load_lse2(LSE, row, row_ok)
-    else:
-        lse2, delta = load_softmax_stats(LSE, DELTA, row, row_ok)
+    o = load_rows(OUT, b, pos64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)  # read only if FUSED_DELTA
+    lse2, delta = dq_softmax_stats(LSE, DELTA, DLSE, o, do, (b * T + pos64) * Hq + head, row_ok, FUSED_DELTA,
+                                   HAS_DLSE)
 
     lo, hi = _key_tiles(t0, tl.minimum(t0 + NPOS, T) - 1, S, KS, KOFF, WIN, BLOCK_N)
     if not TMA:

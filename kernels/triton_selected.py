@@ -44,6 +44,7 @@ from kernels.triton_common import (
     attend_tile_rows,
     bthd,
     dot_precision,
+    dq_softmax_stats,
     dq_tile_rows,
     finish_rows,
     gpu_tiles,
@@ -54,13 +55,11 @@ from kernels.triton_common import (
     kv_descriptors,
     load_heads,
     load_kv_tile,
-    load_lse2,
     load_rows,
     load_softmax_stats,
     next_pow2,
     score_grads,
     softmax_probs,
-    store_row_delta,
     tl_acc,
 )
 
@@ -146,13 +145,8 @@ def _selected_bwd_dq_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     q = load_heads(Q, b, t64, head, row_ok, sq_b, sq_t, sq_h, DK, BLOCK_DK)
     do = load_heads(DO, b, t64, head, row_ok, sdo_b, sdo_t, sdo_h, DV, BLOCK_DV)
-    row = (b * T + t64) * Hq + head
-    if FUSED_DELTA:
-        o = load_heads(OUT, b, t64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)
-        delta = store_row_delta(o, do, DELTA, DELTA, row, row_ok, False)
-        lse2 = load_lse2(LSE, row, row_ok)
-    else:
-        lse2, delta = load_softmax_stats(LSE, DELTA, row, row_ok)
+    o = load_heads(OUT, b, t64, head, row_ok, so_b, so_t, so_h, DV, BLOCK_DV)  # read only if FUSED_DELTA
+    lse2, delta = dq_softmax_stats(LSE, DELTA, DELTA, o, do, (b * T + t64) * Hq + head, row_ok, FUSED_DELTA, False)
     idx_row = IDX + b * si_b + t64 * si_t + kvh.to(tl.int64) * si_h
     slots = tl.arange(0, NSEL_PAD)
     ids = tl.load(idx_row + slots, mask=slots < NSEL, other=-1)
