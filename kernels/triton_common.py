@@ -58,10 +58,12 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # fused_delta 1 (band_dq, selected_dq): the dQ kernel computes the softmax row term delta = rowsum(o * do) - dlse
     # from the rows it holds and stores it for the dK/dV kernel, which runs after it; 0: a pass of its own over o and
     # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
-    # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md).
-    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=1),
+    # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md). Tested under the interpreter, compiled
+    # without spills and with the same loops (sass_report.py band-dq-d64-fused-delta ...), but not yet run on a GPU
+    # (eighteenth session: no machine could be started), so off; the tune section's alternatives include it.
+    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=0),
                 "d64": dict(rows=128, warps=8, tma=0),
-                "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=1)},
+                "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=0)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
     # 3 stages 3.05; inserting up to 2 / 4 / 8 entering candidates one at a time instead of sorting (an option
     # until then) 2.80 / 2.88 / 2.99. "big": untimed.
@@ -97,9 +99,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                      "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8, tma=0),
                      "d64": dict(warps=2, stages=3, tma=0)},
     "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                  share_block_n=32, tma=0, fused_delta=1),
+                                  share_block_n=32, tma=0, fused_delta=0),
                     "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                share_block_n=32, tma=0, fused_delta=1),
+                                share_block_n=32, tma=0, fused_delta=0),
                     "d64": dict(warps=2, stages=3)},
     # atomic 1: no inverted index; the dQ kernel adds each (query, key tile)'s dK/dV with float32 atomics (the
     # issue's other design, for comparison in the tune section: 195 ms against 30.6 ms for the inverted index at
@@ -381,6 +383,7 @@ def dq_softmax_stats(LSE, DELTA, DLSE, o, do, row, row_ok, FUSED_DELTA: tl.const
     FUSED_DELTA: delta = rowsum(o * do) - dlse computed here and stored at DELTA[row] for the dK/dV kernel that runs
     after the dQ one: the row term where do is loaded anyway, not a pass of its own (kernels/triton_banded.py:
     row_delta). Else delta is loaded, and o is unused (the compiler drops its load)."""
+    lse2 = load_lse2(LSE, row, row_ok)
     if FUSED_DELTA:
         delta = tl.sum(o.to(DELTA.dtype.element_ty) * do.to(DELTA.dtype.element_ty), 1)
         if HAS_DLSE:
@@ -388,7 +391,7 @@ def dq_softmax_stats(LSE, DELTA, DLSE, o, do, row, row_ok, FUSED_DELTA: tl.const
         tl.store(DELTA + row, delta, mask=row_ok)
     else:
         delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-    return load_lse2(LSE, row, row_ok), delta
+    return lse2, delta
 
 
 @triton.jit

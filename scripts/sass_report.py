@@ -61,7 +61,7 @@ PRESETS = {
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
                      OUT="*bf16", DLSE="*fp32", sm_scale="fp32", qk_scale="fp32"),
-                {**_BAND, "NPOS": 4, "TMA": False, "FUSED_DELTA": True, "HAS_DLSE": False},
+                {**_BAND, "NPOS": 4, "TMA": False, "FUSED_DELTA": False, "HAS_DLSE": False},
                 (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "so_b", "so_t", "so_h"), 4, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -71,7 +71,7 @@ PRESETS = {
     "selected-dq": ("kernels.triton_selected", "_selected_bwd_dq_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", DO="*bf16", LSE="*fp32", DELTA="*fp32",
                          DQ="*bf16", DK_ACC="*fp32", DV_ACC="*fp32", OUT="*bf16", qk_scale="fp32", sm_scale="fp32"),
-                    {**_SELECTED, "G_PAD": 16, "ATOMIC_DKDV": False, "TMA": False, "FUSED_DELTA": True},
+                    {**_SELECTED, "G_PAD": 16, "ATOMIC_DKDV": False, "TMA": False, "FUSED_DELTA": False},
                     (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t",
                      "so_b", "so_t", "so_h"), 4, 2),
     # the packed forward and dQ at G = 2 (Hq=64, Hkv=32): 8 positions x 2 heads per program, as the launcher packs
@@ -135,13 +135,13 @@ PRESETS["band-dkdv-d64-interior"] = (*_band[:3], {**_band[3], **_D64, "INTERIOR"
 PRESETS["band-dkdv-d64-key-major"] = (*_band[:3], {**_band[3], **_D64, "KEY_MAJOR": True}, _band[4], 4, _band[6])
 
 # the dQ kernels at the small training model's heads (the "d64" tiles: banded 128 rows, 8 warps, gathers; selected
-# 2 warps, 3 stages), and the same with the row term delta read, not computed (tiles option fused_delta=0)
+# 2 warps, 3 stages), and the same computing the row term delta themselves (tiles option fused_delta=1)
 _bdq, _sdq = PRESETS["band-dq"], PRESETS["selected-dq"]
 PRESETS["band-dq-d64"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8}, _bdq[4], 8, _bdq[6])
-PRESETS["band-dq-d64-delta-pass"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8, "FUSED_DELTA": False}, _bdq[4], 8,
-                                     _bdq[6])
+PRESETS["band-dq-d64-fused-delta"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8, "FUSED_DELTA": True}, _bdq[4], 8,
+                                      _bdq[6])
 PRESETS["selected-dq-d64"] = (*_sdq[:3], {**_sdq[3], **_D64}, _sdq[4], 2, 3)
-PRESETS["selected-dq-d64-delta-pass"] = (*_sdq[:3], {**_sdq[3], **_D64, "FUSED_DELTA": False}, _sdq[4], 2, 3)
+PRESETS["selected-dq-d64-fused-delta"] = (*_sdq[:3], {**_sdq[3], **_D64, "FUSED_DELTA": True}, _sdq[4], 2, 3)
 
 # the selected dK/dV row-major (tiles option key_major=0) at 1 stage: what shipped before the key-major products
 # (pipelined, this layout races: kernels/triton_common.py GPU_TILES["selected_dkdv"])

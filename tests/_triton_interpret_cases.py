@@ -158,8 +158,8 @@ SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes
     "row-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=0)),  # the inverted index's products row-major
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
     "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
-    # the softmax row term delta in a pass of its own (row_delta), not in the one-position dQ kernel (fused_delta)
-    "row-delta-pass": (["selected_dq"], dict(fused_delta=0)),
+    # the softmax row term delta computed in the one-position dQ kernel (fused_delta), not in a pass of its own
+    "fused-delta": (["selected_dq"], dict(fused_delta=1)),
 }
 
 
@@ -279,11 +279,11 @@ def test_window_attention(gen, case):
 
 
 @pytest.mark.parametrize("cmp_case, window_case", [(CMP_CASES[i].values[0], WINDOW_CASES[i].values[0]) for i in (0, 1)])
-def test_compressed_attention_row_delta_pass_and_window(gen, cmp_case, window_case, monkeypatch):
-    """The banded backward with the softmax row term delta = rowsum(o * do) - dlse in a pass of its own (row_delta)
-    instead of in its dQ kernel (the tiles' option fused_delta, shipped on): the compressed-attention checks above
+def test_compressed_attention_fused_delta_and_window(gen, cmp_case, window_case, monkeypatch):
+    """The banded backward with the softmax row term delta = rowsum(o * do) - dlse computed in its dQ kernel (the
+    tiles' option fused_delta) instead of in a pass of its own (row_delta): the compressed-attention checks above
     (gradients through o and through lse, i.e. with dlse), then window attention's."""
-    set_tiles(monkeypatch, ["band_dq"], fused_delta=0)
+    set_tiles(monkeypatch, ["band_dq"], fused_delta=1)
     test_compressed_attention(gen, cmp_case)
     test_window_attention(gen, window_case)
 
