@@ -48,6 +48,7 @@ from kernels.triton_common import (
     load_softmax_stats,
     next_pow2,
     sm_count,
+    store_row_delta,
     tl_acc,
 )
 
@@ -120,14 +121,11 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
     """delta[r] = sum_d o[r, d] * do[r, d] - dlse[r] over contiguous [rows, DV] views (softmax backward)."""
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     d = tl.arange(0, BLOCK_DV)
-    m = (r < n_rows)[:, None] & (d[None, :] < DV)
-    o = tl.load(OUT + r[:, None] * DV + d[None, :], mask=m, other=0.0).to(DELTA.dtype.element_ty)
-    do = tl.load(DO + r[:, None] * DV + d[None, :], mask=m, other=0.0).to(DELTA.dtype.element_ty)
-    delta = tl.sum(o * do, 1)
-    if HAS_DLSE:
-        dlse = tl.load(DLSE + r, mask=r < n_rows, other=0.0).to(DELTA.dtype.element_ty)
-        delta = delta - dlse
-    tl.store(DELTA + r, delta, mask=r < n_rows)
+    r_ok = r < n_rows
+    m = r_ok[:, None] & (d[None, :] < DV)
+    o = tl.load(OUT + r[:, None] * DV + d[None, :], mask=m, other=0.0)
+    do = tl.load(DO + r[:, None] * DV + d[None, :], mask=m, other=0.0)
+    store_row_delta(o, do, DLSE, DELTA, r, r_ok, HAS_DLSE)
 
 
 @triton.jit

@@ -378,17 +378,25 @@ def load_softmax_stats(LSE, DELTA, row, row_ok):
 
 
 @triton.jit
+def store_row_delta(o, do, DLSE, DELTA, row, row_ok, HAS_DLSE: tl.constexpr):
+    """The softmax backward's row term delta = rowsum(o * do) - dlse (dlse: gradient of lse, if HAS_DLSE) of rows o,
+    do [R, D], in DELTA's dtype, stored at DELTA[row] (row [R]: flat index, masked by row_ok) and returned."""
+    delta = tl.sum(o.to(DELTA.dtype.element_ty) * do.to(DELTA.dtype.element_ty), 1)
+    if HAS_DLSE:
+        delta = delta - tl.load(DLSE + row, mask=row_ok, other=0.0).to(DELTA.dtype.element_ty)
+    tl.store(DELTA + row, delta, mask=row_ok)
+    return delta
+
+
+@triton.jit
 def dq_softmax_stats(LSE, DELTA, DLSE, o, do, row, row_ok, FUSED_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr):
     """A dQ kernel's per-row statistics (as load_softmax_stats) of rows o, do [R, D] (row [R]: flat [B, T, Hq] index).
-    FUSED_DELTA: delta = rowsum(o * do) - dlse computed here and stored at DELTA[row] for the dK/dV kernel that runs
-    after the dQ one: the row term where do is loaded anyway, not a pass of its own (kernels/triton_banded.py:
-    row_delta). Else delta is loaded, and o is unused (the compiler drops its load)."""
+    FUSED_DELTA: delta computed here (store_row_delta) and stored for the dK/dV kernel that runs after the dQ one:
+    the row term where do is loaded anyway, not a pass of its own (kernels/triton_banded.py: row_delta). Else delta
+    is loaded, and o is unused (the compiler drops its load)."""
     lse2 = load_lse2(LSE, row, row_ok)
     if FUSED_DELTA:
-        delta = tl.sum(o.to(DELTA.dtype.element_ty) * do.to(DELTA.dtype.element_ty), 1)
-        if HAS_DLSE:
-            delta = delta - tl.load(DLSE + row, mask=row_ok, other=0.0).to(DELTA.dtype.element_ty)
-        tl.store(DELTA + row, delta, mask=row_ok)
+        delta = store_row_delta(o, do, DLSE, DELTA, row, row_ok, HAS_DLSE)
     else:
         delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
     return lse2, delta
