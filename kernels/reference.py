@@ -280,25 +280,12 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
 
 
 @torch.no_grad()
-def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
-                  select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
-                  scale: float | None = None, q_start: int = 0) -> torch.Tensor:
-    """Choose `num_select` selection blocks per query and KV group from compression-branch importance.
-
-    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k_cmp [B, Tc, Hkv, Dk] with
-    Tc = num_compressed_tokens(q_start + T), lse [B, T, Hq] (from compressed_attention with the same
-    scale and q_start). p[t, h, i] = exp(q_t,h . k_cmp[i] * scale - lse[t, h]) over visible i, summed
-    over the G heads of a group, spread over selection blocks by `overlap_weights`, then `choose_blocks`.
-    Returns int32 [B, T, Hkv, num_select] (ascending ids, -1 padding). No gradient.
-    """
-    op = "select_blocks"
-    check_nsa_sizes(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
-                    num_init=num_init, num_local=num_local)
-    check_q_start(op, q_start)
+def block_scores(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
+                 select_size: int, scale: float | None = None, q_start: int = 0) -> torch.Tensor:
+    """The importance of every selection block, [B, T, Hkv, Nb] with Nb = ceil((q_start + T) / l'), in the compute
+    dtype (NSA.md, selection steps 1-3): p[t, h, i] = exp(q_t,h . k_cmp[i] * scale - lse[t, h]) over visible i,
+    summed over the G heads of a group and spread over the blocks by `overlap_weights`. Shapes as select_blocks."""
     B, T, Hq, Dk = q.shape
-    check_attention_inputs(op, q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"), q_start=q_start,
-                           num_keys=num_compressed_tokens(q_start + T, block_size, stride))
-    check_lse(op, lse, q)
     Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
     ct = compute_dtype(q.dtype)
     t = q_start + torch.arange(T, device=q.device)
@@ -310,9 +297,30 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     num_blocks = math.ceil((q_start + T) / select_size)
     W = overlap_weights(Tc, num_blocks, block_size=block_size, stride=stride, select_size=select_size,
                         dtype=ct, device=q.device)
-    block_score = p.sum(dim=3) @ W  # [B, T, Hkv, Nb]
-    return choose_blocks(block_score, t, select_size=select_size, num_select=num_select,
-                         num_init=num_init, num_local=num_local)
+    return p.sum(dim=3) @ W
+
+
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
+                  select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
+                  scale: float | None = None, q_start: int = 0) -> torch.Tensor:
+    """Choose `num_select` selection blocks per query and KV group from compression-branch importance.
+
+    q [B, T, Hq, Dk] at positions q_start .. q_start+T-1, k_cmp [B, Tc, Hkv, Dk] with
+    Tc = num_compressed_tokens(q_start + T), lse [B, T, Hq] (from compressed_attention with the same
+    scale and q_start). The scores of `block_scores`, then `choose_blocks`.
+    Returns int32 [B, T, Hkv, num_select] (ascending ids, -1 padding). No gradient.
+    """
+    op = "select_blocks"
+    check_nsa_sizes(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
+                    num_init=num_init, num_local=num_local)
+    check_q_start(op, q_start)
+    check_attention_inputs(op, q, k_cmp, k_cmp, names=("k_cmp", "k_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + q.shape[1], block_size, stride))
+    check_lse(op, lse, q)
+    score = block_scores(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size, scale=scale,
+                         q_start=q_start)
+    return choose_blocks(score, q_start + torch.arange(q.shape[1], device=q.device), select_size=select_size,
+                         num_select=num_select, num_init=num_init, num_local=num_local)
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,

@@ -70,8 +70,11 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # tma 1: the compressed keys through a tensor descriptor (one TMA copy per tile of C_PAD tokens). Slower on an
     # H100 (thirteenth session): tune section at 32k 2.58 -> 2.90 ms (2.91 with 3 stages); interleaved runs at 64k
     # 9.09-9.33 -> 9.55-10.08 ms. So off.
-    "select": {"small": dict(rows=128, warps=4, stages=2, tma=0),
-               "big": dict(rows=64, warps=4, stages=2, tma=0)},
+    # wdot 1 (num_select > 8): each head's block scores as a product p @ overlap weights, then the sum over the
+    # group's heads on 16 columns instead of 64 (kernels/triton_select.py). Written without a GPU (twentieth
+    # session): tested under the interpreter, not yet timed, so off.
+    "select": {"small": dict(rows=128, warps=4, stages=2, tma=0, wdot=0),
+               "big": dict(rows=64, warps=4, stages=2, tma=0, wdot=0)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py

@@ -10,7 +10,9 @@ power of two), and for each tile:
    selection step 3; a token overlaps its own block and at most the next one because l <= l': the
    part falling in the next tile's first block is carried over in `carry`). When l'/d is a power of
    two (ALIGNED) this is a reshape [NPOS, NBT, l'/d] and two small weighted sums, else a general
-   [NPOS, C, NBT] weighted sum;
+   [NPOS, C, NBT] weighted sum. With the tile option wdot (num_select > 8), steps 2-3 swap: every head's
+   p [NPOS*G, C] times the overlap weights [C, NBT] on the tensor cores, then the sum over the G heads on NBT
+   columns instead of C (the sum over heads took most of the loop's shuffles: docs/benchmarks.md);
 4. merges the tile's candidates into a running top-NBT list kept in registers. (Collecting several tiles'
    candidates before merging, the former tile option merge_tiles, lost to merging every tile once the
    merges got cheap: 3.34-3.84 against 3.16 ms at 32k, H200, docs/benchmarks.md.)
@@ -55,15 +57,16 @@ NO_KEY: tl.constexpr = tl.constexpr(-(2**40))  # the key of an invisible block: 
 
 
 @triton.jit
-def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
+def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, w, w_next, TC, qk_scale, BS, STRIDE, SEL,
                  DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
                  NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, WDOT: tl.constexpr):
     """Block scores [NPOS, NBT] of the tile of blocks jb0 .. jb0 + NBT - 1 (steps 1-3 of the module docstring),
     and the carry into the next tile. MASKED=False: every compressed token of the tile is visible to every
     position (the tiles before the diagonal), so no mask is computed (rows without a query have q = 0 and
     lse2 = +inf, hence p = 0). k_src: the compressed keys of (b, kvh) as a pointer, or with TMA a tensor descriptor
-    over all of them (its C_PAD-row box may reach into the next tile: those tokens get weight 0 below)."""
+    over all of them (its C_PAD-row box may reach into the next tile: those tokens get weight 0 below). WDOT: w
+    [C_PAD, NBT] and w_next [C_PAD] are _overlap_weights; unused otherwise."""
     offs_dk = tl.arange(0, BLOCK_DK)
     c = tl.arange(0, C_PAD)
     jj = tl.arange(0, NBT)
@@ -80,9 +83,21 @@ def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_s
         p = tl.where(vis, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
     else:
         p = tl.exp2(s * qk_scale - lse2[:, None])
-    pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group
+    pg = tl.sum(tl.reshape(p, [NPOS, G_PAD, C_PAD]), axis=1)  # [NPOS, C_PAD]: summed over the group (unused if WDOT)
 
-    if ALIGNED:
+    if WDOT:
+        # each head's block scores as one product, then the sum over the group's heads on NBT columns
+        if ACC == tl.float32:  # float16 operands: p in [0, 1] and the weights (multiples of 1/d) keep tf32's
+            # 11 bits, and a 16-bit p stays in registers for the product (a float32 one goes through shared memory)
+            sw = tl.dot(p.to(tl.float16), w.to(tl.float16), out_dtype=ACC)  # [NPOS * G_PAD, NBT]
+        else:
+            sw = tl.dot(p, w, out_dtype=ACC, input_precision=PREC)
+        score = tl.sum(tl.reshape(sw, [NPOS, G_PAD, NBT]), axis=1) + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
+        # an identity gather: it gives score the 2D layout the keys' steps are cheap in (without it, the layout
+        # derived from the product's made the selection loop 2.2x longer: sass_report.py select-wdot)
+        score = tl.gather(score, tl.broadcast_to(jj[None, :], [NPOS, NBT]), 1)
+        carry = tl.sum(tl.reshape(tl.sum(p * w_next[None, :], axis=1), [NPOS, G_PAD]), axis=1)
+    elif ALIGNED:
         # C_PAD = NBT * TPB tokens, TPB per block: token r of a block starts r*d into it, so its weight
         # on its own block and on the next depends on r only; the spill moves one block to the right
         pg3 = tl.reshape(pg, [NPOS, NBT, TPB])
@@ -113,6 +128,21 @@ def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_s
 
 
 @triton.jit
+def _overlap_weights(BS, STRIDE, SEL, NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ACC: tl.constexpr):
+    """The weights |token ∩ block| / d of a tile's compressed tokens: w [C_PAD, NBT] on the tile's blocks, w_next
+    [C_PAD] on the next tile's first. The same for every tile: token c starts c*d into the tile (d divides l')."""
+    c = tl.arange(0, C_PAD)
+    jj = tl.arange(0, NBT)
+    tok_lo = c * STRIDE
+    in_tile = c < NBT * TPB  # the padding past the tile's tokens belongs to the next tile
+    ov = tl.minimum(tok_lo[:, None] + BS, (jj[None, :] + 1) * SEL) - tl.maximum(tok_lo[:, None], jj[None, :] * SEL)
+    w = tl.where(in_tile[:, None] & (ov > 0), ov, 0).to(ACC) / STRIDE
+    ov_next = tl.minimum(tok_lo + BS, (NBT + 1) * SEL) - tl.maximum(tok_lo, NBT * SEL)
+    w_next = tl.where(in_tile & (ov_next > 0), ov_next, 0).to(ACC) / STRIDE
+    return w, w_next
+
+
+@triton.jit
 def _merge_top(top, cand, NBT: tl.constexpr):
     """The NBT largest keys of top and cand, both [NPOS, NBT] (top's keys distinct, in any order; keys of
     invisible blocks below every key of top), in any order; skipped when no candidate beats its row's smallest
@@ -124,14 +154,15 @@ def _merge_top(top, cand, NBT: tl.constexpr):
 
 
 @triton.jit
-def _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS, STRIDE, SEL,
-                 NUM_INIT, NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr,
+def _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, w, w_next, TC, qk_scale, BS,
+                 STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr,
                  NPOS: tl.constexpr, NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+                 ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, WDOT: tl.constexpr):
     """One tile of blocks: its scores become candidate keys, merged into the running top -> (top, carry)."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
-    score, carry = _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, TC, qk_scale, BS, STRIDE, SEL,
-                                DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED, TMA)
+    score, carry = _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, w, w_next, TC, qk_scale, BS,
+                                STRIDE, SEL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED, ACC, PREC, MASKED,
+                                TMA, WDOT)
     jj = tl.arange(0, NBT)
     blk = jb0 + jj
     visible = blk[None, :] <= cur[:, None]
@@ -149,9 +180,10 @@ def _select_kernel(
     T, TC, Hkv, G, NSEL, qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NPOS: tl.constexpr,
     NBT: tl.constexpr, TPB: tl.constexpr, C_PAD: tl.constexpr, ALIGNED: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, TMA: tl.constexpr = False,
+    PREC: tl.constexpr, TMA: tl.constexpr = False, WDOT: tl.constexpr = False,
 ):
-    """TMA: KC is a tensor descriptor over the compressed keys (row_block), not a pointer."""
+    """TMA: KC is a tensor descriptor over the compressed keys (row_block), not a pointer. WDOT: the head sum after
+    a product with the overlap weights (module docstring; needs NBT >= 16, a dot's smallest width)."""
     MAX_ID: tl.constexpr = 2147483647  # ids are packed below 2**31
 
     # query rows: NPOS positions x G_PAD heads
@@ -174,16 +206,17 @@ def _select_kernel(
     k_src = KC if TMA else KC + b * sk_b + kvh.to(tl.int64) * sk_h
     top = -1 - tl.zeros([NPOS, NBT], tl.int64) - jj[None, :]  # distinct placeholders, below every real key
     carry = tl.zeros([NPOS], ACC)
+    w, w_next = _overlap_weights(BS, STRIDE, SEL, NBT, TPB, C_PAD, ACC)  # used only if WDOT
     # the tiles before the diagonal, then the rest: two loops, not a branch in one (Triton 3.6's software
     # pipeliner fails on a loop with a branch around the dot)
     for jb0 in range(0, full_end, NBT):
-        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS,
-                                  STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED,
-                                  ACC, PREC, False, TMA)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, w, w_next, TC,
+                                  qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB,
+                                  C_PAD, ALIGNED, ACC, PREC, False, TMA, WDOT)
     for jb0 in range(full_end, n_blocks, NBT):
-        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, TC, qk_scale, BS,
-                                  STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB, C_PAD, ALIGNED,
-                                  ACC, PREC, True, TMA)
+        top, carry = _select_tile(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, cur, top, carry, w, w_next, TC,
+                                  qk_scale, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, DK, BLOCK_DK, G_PAD, NPOS, NBT, TPB,
+                                  C_PAD, ALIGNED, ACC, PREC, True, TMA, WDOT)
 
     top = tl.sort(top, dim=1, descending=True)  # the first NSEL are the chosen ones
     chosen = (jj[None, :] < NSEL) & (top >= 0)
@@ -226,6 +259,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
         T, Tc, Hkv, G, num_select, scale * LOG2E, block_size, stride, select_size, num_init, num_local,
         DK=Dk, BLOCK_DK=bdk, G_PAD=g_pad, NPOS=npos, NBT=nbt, TPB=tpb, C_PAD=c_pad, ALIGNED=c_pad == nbt * tpb,
         ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype), TMA=kc_desc is not None,
+        WDOT=bool(cfg.get("wdot")) and nbt >= 16,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     return idx

@@ -360,7 +360,7 @@ TUNE = {
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3),
                 dict(tma=1), dict(tma=1, stages=3), dict(fused_delta=1)],
     "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3), dict(tma=1), dict(tma=1, stages=3),
-               dict(rows=256, warps=8), dict(rows=64, warps=2)],
+               dict(rows=256, warps=8), dict(rows=64, warps=2), dict(wdot=1), dict(wdot=1, rows=64)],
     "selected_fwd": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                      dict(warps=2, stages=3, block_n=32), dict(warps=2, stages=4, block_n=32),
                      dict(warps=4, stages=4, block_n=32), dict(tma=1), dict(tma=1, stages=3),

@@ -48,7 +48,7 @@ PRESETS = {
     "select": ("kernels.triton_select", "_select_kernel",
                dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
                dict(DK=128, BLOCK_DK=128, G_PAD=16, NPOS=8, NBT=16, TPB=4, C_PAD=64, ALIGNED=True, ACC="fp32",
-                    PREC="tf32", TMA=False),
+                    PREC="tf32", TMA=False, WDOT=False),
                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -124,6 +124,13 @@ for _name, _loaded in (("band-fwd", "KV"), ("band-dq", "KV"), ("selected-fwd", "
     _module, _kernel, _types, _consts, _div16, _warps, _stages = PRESETS[_name]
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, **dict.fromkeys(_loaded, _TMA_DESC)},
                                {**_consts, "TMA": True}, _div16, _warps, _stages)
+
+# the selection with the tile option wdot=1 (each head's block scores as a product, then the head sum), and both at
+# the small training model's heads of 64
+_sel = PRESETS["select"]
+PRESETS["select-wdot"] = (*_sel[:3], {**_sel[3], "WDOT": True}, *_sel[4:])
+PRESETS["select-d64"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64}, *_sel[4:])
+PRESETS["select-d64-wdot"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64, "WDOT": True}, *_sel[4:])
 
 # the banded dK/dV's tile options key_major=1 (at 4 warps: one warpgroup for its 64-key products; at 8 the two
 # warpgroups repeat them) and interior=1, at the small training model's heads of 64 (configs/model/small_gqa16.yaml:

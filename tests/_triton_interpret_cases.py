@@ -130,6 +130,40 @@ def test_select_blocks_matches_reference_exactly(gen, case, tma, monkeypatch):
                               f"{bad[0].tolist()}: {idx[tuple(bad[0])].tolist()} vs {expected[tuple(bad[0])].tolist()}")
 
 
+@pytest.mark.parametrize("case", [  # num_select > 8 (the product needs 16 blocks a tile)
+    pytest.param((600, 1, 4, 16, 8, 4, 16, 9, 1, 2), id="aligned-G4"),
+    pytest.param((300, 2, 2, 16, 32, 16, 64, 16, 1, 2), id="paper-ratios"),  # one tile: no carry
+    pytest.param((250, 1, 3, 32, 8, 4, 8, 10, 0, 1), id="l'/d=2-G3"),
+    pytest.param((800, 1, 2, 16, 16, 8, 24, 11, 1, 2), id="l'/d=3"),
+])
+def test_select_blocks_wdot_matches_reference_exactly(gen, case, monkeypatch):
+    """The tile option wdot: each head's scores as a product with the overlap weights, then the head sum."""
+    set_tiles(monkeypatch, ["select"], wdot=1)
+    test_select_blocks_matches_reference_exactly(gen, case, 0, monkeypatch)
+
+
+def test_select_blocks_wdot_float32_differs_only_in_near_ties(gen, monkeypatch):
+    """wdot with float32 inputs runs the product on float16 operands, as bf16 models do on the GPU: a row's chosen
+    blocks may differ from the float64 reference's only where the reference scores them within 1e-3 of the row's
+    best (the tolerance of test_kernels_gpu.py's bf16 selection test)."""
+    set_tiles(monkeypatch, ["select"], wdot=1)
+    T, Hkv, G, D, bs, d, ss, n = 600, 1, 16, 16, 8, 4, 16, 16  # the training model's 16 heads a group, 3 tiles
+    q = randn(gen, 1, T, Hkv * G, D, dtype=torch.float32, grad=False) * 2
+    kc = randn(gen, 1, ref.num_compressed_tokens(T, bs, d), Hkv, D, dtype=torch.float32, grad=False)
+    _, lse = ref.compressed_attention(q, kc, kc, block_size=bs, stride=d)
+    sizes = dict(block_size=bs, stride=d, select_size=ss)
+    idx = kernels.select_blocks(q, kc, lse, num_select=n, **sizes)
+    x64 = [x.double() for x in (q, kc, lse)]
+    idx_r = ref.select_blocks(*x64, num_select=n, **sizes)
+    score = ref.block_scores(*x64, **sizes)
+    differ = (idx != idx_r).any(-1).nonzero().tolist()
+    assert len(differ) <= 0.01 * T * Hkv, f"{len(differ)} rows differ (seed {gen.initial_seed()})"
+    for b, t, h in differ:
+        mine, theirs = set(idx[b, t, h].tolist()) - {-1}, set(idx_r[b, t, h].tolist()) - {-1}
+        gap = max(score[b, t, h, j] for j in theirs - mine) - min(score[b, t, h, j] for j in mine - theirs)
+        assert gap <= 1e-3 * score[b, t, h].max() + 1e-6, f"row (b={b}, t={t}, h={h}): gap {gap:.3g}"
+
+
 def test_select_blocks_ties_go_to_lower_block_id(gen):
     # zero queries: every visible compressed token equally important, every block the same score
     T, ss = 40, 4

@@ -102,9 +102,10 @@ def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
     pytest.param((2, 3000, 16, 4, 64), id="T3000-G4"),
     pytest.param((1, 4096, 16, 16, 128), id="T4k-G1"),
 ])
-@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])  # the compressed keys through TMA
-def test_select_blocks_bf16(cuda_gen, shape, tma, monkeypatch):
-    set_tiles(monkeypatch, ["select"], tma=tma)
+@pytest.mark.parametrize("tiles", [dict(tma=0), dict(tma=1), dict(wdot=1)],  # the compressed keys through TMA;
+                         ids=["gather", "tma", "wdot"])  # the head sum after the product with the overlap weights
+def test_select_blocks_bf16(cuda_gen, shape, tiles, monkeypatch):
+    set_tiles(monkeypatch, ["select"], **tiles)
     B, T, Hq, Hkv, D = shape
     bs, d, ss, n = 32, 16, 64, 16
     G = Hq // Hkv
