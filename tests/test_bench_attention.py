@@ -277,8 +277,8 @@ def test_tune_flags_outputs_that_change_between_runs():
 
 def test_sass_report_presets_build_the_shipped_tiles():
     """The presets compile what ships at the main shape: warps, stages and query rows of GPU_TILES' "small" entry
-    (rows = NPOS x G_PAD) and whether the dQ computes delta itself; a kernel with a TMA option has a "-tma" preset
-    beside its gathering one."""
+    (rows = NPOS x G_PAD), whether the dQ computes delta itself and whether the selection takes the wdot product;
+    a kernel with a TMA option has a "-tma" preset beside its gathering one."""
     import sass_report
 
     from kernels.triton_common import GPU_TILES
@@ -293,6 +293,8 @@ def test_sass_report_presets_build_the_shipped_tiles():
             assert consts["NPOS"] * consts["G_PAD"] == tiles["rows"], name
         if "fused_delta" in tiles:
             assert consts["FUSED_DELTA"] == bool(tiles["fused_delta"]), name
+        if "wdot" in tiles:
+            assert consts["WDOT"] == bool(tiles["wdot"]), name
         if "tma" in tiles:
             assert f"{name}-tma" in sass_report.PRESETS, name
             assert sass_report.PRESETS[f"{name}-tma"][3]["TMA"] and not consts["TMA"], name
