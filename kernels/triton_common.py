@@ -60,7 +60,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
     # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md). Tested under the interpreter, compiled
     # without spills and with the same loops (sass_report.py band-dq-d64-fused-delta ...), but not yet run on a GPU
-    # (eighteenth session: no machine could be started), so off; the tune section's alternatives include it.
+    # (eighteenth session: no machine could be started), so off; the tune section's alternatives include it. 64k
+    # training, one run each (H100, twenty-first session): 205.0k -> 205.8k tokens/s, too small a gain for one
+    # sample; its bf16 GPU tests have not run yet.
     "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=0),
                 "d64": dict(rows=128, warps=8, tma=0),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=0)},
@@ -71,8 +73,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # H100 (thirteenth session): tune section at 32k 2.58 -> 2.90 ms (2.91 with 3 stages); interleaved runs at 64k
     # 9.09-9.33 -> 9.55-10.08 ms. So off.
     # wdot 1 (num_select > 8): each head's block scores as a product p @ overlap weights, then the sum over the
-    # group's heads on 16 columns instead of 64 (kernels/triton_select.py). Written without a GPU (twentieth
-    # session): tested under the interpreter, not yet timed, so off.
+    # group's heads on 16 columns instead of 64 (kernels/triton_select.py). Twenty-first session, H100: the bf16 GPU
+    # test passed; 64k training 205.0k -> 206.5k tokens/s in one run each, within what one sample can tell, so off
+    # until interleaved repeats confirm it.
     "select": {"small": dict(rows=128, warps=4, stages=2, tma=0, wdot=0),
                "big": dict(rows=64, warps=4, stages=2, tma=0, wdot=0)},
     # share = query positions per program that load the union of their selected blocks once (1: one position

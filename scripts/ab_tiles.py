@@ -1,15 +1,20 @@
 """Interleaved A/B timing of kernel tile settings on the GPU.
 
-Runs scripts/bench_attention.py once per variant per round, round-robin (so drift of the card's clocks hits every
-variant alike), with each variant's tile overrides in NSA_TRITON_TILES ({kernel: {"small"|"big"|"d64": {...}}}, as
-kernels/triton_common.py reads it), then prints, for every NSA time the runs produced, each variant's range over
-its runs. A variant is NAME (the shipped tiles) or NAME=JSON.
+Runs scripts/bench_attention.py (or, with `--bench train`, scripts/bench_train.py) once per variant per round,
+round-robin (so drift of the card's clocks hits every variant alike), with each variant's tile overrides in
+NSA_TRITON_TILES ({kernel: {"small"|"big"|"d64": {...}}}, as kernels/triton_common.py reads it), then prints, for
+every NSA time the runs produced (training: step time and tokens/s), each variant's range over its runs. A variant
+is NAME (the shipped tiles) or NAME=JSON.
 
     python scripts/ab_tiles.py --runs 3 --out-dir $OUT/ab --variant default \
         --variant 'tma={"selected_fwd": {"small": {"tma": 1}}}' -- --sections main --T 8192 65536
+    python scripts/ab_tiles.py --bench train --runs 3 --variant default \
+        --variant 'wdot={"select": {"small": {"wdot": 1}, "big": {"wdot": 1}}}' -- --steps 2 --warmup 3 \
+        --breakdown-steps 0 -- model=small_gqa16 attention=nsa model.max_seq_len=65536 train.batch_tokens=262144 \
+        train.micro_batch_size=1 train.compile=true train.compile_mode=reduce-overhead
 
-Everything after `--` goes to bench_attention.py. Each run's JSON is kept as OUT_DIR/<name>_<round>.json and the
-table as OUT_DIR/ab.txt.
+Everything after the first `--` goes to the benchmark. Each run's JSON is kept as OUT_DIR/<name>_<round>.json and
+the table as OUT_DIR/ab.txt.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).with_name("bench_attention.py")
+BENCHES = {"attention": Path(__file__).with_name("bench_attention.py"),
+           "train": Path(__file__).with_name("bench_train.py")}
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -52,6 +58,14 @@ def nsa_times(result: dict) -> dict[str, float]:
     return out
 
 
+def train_times(result: dict) -> dict[str, float]:
+    """Step time (ms) and throughput (thousands of tokens/s) of one bench_train.py JSON."""
+    return {"step ms": 1000 * result["step_time_s"], "k tokens/s": result["tokens_per_s"] / 1000}
+
+
+TIMES = {"attention": nsa_times, "train": train_times}
+
+
 def table(times: dict[str, list[dict[str, float]]]) -> str:
     """One line per NSA time: each variant's min-max over its runs (ms)."""
     names = list(times)
@@ -70,9 +84,10 @@ def table(times: dict[str, list[dict[str, float]]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", action="append", required=True, help="NAME or NAME=JSON (tile overrides)")
+    p.add_argument("--bench", choices=sorted(BENCHES), default="attention", help="which benchmark each run is")
     p.add_argument("--runs", type=int, default=2, help="rounds; every variant runs once per round")
     p.add_argument("--out-dir", default="ab_out")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench_attention.py's arguments")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then the benchmark's arguments")
     args = p.parse_args()
     variants = dict(parse_variant(s) for s in args.variant)
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
@@ -89,11 +104,12 @@ def main() -> None:
                 env["NSA_TRITON_TILES"] = str(tiles_path)
             result_path = out / f"{name}_{r}.json"
             print(f"[ab] round {r + 1}/{args.runs}: {name}", flush=True)
-            done = subprocess.run([sys.executable, str(BENCH), *bench_args, "--out", str(result_path)], env=env)
+            done = subprocess.run([sys.executable, str(BENCHES[args.bench]), "--out", str(result_path), *bench_args],
+                                  env=env)
             if done.returncode != 0 or not result_path.exists():
                 print(f"[ab] {name} round {r + 1} failed (exit {done.returncode})", flush=True)
                 continue
-            times[name].append(nsa_times(json.loads(result_path.read_text())))
+            times[name].append(TIMES[args.bench](json.loads(result_path.read_text())))
     text = table(times)
     (out / "ab.txt").write_text(text + "\n")
     print(text)

@@ -239,11 +239,11 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
         "tiles = json.load(open(os.environ['NSA_TRITON_TILES'])) if 'NSA_TRITON_TILES' in os.environ else {}\n"
         "log = os.environ['AB_LOG']\n"
         "n = sum(1 for _ in open(log)) if os.path.exists(log) else 0\n"
-        "open(log, 'a').write(json.dumps([sys.argv[1:3], tiles]) + '\\n')\n"
+        "open(log, 'a').write(json.dumps([sys.argv[3:], tiles]) + '\\n')\n"
         "ms = (2.0 if tiles else 3.0) + 0.05 * n\n"
         "nsa = {'slc_fwd': ms, 'peak_fwdbwd_mib': 9.0, 'keys_per_query_last': 7}\n"
         "json.dump({'device': 'x', 'main': {'8192': {'nsa': nsa}}}, open(out, 'w'))\n")
-    monkeypatch.setattr(ab_tiles, "BENCH", fake)
+    monkeypatch.setitem(ab_tiles.BENCHES, "attention", fake)
     monkeypatch.setenv("AB_LOG", str(tmp_path / "runs.log"))
     monkeypatch.setenv("NSA_TRITON_TILES", "/nonexistent.json")  # an outer override must not leak into a variant
     tma = {"selected_fwd": {"small": {"tma": 1}}}
@@ -261,6 +261,29 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
     assert "keys_per_query" not in text and "mib" not in text
     with pytest.raises(SystemExit, match="JSON does not parse"):
         ab_tiles.parse_variant("x={oops")
+
+
+def test_ab_tiles_times_training_runs(tmp_path, monkeypatch, capsys):
+    """scripts/ab_tiles.py --bench train: bench_train.py gets --out before its own arguments (its Hydra overrides
+    follow a second `--`), and the table gives step time and tokens/s per variant."""
+    import ab_tiles
+
+    fake = tmp_path / "fake_train.py"  # stands in for bench_train.py
+    fake.write_text(
+        "import json, os, sys\n"
+        "assert sys.argv[1] == '--out' and sys.argv[3:] == ['--steps', '2', '--', 'model=tiny'], sys.argv\n"
+        "step = 1.0 if 'NSA_TRITON_TILES' in os.environ else 1.25\n"
+        "json.dump({'step_time_s': step, 'tokens_per_s': 1000 / step}, open(sys.argv[2], 'w'))\n")
+    monkeypatch.setitem(ab_tiles.BENCHES, "train", fake)
+    monkeypatch.setattr(sys, "argv", ["ab_tiles.py", "--bench", "train", "--runs", "2", "--out-dir",
+                                      str(tmp_path / "ab"), "--variant", "default",
+                                      "--variant", 'w={"select": {"small": {"wdot": 1}}}',
+                                      "--", "--steps", "2", "--", "model=tiny"])
+    ab_tiles.main()
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
+            for line in capsys.readouterr().out.splitlines() if "|" in line}
+    assert rows["step ms"] == ["1250.000-1250.000", "1000.000-1000.000"]
+    assert rows["k tokens/s"] == ["0.800-0.800", "1.000-1.000"]
 
 
 def test_tune_flags_outputs_that_change_between_runs():
