@@ -59,10 +59,9 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # from the rows it holds and stores it for the dK/dV kernel, which runs after it; 0: a pass of its own over o and
     # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
     # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md). Tested under the interpreter, compiled
-    # without spills and with the same loops (sass_report.py band-dq-d64-fused-delta ...), but not yet run on a GPU
-    # (eighteenth session: no machine could be started), so off; the tune section's alternatives include it. 64k
-    # training, one run each (H100, twenty-first session): 205.0k -> 205.8k tokens/s, too small a gain for one
-    # sample; its bf16 GPU tests have not run yet.
+    # without spills and with the same loops (sass_report.py band-dq-d64-fused-delta ...); the tune section's
+    # alternatives include it. 64k training, one run each (H100, twenty-first session): 205.0k -> 205.8k tokens/s,
+    # too small a gain for one sample, and its bf16 GPU tests have not run yet, so off.
     "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=0),
                 "d64": dict(rows=128, warps=8, tma=0),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=0)},

@@ -26,9 +26,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = {"attention": Path(__file__).with_name("bench_attention.py"),
-           "train": Path(__file__).with_name("bench_train.py")}
-
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """"name" or "name={json}" -> (name, tile overrides)."""
@@ -63,11 +60,13 @@ def train_times(result: dict) -> dict[str, float]:
     return {"step ms": 1000 * result["step_time_s"], "k tokens/s": result["tokens_per_s"] / 1000}
 
 
-TIMES = {"attention": nsa_times, "train": train_times}
+# --bench NAME -> (the script each run is, what of its JSON the table compares)
+BENCHES = {"attention": (Path(__file__).with_name("bench_attention.py"), nsa_times),
+           "train": (Path(__file__).with_name("bench_train.py"), train_times)}
 
 
 def table(times: dict[str, list[dict[str, float]]]) -> str:
-    """One line per NSA time: each variant's min-max over its runs (ms)."""
+    """One line per compared time: each variant's min-max over its runs (ms, or as the line's name says)."""
     names = list(times)
     keys = list(dict.fromkeys(k for runs in times.values() for run in runs for k in run))
     width = max([len(k) for k in keys] + [4])
@@ -90,6 +89,7 @@ def main() -> None:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then the benchmark's arguments")
     args = p.parse_args()
     variants = dict(parse_variant(s) for s in args.variant)
+    script, times_of = BENCHES[args.bench]
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,12 +104,11 @@ def main() -> None:
                 env["NSA_TRITON_TILES"] = str(tiles_path)
             result_path = out / f"{name}_{r}.json"
             print(f"[ab] round {r + 1}/{args.runs}: {name}", flush=True)
-            done = subprocess.run([sys.executable, str(BENCHES[args.bench]), "--out", str(result_path), *bench_args],
-                                  env=env)
+            done = subprocess.run([sys.executable, str(script), "--out", str(result_path), *bench_args], env=env)
             if done.returncode != 0 or not result_path.exists():
                 print(f"[ab] {name} round {r + 1} failed (exit {done.returncode})", flush=True)
                 continue
-            times[name].append(TIMES[args.bench](json.loads(result_path.read_text())))
+            times[name].append(times_of(json.loads(result_path.read_text())))
     text = table(times)
     (out / "ab.txt").write_text(text + "\n")
     print(text)

@@ -243,7 +243,7 @@ def test_ab_tiles_runs_each_variant_with_its_tiles_round_robin(tmp_path, monkeyp
         "ms = (2.0 if tiles else 3.0) + 0.05 * n\n"
         "nsa = {'slc_fwd': ms, 'peak_fwdbwd_mib': 9.0, 'keys_per_query_last': 7}\n"
         "json.dump({'device': 'x', 'main': {'8192': {'nsa': nsa}}}, open(out, 'w'))\n")
-    monkeypatch.setitem(ab_tiles.BENCHES, "attention", fake)
+    monkeypatch.setitem(ab_tiles.BENCHES, "attention", (fake, ab_tiles.nsa_times))
     monkeypatch.setenv("AB_LOG", str(tmp_path / "runs.log"))
     monkeypatch.setenv("NSA_TRITON_TILES", "/nonexistent.json")  # an outer override must not leak into a variant
     tma = {"selected_fwd": {"small": {"tma": 1}}}
@@ -274,7 +274,7 @@ def test_ab_tiles_times_training_runs(tmp_path, monkeypatch, capsys):
         "assert sys.argv[1] == '--out' and sys.argv[3:] == ['--steps', '2', '--', 'model=tiny'], sys.argv\n"
         "step = 1.0 if 'NSA_TRITON_TILES' in os.environ else 1.25\n"
         "json.dump({'step_time_s': step, 'tokens_per_s': 1000 / step}, open(sys.argv[2], 'w'))\n")
-    monkeypatch.setitem(ab_tiles.BENCHES, "train", fake)
+    monkeypatch.setitem(ab_tiles.BENCHES, "train", (fake, ab_tiles.train_times))
     monkeypatch.setattr(sys, "argv", ["ab_tiles.py", "--bench", "train", "--runs", "2", "--out-dir",
                                       str(tmp_path / "ab"), "--variant", "default",
                                       "--variant", 'w={"select": {"small": {"wdot": 1}}}',
