@@ -59,15 +59,25 @@ def reference_module(T: int, Hq: int, S: int):
 
 # ----------------------------------------------------------------------------------------------
 
+# The banded kernels' (compressed and window attention) tile options, each beside the shipped tiles of the rest.
+BANDED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
+    "gather": (["band_fwd", "band_dq"], dict(tma=0)),  # K/V loads of the forward and dQ by per-thread gathers
+    "tma": (["band_fwd", "band_dq"], dict(tma=1)),  # ... and through tensor descriptors
+    "fused-delta": (["band_dq"], dict(fused_delta=1)),  # the dQ kernel computes and stores the rows' delta
+    "dkdv-interior": (["band_dkdv"], dict(interior=1)),  # dK/dV: no visibility mask where a tile sees every key
+    "dkdv-key-major": (["band_dkdv"], dict(key_major=1, warps=4)),  # dK/dV products key-major (4 warps: see tiles)
+}
+
 
 @pytest.mark.parametrize("shape", [  # B, T, Hq, Hkv, Dk, Dv, block_size, stride
     pytest.param((1, 4096, 64, 4, 128, 128, 32, 16), id="T4k-Hq64-Hkv4-D128"),
     pytest.param((2, 2048, 16, 1, 64, 64, 32, 16), id="T2k-Hq16-Hkv1-D64"),
     pytest.param((1, 3001, 32, 2, 192, 128, 32, 16), id="T3001-Dk192-Dv128"),
 ])
-@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])  # the banded forward and dQ's K/V loads
-def test_compressed_attention_bf16(cuda_gen, shape, tma, monkeypatch):
-    set_tiles(monkeypatch, ["band_fwd", "band_dq"], tma=tma)
+@pytest.mark.parametrize("variant", list(BANDED_TILE_VARIANTS))
+def test_compressed_attention_bf16(cuda_gen, shape, variant, monkeypatch):
+    names, changes = BANDED_TILE_VARIANTS[variant]
+    set_tiles(monkeypatch, names, **changes)
     B, T, Hq, Hkv, Dk, Dv, bs, d = shape
     Tc = ref.num_compressed_tokens(T, bs, d)
     (q, kc, vc), (q32, kc32, vc32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, Tc, Hkv, Dk),
@@ -140,6 +150,7 @@ SELECTED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the ch
     "default": (_SELECTED, {}),  # the shipped tiles (positions packed for G < 8 in forward, G < 4 in dQ)
     "share4": (_SELECTED, dict(share=4, pack_below_g=0)),
     "atomic-dkdv": (_SELECTED, dict(atomic=1)),  # dK/dV by float32 atomics
+    "fused-delta": (["selected_dq"], dict(fused_delta=1)),  # the dQ kernel computes and stores the rows' delta
     "block_n32": (_SELECTED, dict(block_n=32)),  # 32-key steps
     "tma": (_SELECTED, dict(tma=1, share=1, pack_below_g=0)),  # K/V through TMA in the one-position kernels
     "row-major-dkdv": (["selected_dkdv"], dict(key_major=0, stages=1)),  # dK/dV products row-major (1 stage: races
@@ -248,9 +259,10 @@ def test_banded_and_select_ops_repeat_bit_for_bit(cuda_gen, G):
     pytest.param((1, 2048, 32, 2, 192, 128, 512), id="T2k-Dk192-w512"),
     pytest.param((1, 1024, 8, 8, 128, 128, 2000), id="T1k-G1-w>T"),
 ])
-@pytest.mark.parametrize("tma", [0, 1], ids=["gather", "tma"])
-def test_window_attention_bf16(cuda_gen, shape, tma, monkeypatch):
-    set_tiles(monkeypatch, ["band_fwd", "band_dq"], tma=tma)
+@pytest.mark.parametrize("variant", list(BANDED_TILE_VARIANTS))
+def test_window_attention_bf16(cuda_gen, shape, variant, monkeypatch):
+    names, changes = BANDED_TILE_VARIANTS[variant]
+    set_tiles(monkeypatch, names, **changes)
     B, T, Hq, Hkv, Dk, Dv, win = shape
     (q, k, v), (q32, k32, v32) = leaves(rand(cuda_gen, B, T, Hq, Dk), rand(cuda_gen, B, T, Hkv, Dk),
                                         rand(cuda_gen, B, T, Hkv, Dv))
