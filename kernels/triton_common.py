@@ -48,21 +48,22 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
     # key_major 1: the four products key-major (add_key_grads_t), no transpose of p / ds in registers; interior 1:
     # the query tiles that see the whole key tile run without the visibility mask (at head dim 64, 477 instructions
-    # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, not yet timed
-    # (seventeenth session), so off. The same idea for all three banded kernels (split_mask) was removed after the
-    # main-shape tune found them not issue-bound (ninth session, H200, D = 128, docs/benchmarks.md); at the training
-    # model's head dim 64 the mask is twice the share of a trip's work, which is what `interior` is for: drop it if
-    # the tune at --tune-shape small finds no gain either.
+    # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, off. interior in
+    # 64k training (H100, twenty-second session, two interleaved runs each, wdot and fused_delta on): 207.3-208.1k ->
+    # 206.7-206.9k tokens/s, slower despite the fewer instructions; key_major not timed yet. The same idea for all
+    # three banded kernels (split_mask) was removed after the main-shape tune found them not issue-bound (ninth
+    # session, H200, D = 128, docs/benchmarks.md).
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),
                   "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0, interior=0)},
     # fused_delta 1 (band_dq, selected_dq): the dQ kernel computes the softmax row term delta = rowsum(o * do) - dlse
     # from the rows it holds and stores it for the dK/dV kernel, which runs after it; 0: a pass of its own over o and
     # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
-    # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md). Tested under the interpreter, compiled
-    # without spills and with the same loops (sass_report.py band-dq-d64-fused-delta ...); the tune section's
-    # alternatives include it. 64k training, one run each (H100, twenty-first session): 205.0k -> 205.8k tokens/s,
-    # too small a gain for one sample, and its bf16 GPU tests have not run yet, so off.
-    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=0),
+    # of a 1.29 s step, H100 profile, sixteenth session, docs/benchmarks.md). Compiled without spills and with the
+    # same loops as without it (sass_report.py band-dq-d64 band-dq-d64-separate-delta ...). On since the
+    # twenty-second session with wdot (below), for "small" (and so "d64"): together, 64k training on an H100, two
+    # interleaved runs each, 205.5-206.3k -> 207.3-208.1k tokens/s (+0.9%); the bf16 GPU tests of both kernels pass
+    # with it at every head shape. "big": untimed, off.
+    "band_dq": {"small": dict(rows=64, block_n=64, warps=4, stages=2, tma=1, fused_delta=1),
                 "d64": dict(rows=128, warps=8, tma=0),
                 "big": dict(rows=64, block_n=32, warps=4, stages=2, tma=0, fused_delta=0)},
     # Tune section at the main shape, 32k, H200 (ninth session): 128 rows 2.49 ms, 64 rows 3.41, 8 warps 3.07,
@@ -72,11 +73,11 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # H100 (thirteenth session): tune section at 32k 2.58 -> 2.90 ms (2.91 with 3 stages); interleaved runs at 64k
     # 9.09-9.33 -> 9.55-10.08 ms. So off.
     # wdot 1 (num_select > 8): each head's block scores as a product p @ overlap weights, then the sum over the
-    # group's heads on 16 columns instead of 64 (kernels/triton_select.py). Twenty-first session, H100: the bf16 GPU
-    # test passed; 64k training 205.0k -> 206.5k tokens/s in one run each, within what one sample can tell, so off
-    # until interleaved repeats confirm it.
-    "select": {"small": dict(rows=128, warps=4, stages=2, tma=0, wdot=0),
-               "big": dict(rows=64, warps=4, stages=2, tma=0, wdot=0)},
+    # group's heads on 16 columns instead of 64 (kernels/triton_select.py). On since the twenty-second session: with
+    # fused_delta (above) +0.9% in 64k training (H100, interleaved runs); alone +0.7% in one run (twenty-first); the
+    # bf16 GPU test passes at every shape it has.
+    "select": {"small": dict(rows=128, warps=4, stages=2, tma=0, wdot=1),
+               "big": dict(rows=64, warps=4, stages=2, tma=0, wdot=1)},
     # share = query positions per program that load the union of their selected blocks once (1: one position
     # per program, the paper's kernel; see kernels/triton_selected.py); with fewer than pack_below_g heads per
     # group, programs take at least the 16/G positions that fill the MMA rows. Measured with bench_attention.py
@@ -104,7 +105,7 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
                      "big": dict(warps=4, stages=3, block_n=64, share=1, pack_below_g=8, share_warps=8, tma=0),
                      "d64": dict(warps=2, stages=3, tma=0)},
     "selected_dq": {"small": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
-                                  share_block_n=32, tma=0, fused_delta=0),
+                                  share_block_n=32, tma=0, fused_delta=1),
                     "big": dict(warps=4, stages=2, block_n=64, share=1, pack_below_g=4, share_warps=8,
                                 share_block_n=32, tma=0, fused_delta=0),
                     "d64": dict(warps=2, stages=3)},

@@ -94,7 +94,7 @@ def _tile_scores(q, lse2, pos, row_ok, k_src, sk_t, b, kvh, jb0, carry, w, w_nex
             sw = tl.dot(p, w, out_dtype=ACC, input_precision=PREC)
         score = tl.sum(tl.reshape(sw, [NPOS, G_PAD, NBT]), axis=1) + tl.where(jj[None, :] == 0, carry[:, None], 0.0)
         # an identity gather: it gives score the 2D layout the keys' steps are cheap in (without it, the layout
-        # derived from the product's made the selection loop 2.2x longer: sass_report.py select-wdot)
+        # derived from the product's made the selection loop 2.2x longer: sass_report.py select)
         score = tl.gather(score, tl.broadcast_to(jj[None, :], [NPOS, NBT]), 1)
         carry = tl.sum(tl.reshape(tl.sum(p * w_next[None, :], axis=1), [NPOS, G_PAD]), axis=1)
     elif ALIGNED:

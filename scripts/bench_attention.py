@@ -358,16 +358,16 @@ TUNE = {
     "band_dq": [dict(rows=128, block_n=64, warps=8, stages=2),
                 dict(rows=64, block_n=64, warps=4, stages=2),
                 dict(rows=128, block_n=32, warps=8, stages=3), dict(rows=64, block_n=32, warps=4, stages=3),
-                dict(tma=1), dict(tma=1, stages=3), dict(fused_delta=1)],
+                dict(tma=1), dict(tma=1, stages=3), dict(fused_delta=0)],
     "select": [dict(rows=64), dict(rows=128, warps=8), dict(stages=3), dict(tma=1), dict(tma=1, stages=3),
-               dict(rows=256, warps=8), dict(rows=64, warps=2), dict(wdot=1), dict(wdot=1, rows=64)],
+               dict(rows=256, warps=8), dict(rows=64, warps=2), dict(wdot=0), dict(wdot=0, rows=64)],
     "selected_fwd": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                      dict(warps=2, stages=3, block_n=32), dict(warps=2, stages=4, block_n=32),
                      dict(warps=4, stages=4, block_n=32), dict(tma=1), dict(tma=1, stages=3),
                      dict(tma=1, warps=4, stages=3)],
     "selected_dq": [dict(warps=4, stages=3), dict(warps=2, stages=3), dict(warps=2, stages=2),
                     dict(warps=2, stages=3, block_n=32), dict(warps=4, stages=3, block_n=32), dict(tma=1),
-                    dict(tma=1, stages=3), dict(tma=1, warps=2, stages=3), dict(fused_delta=1)],
+                    dict(tma=1, stages=3), dict(tma=1, warps=2, stages=3), dict(fused_delta=0)],
     # pipelined (stages > 1) only where every product is a wgmma (key-major with 64-key steps, or row-major at 64
     # rows): then Q/dO get two buffers; otherwise it races (GPU_TILES["selected_dkdv"], scripts/race_scan.py). Each
     # alternative names key_major and stages, so that it means the same on a row-major base ("big") as on key-major.

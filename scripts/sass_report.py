@@ -48,7 +48,7 @@ PRESETS = {
     "select": ("kernels.triton_select", "_select_kernel",
                dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", qk_scale="fp32"),
                dict(DK=128, BLOCK_DK=128, G_PAD=16, NPOS=8, NBT=16, TPB=4, C_PAD=64, ALIGNED=True, ACC="fp32",
-                    PREC="tf32", TMA=False, WDOT=False),
+                    PREC="tf32", TMA=False, WDOT=True),
                ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_t"), 4, 2),
     "band-fwd": ("kernels.triton_banded", "_band_fwd_kernel",
                  dict(Q="*bf16", K="*bf16", V="*bf16", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -61,7 +61,7 @@ PRESETS = {
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
                      OUT="*bf16", DLSE="*fp32", sm_scale="fp32", qk_scale="fp32"),
-                {**_BAND, "NPOS": 4, "TMA": False, "FUSED_DELTA": False, "HAS_DLSE": False},
+                {**_BAND, "NPOS": 4, "TMA": False, "FUSED_DELTA": True, "HAS_DLSE": False},
                 (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "so_b", "so_t", "so_h"), 4, 2),
     "selected-fwd": ("kernels.triton_selected", "_selected_fwd_kernel",
                      dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", OUT="*bf16", LSE="*fp32", qk_scale="fp32"),
@@ -71,7 +71,7 @@ PRESETS = {
     "selected-dq": ("kernels.triton_selected", "_selected_bwd_dq_kernel",
                     dict(Q="*bf16", K="*bf16", V="*bf16", IDX="*i32", DO="*bf16", LSE="*fp32", DELTA="*fp32",
                          DQ="*bf16", DK_ACC="*fp32", DV_ACC="*fp32", OUT="*bf16", qk_scale="fp32", sm_scale="fp32"),
-                    {**_SELECTED, "G_PAD": 16, "ATOMIC_DKDV": False, "TMA": False, "FUSED_DELTA": False},
+                    {**_SELECTED, "G_PAD": 16, "ATOMIC_DKDV": False, "TMA": False, "FUSED_DELTA": True},
                     (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h", "sdq_b", "sdq_t", "sdq_h", "si_b", "si_t",
                      "so_b", "so_t", "so_h"), 4, 2),
     # the packed forward and dQ at G = 2 (Hq=64, Hkv=32): 8 positions x 2 heads per program, as the launcher packs
@@ -125,12 +125,12 @@ for _name, _loaded in (("band-fwd", "KV"), ("band-dq", "KV"), ("selected-fwd", "
     PRESETS[f"{_name}-tma"] = (_module, _kernel, {**_types, **dict.fromkeys(_loaded, _TMA_DESC)},
                                {**_consts, "TMA": True}, _div16, _warps, _stages)
 
-# the selection with the tile option wdot=1 (each head's block scores as a product, then the head sum), and both at
-# the small training model's heads of 64
+# the selection without the tile option wdot (shipped since the twenty-second session: each head's block scores as
+# a product, then the head sum), i.e. the head sum first; and both at the small training model's heads of 64
 _sel = PRESETS["select"]
-PRESETS["select-wdot"] = (*_sel[:3], {**_sel[3], "WDOT": True}, *_sel[4:])
+PRESETS["select-no-wdot"] = (*_sel[:3], {**_sel[3], "WDOT": False}, *_sel[4:])
 PRESETS["select-d64"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64}, *_sel[4:])
-PRESETS["select-d64-wdot"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64, "WDOT": True}, *_sel[4:])
+PRESETS["select-d64-no-wdot"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64, "WDOT": False}, *_sel[4:])
 
 # the banded dK/dV's tile options key_major=1 (at 4 warps: one warpgroup for its 64-key products; at 8 the two
 # warpgroups repeat them) and interior=1, at the small training model's heads of 64 (configs/model/small_gqa16.yaml:
@@ -142,13 +142,14 @@ PRESETS["band-dkdv-d64-interior"] = (*_band[:3], {**_band[3], **_D64, "INTERIOR"
 PRESETS["band-dkdv-d64-key-major"] = (*_band[:3], {**_band[3], **_D64, "KEY_MAJOR": True}, _band[4], 4, _band[6])
 
 # the dQ kernels at the small training model's heads (the "d64" tiles: banded 128 rows, 8 warps, gathers; selected
-# 2 warps, 3 stages), and the same computing the row term delta themselves (tiles option fused_delta=1)
+# 2 warps, 3 stages), and the same leaving the row term delta to a pass of its own (tiles option fused_delta=0,
+# what shipped before the twenty-second session)
 _bdq, _sdq = PRESETS["band-dq"], PRESETS["selected-dq"]
 PRESETS["band-dq-d64"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8}, _bdq[4], 8, _bdq[6])
-PRESETS["band-dq-d64-fused-delta"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8, "FUSED_DELTA": True}, _bdq[4], 8,
-                                      _bdq[6])
+PRESETS["band-dq-d64-separate-delta"] = (*_bdq[:3], {**_bdq[3], **_D64, "NPOS": 8, "FUSED_DELTA": False}, _bdq[4],
+                                         8, _bdq[6])
 PRESETS["selected-dq-d64"] = (*_sdq[:3], {**_sdq[3], **_D64}, _sdq[4], 2, 3)
-PRESETS["selected-dq-d64-fused-delta"] = (*_sdq[:3], {**_sdq[3], **_D64, "FUSED_DELTA": True}, _sdq[4], 2, 3)
+PRESETS["selected-dq-d64-separate-delta"] = (*_sdq[:3], {**_sdq[3], **_D64, "FUSED_DELTA": False}, _sdq[4], 2, 3)
 
 # the selected dK/dV row-major (tiles option key_major=0) at 1 stage: what shipped before the key-major products
 # (pipelined, this layout races: kernels/triton_common.py GPU_TILES["selected_dkdv"])

@@ -136,9 +136,11 @@ def test_select_blocks_matches_reference_exactly(gen, case, tma, monkeypatch):
     pytest.param((250, 1, 3, 32, 8, 4, 8, 10, 0, 1), id="l'/d=2-G3"),
     pytest.param((800, 1, 2, 16, 16, 8, 24, 11, 1, 2), id="l'/d=3"),
 ])
-def test_select_blocks_wdot_matches_reference_exactly(gen, case, monkeypatch):
-    """The tile option wdot: each head's scores as a product with the overlap weights, then the head sum."""
-    set_tiles(monkeypatch, ["select"], wdot=1)
+@pytest.mark.parametrize("wdot", [1, 0], ids=["wdot", "head-sum-first"])
+def test_select_blocks_wdot_matches_reference_exactly(gen, case, wdot, monkeypatch):
+    """Both ways of the tile option wdot: each head's scores as a product with the overlap weights, then the head
+    sum (1, shipped), or the head sum first, then the weights (0)."""
+    set_tiles(monkeypatch, ["select"], wdot=wdot)
     test_select_blocks_matches_reference_exactly(gen, case, 0, monkeypatch)
 
 
@@ -192,8 +194,9 @@ SELECTED_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes
     "row-major-dkdv": (["selected_dkdv"], dict(atomic=0, key_major=0)),  # the inverted index's products row-major
     # K/V through tensor descriptors in the one-position forward and dQ (packing off, so that they run at every G)
     "tma": (["selected_fwd", "selected_dq"], dict(tma=1, share=1, pack_below_g=0)),
-    # the softmax row term delta computed in the one-position dQ kernel (fused_delta), not in a pass of its own
-    "fused-delta": (["selected_dq"], dict(fused_delta=1)),
+    # the softmax row term delta in a pass of its own (row_delta), not in the one-position dQ kernel (fused_delta,
+    # shipped)
+    "separate-delta": (["selected_dq"], dict(fused_delta=0)),
 }
 
 
@@ -313,11 +316,12 @@ def test_window_attention(gen, case):
 
 
 @pytest.mark.parametrize("cmp_case, window_case", [(CMP_CASES[i].values[0], WINDOW_CASES[i].values[0]) for i in (0, 1)])
-def test_compressed_attention_fused_delta_and_window(gen, cmp_case, window_case, monkeypatch):
-    """The banded backward with the softmax row term delta = rowsum(o * do) - dlse computed in its dQ kernel (the
-    tiles' option fused_delta) instead of in a pass of its own (row_delta): the compressed-attention checks above
-    (gradients through o and through lse, i.e. with dlse), then window attention's."""
-    set_tiles(monkeypatch, ["band_dq"], fused_delta=1)
+def test_compressed_attention_separate_delta_and_window(gen, cmp_case, window_case, monkeypatch):
+    """The banded backward with the softmax row term delta = rowsum(o * do) - dlse in a pass of its own (row_delta)
+    instead of in its dQ kernel (the tiles' option fused_delta, shipped, which the tests above run): the
+    compressed-attention checks above (gradients through o and through lse, i.e. with dlse), then window
+    attention's."""
+    set_tiles(monkeypatch, ["band_dq"], fused_delta=0)
     test_compressed_attention(gen, cmp_case)
     test_window_attention(gen, window_case)
 

@@ -63,7 +63,7 @@ def reference_module(T: int, Hq: int, S: int):
 BANDED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the changes)
     "gather": (["band_fwd", "band_dq"], dict(tma=0)),  # K/V loads of the forward and dQ by per-thread gathers
     "tma": (["band_fwd", "band_dq"], dict(tma=1)),  # ... and through tensor descriptors
-    "fused-delta": (["band_dq"], dict(fused_delta=1)),  # the dQ kernel computes and stores the rows' delta
+    "separate-delta": (["band_dq"], dict(fused_delta=0)),  # the rows' delta in a pass of its own, not in the dQ
     "dkdv-interior": (["band_dkdv"], dict(interior=1)),  # dK/dV: no visibility mask where a tile sees every key
     "dkdv-key-major": (["band_dkdv"], dict(key_major=1, warps=4)),  # dK/dV products key-major (4 warps: see tiles)
 }
@@ -112,8 +112,8 @@ def _block_scores(q, kc, lse, rows, *, bs, d, ss, G):
     pytest.param((2, 3000, 16, 4, 64), id="T3000-G4"),
     pytest.param((1, 4096, 16, 16, 128), id="T4k-G1"),
 ])
-@pytest.mark.parametrize("tiles", [dict(tma=0), dict(tma=1), dict(wdot=1)],  # the compressed keys through TMA;
-                         ids=["gather", "tma", "wdot"])  # the head sum after the product with the overlap weights
+@pytest.mark.parametrize("tiles", [dict(tma=0), dict(tma=1), dict(wdot=0)],  # the compressed keys through TMA;
+                         ids=["gather", "tma", "no-wdot"])  # the head sum before the overlap weights, not after
 def test_select_blocks_bf16(cuda_gen, shape, tiles, monkeypatch):
     set_tiles(monkeypatch, ["select"], **tiles)
     B, T, Hq, Hkv, D = shape
@@ -150,7 +150,7 @@ SELECTED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the ch
     "default": (_SELECTED, {}),  # the shipped tiles (positions packed for G < 8 in forward, G < 4 in dQ)
     "share4": (_SELECTED, dict(share=4, pack_below_g=0)),
     "atomic-dkdv": (_SELECTED, dict(atomic=1)),  # dK/dV by float32 atomics
-    "fused-delta": (["selected_dq"], dict(fused_delta=1)),  # the dQ kernel computes and stores the rows' delta
+    "separate-delta": (["selected_dq"], dict(fused_delta=0)),  # the rows' delta in a pass of its own
     "block_n32": (_SELECTED, dict(block_n=32)),  # 32-key steps
     "tma": (_SELECTED, dict(tma=1, share=1, pack_below_g=0)),  # K/V through TMA in the one-position kernels
     "row-major-dkdv": (["selected_dkdv"], dict(key_major=0, stages=1)),  # dK/dV products row-major (1 stage: races
