@@ -13,7 +13,8 @@ heads; G is padded to >= 16 rows for the tensor cores).
         (importance p = exp(q.k_cmp * scale - lse) summed over the group's heads, spread over the blocks by the
         overlap weights of NSA.md) and keeps its top-n candidate keys; the splits' candidates are then merged.
 
-Combining the splits, two ways. `combine="kernel"` (the default, COMBINE) runs a second launch: for attention,
+Combining the splits, two ways, chosen per kernel by the tiles (DECODE_TILES' `combine`, or a call's `combine`
+argument). `combine="kernel"` (the default for both kernels) runs a second launch: for attention,
 its programs each merge a slice of a group's output columns (the selected and window branches of a step share
 that launch); for block selection, one program per group merges the splits' candidates. `combine="fused"` has
 the last program of a KV group to finish combine them inside the same launch: each program stores its
@@ -72,15 +73,23 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # max_splits forces more. attn warps 8: bench_decode's sweep winner at the main shape, B=1, 64k (61.8 -> 52.5 us,
 # H200; docs/benchmarks.md), and the selected+window pair kernel spills at 4 (ptxas -v). select tiles_per_split 2:
 # the sweep's winner at the same point in two runs (61.8 -> 58.3 us at 4 warps, 52.4 -> 49.2 us at 8).
+# combine: how the splits are combined (COMBINE_MODES, below), per kernel: the attention ops' ("attn": compressed
+# attention, and selected + window attention as one launch) and the selection's. "kernel" for both: in "fused", one
+# program per KV group reads every split's state; for the attention ops at the main shape, 64k, that lone program
+# was most of each op's time (Nsight Compute: its SM busy 17 us of the compressed op's 19), and "kernel" spreads the
+# same reads over BLOCK_DV / COMBINE_COLS programs per group. NSA step, main shape, 64k (H200, docs/benchmarks.md):
+# B = 1 47.8 -> 36.4 us, B = 8 102.7 -> 74.4 us, both kernels switched at once. The selection's merge is one
+# program per group either way (a [splits, 16] tile of candidates), so "fused" only saves it a launch there:
+# bench_decode.py's sweep times `select:combine=fused` alone (not yet run on a GPU).
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
-DECODE_TILES: dict[str, dict[str, dict[str, float]]] = {
-    "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64),
-             "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64)},
-    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128),
-               "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128)},
+DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
+    "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel"),
+             "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel")},
+    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128, combine="kernel"),
+               "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel")},
 }
-INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8),
-                     "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8)}
+INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel"),
+                     "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8, combine="kernel")}
 if os.environ.get("NSA_DECODE_TILES"):
     with open(os.environ["NSA_DECODE_TILES"]) as _f:
         for _kernel, _sizes in json.load(_f).items():
@@ -88,11 +97,6 @@ if os.environ.get("NSA_DECODE_TILES"):
                 DECODE_TILES[_kernel][_size].update(_cfg)
 
 COMBINE_MODES = ("fused", "kernel")
-# The default: "kernel". In "fused", one program per KV group reads every split's state; for the attention
-# ops at the main shape, 64k, that lone program was most of each op's time (Nsight Compute: its SM busy 17 us of
-# the compressed op's 19), and "kernel" spreads the same reads over BLOCK_DV / COMBINE_COLS programs per group.
-# NSA step, main shape, 64k (H200, docs/benchmarks.md): B = 1 47.8 -> 36.4 us, B = 8 102.7 -> 74.4 us.
-COMBINE = "kernel"
 COMBINE_COLS = 16  # combine="kernel": output columns per combine program (1 / 8 of a 128-wide head per program)
 
 
@@ -358,13 +362,17 @@ def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype
     return dict(splits=splits, per_split=per_split, block_n=block_n, cfg=cfg)
 
 
-def _check_combine(combine: str) -> None:
-    if combine not in COMBINE_MODES:
-        raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
+def _combine_mode(combine: str | None, cfg: dict) -> str:
+    """The combine mode of a launch: the call's, else its tiles' (cfg["combine"]), checked."""
+    mode = cfg.get("combine", "kernel") if combine is None else combine
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"decode combine={mode!r}: choose one of {COMBINE_MODES} (the call's combine argument or "
+                         f"the decode tiles' combine entry, NSA_DECODE_TILES)")
+    return mode
 
 
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
-            cfg: dict | None = None, combine: str = COMBINE, counter_base: int = 0,
+            cfg: dict | None = None, combine: str | None = None, counter_base: int = 0,
             pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
@@ -387,6 +395,7 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
     plan = attn_plan(nsel if idx is not None else hi - lo, B * Hkv, Dk, Dv, G, q.dtype, dev, cfg,
                      select_size=select_size if idx is not None else 0)
     splits, per_split, block_n = plan["splits"], plan["per_split"], plan["block_n"]
+    combine = _combine_mode(combine, plan["cfg"])
     split = splits > 1
     acc_t = acc_dtype(q.dtype)
     if split:
@@ -440,12 +449,11 @@ def _combine_separately(q, branches: list[dict], shared: dict) -> None:
 
 
 def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, select_size: int = 1,
-                      write_lse: bool = False, cfg: dict | None = None, combine: str = COMBINE,
+                      write_lse: bool = False, cfg: dict | None = None, combine: str | None = None,
                       pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)):
     """Launch _decode_attn_kernel: q [B,1,Hq,Dk] against keys [lo, hi) of k/v [B,S,Hkv,D] (or, with idx
     [B,1,Hkv,n], the keys <= hi - 1 of the selected blocks). Returns (o [B,1,Hq,Dv], lse [B,1,Hq] float32 or
     None). pos, offsets: see _branch."""
-    _check_combine(combine)
     q, k, v = bthd(q), bthd(k), bthd(v)
     br = _branch(q, k, v, lo=lo, hi=hi, idx=idx, select_size=select_size, write_lse=write_lse, cfg=cfg,
                  combine=combine, pos=pos, offsets=offsets)
@@ -459,12 +467,11 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
 
 
 def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
-                            t: int, cfg: dict | None = None, combine: str = COMBINE,
+                            t: int, cfg: dict | None = None, combine: str | None = None,
                             pos: torch.Tensor | None = None):
     """Selected and window attention of one decoding step in one launch (_decode_attn_pair_kernel) -> (o_slc,
     o_win), each [B,1,Hq,Dv]: the same results as the two separate launches. With `pos`, t is the largest
     position it may hold (see _branch)."""
-    _check_combine(combine)
     q, k_slc, v_slc, k_win, v_win = (bthd(x) for x in (q, k_slc, v_slc, k_win, v_win))
     n_groups = q.shape[0] * k_slc.shape[2]
     slc = _branch(q, k_slc, v_slc, lo=0, hi=t + 1, idx=idx, select_size=select_size, cfg=cfg, combine=combine,
@@ -625,11 +632,9 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
 
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
-                   combine: str = COMBINE, pos: torch.Tensor | None = None) -> torch.Tensor:
+                   combine: str | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
-    if combine not in COMBINE_MODES:
-        raise ValueError(f"decode combine={combine!r}: choose one of {COMBINE_MODES}")
     q, k_cmp = bthd(q), bthd(k_cmp)
     B, _, Hq, Dk = q.shape
     Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
@@ -642,6 +647,7 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     plan = select_plan(t, block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
                        big=bdk > 128, cfg=cfg)
     splits, cfg = plan["splits"], plan["cfg"]
+    combine = _combine_mode(combine, cfg)
     nbt, nbv, c_pad, tiles_per_split = plan["nbt"], plan["nbv"], plan["c_pad"], plan["tiles_per_split"]
     tpb, spill = select_size // stride, block_size // stride - 1
     split = splits > 1
@@ -678,7 +684,7 @@ def _use_chunked(*tensors: torch.Tensor) -> bool:
 
 def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
                          stride: int, scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                         combine: str = COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
+                         combine: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of kernels.compressed_attention: q [B,1,Hq,Dk] at position q_start against its
     visible compressed tokens k_cmp/v_cmp [B,Tc,Hkv,D] (all Tc = num_compressed_tokens(q_start + 1) of them)."""
     if _use_chunked(q, k_cmp, v_cmp):
@@ -694,7 +700,7 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, block_size: int, stride: int,
                   select_size: int, num_select: int, num_init: int = 1, num_local: int = 2,
                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                  combine: str = COMBINE) -> torch.Tensor:
+                  combine: str | None = None) -> torch.Tensor:
     """One decoding step of kernels.select_blocks -> int32 idx [B,1,Hkv,num_select] (ascending ids, -1 last)."""
     if _use_chunked(q):
         return chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, select_size=select_size,
@@ -707,7 +713,7 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *, select_size: int,
                        scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                       combine: str = COMBINE) -> torch.Tensor:
+                       combine: str | None = None) -> torch.Tensor:
     """One decoding step of kernels.selected_attention: q [B,1,Hq,Dk] at q_start, k/v [B,q_start+1,Hkv,D]."""
     if _use_chunked(q, k, v):
         return chunked.selected_attention(q, k, v, idx, select_size=select_size, scale=scale, q_start=q_start)
@@ -716,7 +722,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: t
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, scale: float | None = None,
-                     q_start: int = 0, cfg: dict | None = None, combine: str = COMBINE) -> torch.Tensor:
+                     q_start: int = 0, cfg: dict | None = None, combine: str | None = None) -> torch.Tensor:
     """One decoding step of kernels.window_attention: keys q_start - window < s <= q_start."""
     if _use_chunked(q, k, v):
         return chunked.window_attention(q, k, v, window=window, scale=scale, q_start=q_start)
@@ -727,7 +733,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
 def selected_and_window_attention(q: torch.Tensor, k_slc: torch.Tensor, v_slc: torch.Tensor, idx: torch.Tensor,
                                   k_win: torch.Tensor, v_win: torch.Tensor, *, select_size: int, window: int,
                                   scale: float | None = None, q_start: int = 0, cfg: dict | None = None,
-                                  combine: str = COMBINE) -> tuple[torch.Tensor, torch.Tensor]:
+                                  combine: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step of selected_attention(q, k_slc, v_slc, idx) and window_attention(q, k_win, v_win) in
     one launch -> (o_slc, o_win)."""
     if _use_chunked(q, k_slc, v_slc, k_win, v_win):

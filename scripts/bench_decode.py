@@ -363,7 +363,8 @@ def bench_sweep(T: int = 65536) -> dict:
     ref_out = step()
     # the alternatives to DECODE_TILES' "small" entries (split_factor 1.0: the default again, for the noise)
     attn = [dict(split_factor=f) for f in (0.5, 1.0, 2.0)] + [dict(block_n=32), dict(warps=4), dict(stages=2)]
-    select = [dict(tiles_per_split=t) for t in (1, 4, 8)] + [dict(warps=8)]
+    # combine=fused: the selection's merge by the last of its splits to finish instead of a launch of its own
+    select = [dict(tiles_per_split=t) for t in (1, 4, 8)] + [dict(warps=8), dict(combine="fused")]
     res = {}
     from kernels import triton_decode as td
     from kernels.triton_common import tiles_set

@@ -151,6 +151,47 @@ def test_select_plans_cover_one_and_several_splits_and_tiles():
     assert p["splits"] == 1 and p["tiles_per_split"] > 1
 
 
+@pytest.mark.parametrize("kind", ["select", "attn"])
+def test_tiles_combine_entry_picks_the_mode_of_calls_without_one(gen, kind, monkeypatch):
+    """Without a combine argument, each kernel combines its splits as its tiles say (DECODE_TILES' `combine`, per
+    kernel, so that the selection's merge can go into its own launch while the attention ops keep theirs): "fused"
+    launches no combine kernel and still equals the reference; "kernel" launches it; anything else is refused."""
+    B, Hkv, G, D, bs, d, ss, n, t = 1, 2, 4, 16, 8, 4, 16, 5, 150
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    q, kc = randn(gen, B, 1, Hkv * G, D), randn(gen, B, Tc, Hkv, D)
+    kw = dict(block_size=bs, stride=d, q_start=t)
+    o_r, lse_r = ref.compressed_attention(q, kc, kc, **kw)
+    sel = dict(select_size=ss, num_select=n)
+    idx_r = ref.select_blocks(q, kc, lse_r, **kw, **sel)
+    combine_kernel = "_select_merge_kernel" if kind == "select" else "_attn_combine_kernel"
+    launches = []
+    real = getattr(td, combine_kernel)
+
+    class Counted:  # stands in for the combine kernel: counts its launches, then runs it
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+    monkeypatch.setattr(td, combine_kernel, Counted())
+    many = dict(max_splits=8) if kind == "select" else split_cfg(True)
+
+    def run():
+        if kind == "select":
+            idx = td.select_blocks(q, kc, lse_r, **kw, **sel, cfg=many)
+            assert torch.equal(idx, idx_r), f"seed {gen.initial_seed()}\n{idx}\n{idx_r}"
+        else:
+            o, lse = td.compressed_attention(q, kc, kc, **kw, cfg=many)
+            close(o, o_r, "o", gen)
+            close(finite(lse), finite(lse_r).float(), "lse", gen, atol=1e-5, rtol=1e-5)
+    for mode, launched in (("fused", False), ("kernel", True)):
+        launches.clear()
+        monkeypatch.setitem(td.INTERPRETER_TILES[kind], "combine", mode)
+        run()
+        assert bool(launches) == launched, f"combine={mode}: {len(launches)} combine launches"
+    monkeypatch.setitem(td.INTERPRETER_TILES[kind], "combine", "later")
+    with pytest.raises(ValueError, match="combine='later'"):
+        run()
+
+
 # ----------------------------------------------------------------------------------------------
 # selected and window attention
 

@@ -61,8 +61,8 @@ SHAPES = [  # B, t, Hq, Hkv, Dk, Dv; the G = 1 and G = 8 shapes share the G <= 1
     (2, 3000, 8, 8, 128, 128),
     (2, 700, 16, 2, 64, 64),
 ]
-# every shape with the default in-launch combine; the second launch ("kernel") on two of them (the interpreter
-# tests cover both everywhere): fewer kernel variants to compile on the GPU
+# every shape with the in-launch combine ("fused"); the second launch ("kernel", the decode tiles' default) on two
+# of them (the interpreter tests cover both everywhere): fewer kernel variants to compile on the GPU
 CASES = [pytest.param(s, "fused", id=f"B{s[0]}-t{s[1]}-Hq{s[2]}-Hkv{s[3]}-D{s[4]}x{s[5]}-fused") for s in SHAPES]
 CASES += [pytest.param(SHAPES[i], "kernel", id=f"B{SHAPES[i][0]}-t{SHAPES[i][1]}-Hkv{SHAPES[i][3]}-kernel")
           for i in (0, 4)]
