@@ -364,7 +364,7 @@ def attn_plan(n_keys: int, bh: int, Dk: int, Dv: int, G: int, dtype: torch.dtype
 
 def _combine_mode(combine: str | None, cfg: dict) -> str:
     """The combine mode of a launch: the call's, else its tiles' (cfg["combine"]), checked."""
-    mode = cfg.get("combine", "kernel") if combine is None else combine
+    mode = cfg["combine"] if combine is None else combine
     if mode not in COMBINE_MODES:
         raise ValueError(f"decode combine={mode!r}: choose one of {COMBINE_MODES} (the call's combine argument or "
                          f"the decode tiles' combine entry, NSA_DECODE_TILES)")
