@@ -152,7 +152,7 @@ def test_select_plans_cover_one_and_several_splits_and_tiles():
 
 
 @pytest.mark.parametrize("kind", ["select", "attn"])
-def test_tiles_combine_entry_picks_the_mode_of_calls_without_one(gen, kind, monkeypatch):
+def test_combine_mode_of_calls_without_one_is_the_tiles_entry(gen, kind, monkeypatch):
     """Without a combine argument, each kernel combines its splits as its tiles say (DECODE_TILES' `combine`, per
     kernel, so that the selection's merge can go into its own launch while the attention ops keep theirs): "fused"
     launches no combine kernel and still equals the reference; "kernel" launches it; anything else is refused."""
