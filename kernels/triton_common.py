@@ -50,7 +50,8 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # the query tiles that see the whole key tile run without the visibility mask (at head dim 64, 477 instructions
     # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, off. interior in
     # 64k training (H100, twenty-second session, two interleaved runs each, wdot and fused_delta on): 207.3-208.1k ->
-    # 206.7-206.9k tokens/s, slower despite the fewer instructions; key_major not timed yet. The same idea for all
+    # 206.7-206.9k tokens/s, slower despite the fewer instructions; key_major (4 warps) 207.9k against 207.7-208.7k
+    # (twenty-third session), no gain. Neither was timed at the main shape (D = 128). The same idea for all
     # three banded kernels (split_mask) was removed after the main-shape tune found them not issue-bound (ninth
     # session, H200, D = 128, docs/benchmarks.md).
     "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),

@@ -79,8 +79,9 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # was most of each op's time (Nsight Compute: its SM busy 17 us of the compressed op's 19), and "kernel" spreads the
 # same reads over BLOCK_DV / COMBINE_COLS programs per group. NSA step, main shape, 64k (H200, docs/benchmarks.md):
 # B = 1 47.8 -> 36.4 us, B = 8 102.7 -> 74.4 us, both kernels switched at once. The selection's merge is one
-# program per group either way (a [splits, 16] tile of candidates), so "fused" only saves it a launch there:
-# bench_decode.py's sweep times `select:combine=fused` alone (not yet run on a GPU).
+# program per group either way (a [splits, 16] tile of candidates), so "fused" only saves it a launch there; yet
+# the step took 43.8 us with it against 38.0 (H100, main shape, 64k, B = 1, bench_decode.py's sweep, twenty-third
+# session; why it is slower was not profiled), so "kernel" stays.
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
     "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel"),

@@ -3,14 +3,14 @@
 # attention's baseline timed in the same call. Results: $OUT/ab/ (one JSON per run, ab.txt: the table) and
 # $OUT/train_full_t$T.json.
 #   device run (carry .whl): VARIANTS="default 'both={...}'" RUNS=2 bash scripts/gpu_ab_train.sh
-# VARIANTS: ab_tiles.py --variant values, as a bash word list (default: the shipped tiles and the banded dK/dV's
-# untimed key_major option; the twenty-second session's were the tiles of then, wdot + fused_delta, and those with
-# interior: docs/benchmarks.md); T: sequence length (65536); RUNS: rounds (2); FULL=0 skips the full-attention
+# VARIANTS: ab_tiles.py --variant values, as a bash word list (default: the shipped tiles alone, i.e. the NSA /
+# full pair at T; the twenty-second and twenty-third sessions' A/Bs, wdot + fused_delta, interior and key_major, are
+# in docs/benchmarks.md); T: sequence length (65536); RUNS: rounds (2); FULL=0 skips the full-attention
 # baseline. Same model and settings as the seventeenth session's pair.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 T=${T:-65536}
-VARIANTS=${VARIANTS:-"default 'key_major={\"band_dkdv\": {\"small\": {\"key_major\": 1, \"warps\": 4}}}'"}
+VARIANTS=${VARIANTS:-default}
 MODEL_ARGS=(model=small_gqa16 "model.max_seq_len=$T" "train.batch_tokens=$((4 * T))" train.micro_batch_size=1
             train.activation_checkpointing=false train.compile=true train.compile_mode=reduce-overhead)
 STEP_ARGS=(--steps 2 --warmup 3 --breakdown-steps 0)
