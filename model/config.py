@@ -46,6 +46,10 @@ class ModelConfig:
     # Training loss: 0 -> cross-entropy over the full [B*T, V] logits; > 0 -> fused lm_head + cross-entropy over
     # this many rows at a time (model/loss.py): the full logits never exist (GPT.forward returns None for them).
     loss_chunk: int = 0
+    # Dtype of the residual stream between blocks: "fp32" (the embedding's float32, what autocast leaves it in) or
+    # "compute" (cast to the autocast dtype after the embedding: every elementwise pass between the matmuls reads
+    # and writes half the bytes). Without autocast both are the weights' dtype.
+    residual_dtype: str = "fp32"
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent shape (checked once at start-up)."""
@@ -66,6 +70,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.loss_chunk={self.loss_chunk} is negative: set 0 (loss on the full logits) "
                 "or the number of rows per chunk of the fused loss (e.g. 8192)"
+            )
+        if self.residual_dtype not in ("fp32", "compute"):
+            raise ValueError(
+                f"model.residual_dtype={self.residual_dtype!r} is not a residual dtype: use fp32 or compute "
+                "(the autocast dtype)"
             )
         if self.head_size % 2:
             raise ValueError(f"head size {self.head_size} must be even for RoPE: set model.head_dim to an even value")

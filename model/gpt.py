@@ -31,12 +31,21 @@ class SwiGLU(nn.Module):
         return self.w_down(F.silu(gate) * up)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight takes the input's dtype: with a bf16 residual stream (model.residual_dtype=compute)
+    the norm stays one fused bf16 op instead of mixing a bf16 input with the float32 weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, attn_cfg: AttentionConfig, layer_idx: int) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.attn: Attention = build_attention(cfg, attn_cfg, layer_idx)
-        self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.n_embd, cfg.hidden_dim)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, cache: Any | None = None,
@@ -57,7 +66,7 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(self.vocab_size, cfg.n_embd)
         self.rotary = Rotary(cfg.head_size, cfg.rope_base, cfg.max_seq_len)
         self.blocks = nn.ModuleList(Block(cfg, attn_cfg, i) for i in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, self.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -84,6 +93,14 @@ class GPT(nn.Module):
         self.norm.reset_parameters()
         self.rotary.reset_parameters()
 
+    def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx [B, T] -> the residual stream [B, T, C]: float32 embeddings, or in the autocast dtype when
+        model.residual_dtype is "compute" and autocast is on."""
+        x = self.embed(idx)
+        if self.cfg.residual_dtype == "compute" and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return x
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[Any] | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -95,7 +112,7 @@ class GPT(nn.Module):
         With `targets` and `cfg.loss_chunk > 0` the logits are None: the loss comes from the fused lm_head +
         cross-entropy (model/loss.py), which never builds them.
         """
-        x = self.embed(idx)
+        x = self.embed_tokens(idx)
         for i, block in enumerate(self.blocks):
             if self.checkpoint_blocks and self.training and caches is None:
                 x = checkpoint(block, x, self.rotary, use_reentrant=False)
@@ -128,7 +145,7 @@ class GPT(nn.Module):
         """tok [B, 1] at the position held in pos (int64 [1] on the device) -> float32 logits [B, V]: one decoding
         step whose shapes and kernel arguments stay fixed from step to step, so that it can be captured in a CUDA
         graph. The caches hold positions 0 .. pos - 1 (a prefill forward) and are written at pos."""
-        x = self.embed(tok)
+        x = self.embed_tokens(tok)
         step = DecodePosition(pos)  # what the layers derive from pos, computed once
         for block, cache in zip(self.blocks, caches):
             x = block(x, self.rotary, cache, step)

@@ -30,8 +30,9 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size:
     if chunk_size <= 0:
         raise ValueError(f"chunk_size={chunk_size} must be positive: pass the number of rows per chunk")
     compute_dtype = h.dtype
-    # Under autocast h arrives in float32 (the RMSNorm output) and the weight is the float32 parameter: what
-    # autocast would have done to the lm_head matmul is done here explicitly (float64 is never autocast).
+    # Under autocast h (the RMSNorm output) arrives in float32, or in the autocast dtype with
+    # model.residual_dtype=compute, and the weight is the float32 parameter: what autocast would have done to the
+    # lm_head matmul is done here explicitly (float64 is never autocast).
     if torch.is_autocast_enabled(h.device.type) and h.dtype != torch.float64:
         compute_dtype = torch.get_autocast_dtype(h.device.type)
     grad_on = torch.is_grad_enabled()

@@ -211,6 +211,8 @@ def test_bad_model_configs_fail_clearly():
         make(attn=AttentionConfig(name="nope"))
     with pytest.raises(ValueError, match="model.loss_chunk=-1 is negative"):
         make(tiny(loss_chunk=-1))
+    with pytest.raises(ValueError, match="model.residual_dtype='bf16' is not a residual dtype: use fp32 or compute"):
+        make(tiny(residual_dtype="bf16"))
 
 
 def test_caches_follow_autocast_dtype():
@@ -260,3 +262,32 @@ def test_fused_loss_gives_same_loss_and_grads(tie, dtype):
     assert g1.keys() == g0.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], **tol, msg=name)
+
+
+@pytest.mark.parametrize("attn", [AttentionConfig(), AttentionConfig(name="nsa", compress_block=8, compress_stride=4,
+                                                                     select_block=8, num_select=3, window=16)],
+                         ids=["full", "nsa"])
+def test_compute_dtype_residual_stream(attn):
+    """model.residual_dtype=compute under bf16 autocast: every block reads and writes a bf16 residual stream, and
+    loss and gradients stay near the float32 stream's (the same weights); without autocast it changes nothing."""
+    idx, targets = torch.randint(0, 100, (2, 48)), torch.randint(0, 100, (2, 48))
+    results = {}
+    for residual in ("fp32", "compute"):
+        model = make(tiny(residual_dtype=residual, loss_chunk=32), attn, seed=7).train()
+        _, loss_plain = model(idx, targets)  # no autocast: float32 either way
+        seen: list[tuple[torch.dtype, torch.dtype]] = []
+        hooks = [b.register_forward_hook(lambda m, i, o, seen=seen: seen.append((i[0].dtype, o.dtype)))
+                 for b in model.blocks]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        for h in hooks:
+            h.remove()
+        loss.backward()
+        want = torch.bfloat16 if residual == "compute" else torch.float32
+        assert seen == [(want, want)] * len(model.blocks)
+        results[residual] = (loss_plain.detach(), loss.detach(), {n: p.grad for n, p in model.named_parameters()})
+    (p0, l0, g0), (p1, l1, g1) = results["fp32"], results["compute"]
+    torch.testing.assert_close(p1, p0, rtol=0, atol=0)
+    torch.testing.assert_close(l1, l0, rtol=1e-3, atol=0)
+    for name in g0:  # bf16 activations both ways; the stream's rounding moves each gradient by far less than its norm
+        assert (g1[name] - g0[name]).norm() <= 0.05 * g0[name].norm(), name
