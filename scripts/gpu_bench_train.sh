@@ -21,7 +21,8 @@ declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_siz
                 [h128]="train.micro_batch_size=32 model.n_head=6 model.n_kv_head=6"
                 [mb64_h128]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6"
                 [mb32_bf16res]="train.micro_batch_size=32 model.residual_dtype=compute"
-                [mb64_h128_bf16res]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6 model.residual_dtype=compute")
+                [mb64_h128_bf16res]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6 model.residual_dtype=compute"
+                [mb128_h128_bf16res]="train.micro_batch_size=128 model.n_head=6 model.n_kv_head=6 model.residual_dtype=compute")
 declare -A MFU_ENV=([coord]="TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1")  # Inductor reads these at import
 if [ "${SKIP_MFU:-0}" != 1 ]; then
   for v in ${MFU_RUNS:-mb32}; do
