@@ -616,7 +616,7 @@ def table(results: dict) -> str:
                 lines.append(f"{key:>12} {name:>16}: {fmt(v['fwd'])} {fmt(v['fwdbwd'])} {x} {err}")
     if results.get("tune"):
         heads = results["tune"].get("heads", (HQ, HKV, D_MAIN))
-        lines.append(f"\n[tune] T=32768, Hq, Hkv, D = {tuple(heads)}: first config tried (the default) -> best, ms "
+        lines.append(f"\n[tune] T={results['tune'].get('T', 32768)}, Hq, Hkv, D = {tuple(heads)}: first config tried (the default) -> best, ms "
                      "of its workload")
         for kernel, r in results["tune"]["report"].items():
             lines.append(f"{kernel:>14}: {r['tried'][0]['ms']:8.3f} -> {r['best_ms']:8.3f}  {r['best']}")
