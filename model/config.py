@@ -48,7 +48,8 @@ class ModelConfig:
     loss_chunk: int = 0
     # Dtype of the residual stream between blocks: "fp32" (the embedding's float32, what autocast leaves it in) or
     # "compute" (cast to the autocast dtype after the embedding: every elementwise pass between the matmuls reads
-    # and writes half the bytes). Without autocast both are the weights' dtype.
+    # and writes half the bytes; ~5% faster, but ~0.05 nats worse validation loss in a GPU run: docs/training.md).
+    # Without autocast both are the weights' dtype.
     residual_dtype: str = "fp32"
 
     def validate(self) -> None:

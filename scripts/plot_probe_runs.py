@@ -1,7 +1,8 @@
-"""Retrieval-probe curves of any training runs on one figure, with their data as JSON beside it.
+"""Retrieval-probe (or validation-loss) curves of any training runs on one figure, with their data as JSON beside it.
 
 The reproduction report draws the probes of its own full / NSA pairs; this compares arbitrary runs, e.g. NSA
-variants against each other (each run's metrics.jsonl, logged with train.val_probes):
+variants against each other (each run's metrics.jsonl, logged with train.val_probes; `--kind val`: the
+validation loss every run logs):
 
     python scripts/plot_probe_runs.py --kind passkey --out docs/results/x/probes.png \\
         "NSA shared K/V, seed 1=/tmp/runs/nsa_shared-s1" "NSA, seed 1=/tmp/runs/nsa-s1"
@@ -29,7 +30,8 @@ from evaluation.report import write_json_atomic  # noqa: E402
 
 
 def curve(source: str, kind: str) -> dict[str, list]:
-    """{"step", "loss"} of the `kind` probe from a run folder, or from FILE.json:KEY/KEY/... ."""
+    """{"step", "loss"} of the `kind` probe (or "val": the validation loss) from a run folder, or from
+    FILE.json:KEY/KEY/... ."""
     path, _, keys = source.partition(".json:")
     if keys:
         obj = json.loads(Path(path + ".json").read_text())
@@ -39,16 +41,19 @@ def curve(source: str, kind: str) -> dict[str, list]:
     metrics = Path(source) / "metrics.jsonl"
     if not metrics.is_file():
         raise SystemExit(f"error: {metrics} does not exist: pass a training run folder or FILE.json:KEY/...")
-    rows = [r for r in read_jsonl(metrics) if f"val_probe_{kind}" in r]
+    key = "val_loss" if kind == "val" else f"val_probe_{kind}"
+    rows = [r for r in read_jsonl(metrics) if key in r]
     if not rows:
-        raise SystemExit(f"error: {metrics} logged no val_probe_{kind}: train with train.val_probes=[{kind}]")
-    return {"step": [r["step"] for r in rows], "loss": [r[f"val_probe_{kind}"] for r in rows]}
+        fix = "train with train.val_interval > 0" if kind == "val" else f"train with train.val_probes=[{kind}]"
+        raise SystemExit(f"error: {metrics} logged no {key}: {fix}")
+    return {"step": [r["step"] for r in rows], "loss": [r[key] for r in rows]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="LABEL=RUN", help="a label and a run folder (or FILE.json:KEY/...)")
-    p.add_argument("--kind", default="passkey", help="the probe (train.val_probes): passkey or needle")
+    p.add_argument("--kind", default="passkey",
+                   help="the probe (train.val_probes): passkey or needle; or val (the validation loss)")
     p.add_argument("--out", type=Path, required=True, help="the figure (.png); its data goes to the same name .json")
     args = p.parse_args()
     curves = {}
@@ -62,9 +67,11 @@ def main() -> None:
     palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
     for i, (label, c) in enumerate(curves.items()):
         ax.plot(c["step"], c["loss"], marker="o", ms=3, label=label, color=palette[i % len(palette)])
-    ax.axhline(PROBE_ONSET, color="red", lw=0.8, ls=":", label="onset threshold")
+    if args.kind != "val":
+        ax.axhline(PROBE_ONSET, color="red", lw=0.8, ls=":", label="onset threshold")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"{args.kind} probe: answer loss (nats/token)")
+    ax.set_ylabel("validation loss (nats/token)" if args.kind == "val"
+                  else f"{args.kind} probe: answer loss (nats/token)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

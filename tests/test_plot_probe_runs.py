@@ -32,10 +32,14 @@ def test_curves_from_a_run_folder_and_from_saved_json(tmp_path):
                                                           "old": {"step": [100, 200], "loss": [2.5, 2.4]}}
     needle = run("--kind", "needle", "--out", str(tmp_path / "n.png"), f"new={run_dir}")
     assert needle.returncode == 0 and json.loads((tmp_path / "n.json").read_text())["runs"]["new"]["loss"] == [4.0]
+    val = run("--kind", "val", "--out", str(tmp_path / "v.png"), f"new={run_dir}")
+    assert val.returncode == 0 and json.loads((tmp_path / "v.json").read_text())["runs"]["new"] == {"step": [100],
+                                                                                                  "loss": [3.1]}
 
 
 def test_bad_runs_get_one_line_errors(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     assert "logged no val_probe_passkey" in run("--out", str(tmp_path / "a.png"), f"x={tmp_path}").stderr
+    assert "logged no val_loss" in run("--kind", "val", "--out", str(tmp_path / "a.png"), f"x={tmp_path}").stderr
     assert "does not exist" in run("--out", str(tmp_path / "a.png"), f"x={tmp_path / 'nope'}").stderr
     assert "give LABEL=RUN" in run("--out", str(tmp_path / "a.png"), str(tmp_path)).stderr
