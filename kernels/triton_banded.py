@@ -29,7 +29,6 @@ from kernels.triton_common import (
     LOG2E,
     acc_dtype,
     add_key_grads,
-    add_key_grads_t,
     attend_kv,
     attend_tile_rows,
     bthd,
@@ -132,12 +131,8 @@ def _row_delta_kernel(OUT, DO, DLSE, DELTA, n_rows, DV: tl.constexpr, BLOCK_R: t
 def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T, Hq, G, t_lo,
                     t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK: tl.constexpr, DV: tl.constexpr,
                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, ACC: tl.constexpr,
-                    PREC: tl.constexpr, KEY_MAJOR: tl.constexpr, MASKED: tl.constexpr = True):
-    """Add query tile t0's contribution to (dk, dv) of one key tile (KEY_MAJOR: the products key-major, as
-    triton_common.add_key_grads_t, with no transpose of p or ds in registers). MASKED=False: every query row of the
-    tile sees every key of the tile (the caller's interior), so the [R, BLOCK_N] mask is not applied (the compiler
-    drops its computation: sass_report.py band-dkdv-d64-interior): rows outside [t_lo, t_hi) still add nothing
-    (q = 0 and lse = +inf give p = 0), and keys past S only reach dK/dV rows that are never stored."""
+                    PREC: tl.constexpr):
+    """Add query tile t0's contribution to (dk, dv) of one key tile."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     pos = t0 + rows // G_PAD
@@ -148,11 +143,8 @@ def _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_o
     do = tl.load(do_base + pos64[:, None] * sdo_t + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     lse2, delta = load_softmax_stats(LSE, DELTA, (b * T + pos64) * Hq + head, row_ok)
-    if KEY_MAJOR:
-        vis_t = _in_band((j * KS + KOFF)[:, None], pos[None, :], WIN) & j_ok[:, None] & row_ok[None, :]
-        return add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC, PREC, MASKED)
     vis = _band_visible(j, j_ok, pos, KS, KOFF, WIN) & row_ok[:, None]
-    return add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC, MASKED)
+    return add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC, PREC)
 
 
 @triton.jit
@@ -162,11 +154,8 @@ def _band_bwd_dkdv_kernel(
     T, S, Hkv, G, sm_scale, qk_scale, KS, KOFF, WIN, SPLIT_LEN,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     G_PAD: tl.constexpr, NPOS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    KEY_MAJOR: tl.constexpr, INTERIOR: tl.constexpr = False,
 ):
-    """dK, dV of one key tile, summed over the G heads and the queries of split pid_s. INTERIOR: the query tiles
-    that see every key of the tile (past its last key's first query, before its first key's window ends: most of
-    them for a window of w >> BLOCK_N, and every one past the diagonal for compressed attention) run unmasked.
+    """dK, dV of one key tile, summed over the G heads and the queries of split pid_s.
 
     Writes ACC-dtype partial sums to DK_OUT/DV_OUT [NSPLIT, B, S, Hkv, D] (contiguous); the launcher
     sums the splits (NSPLIT > 1 only where few key tiles would leave the GPU idle).
@@ -199,24 +188,10 @@ def _band_bwd_dkdv_kernel(
     do_base = DO + b * sdo_b + head[:, None] * sdo_h
     dk = tl.zeros([BLOCK_N, BLOCK_DK], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
-    # INTERIOR: [mid_lo, mid_hi) (multiples of NPOS from start, or t_hi) runs unmasked, the rest masked
-    mid_hi = start
-    if INTERIOR:
-        mid_lo = tl.minimum(tl.maximum(start, tl.cdiv(j_last * KS + KOFF, NPOS) * NPOS), t_hi)
-        last_in = j0 * KS + KOFF + WIN - NPOS  # the last tile start whose NPOS positions all lie in key j0's band
-        mid_hi = tl.where(last_in >= mid_lo, tl.minimum((last_in // NPOS + 1) * NPOS, t_hi), mid_lo)
-        for t0 in range(start, mid_lo, NPOS):
-            dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
-                                     Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK,
-                                     BLOCK_DV, G_PAD, ACC, PREC, KEY_MAJOR)
-        for t0 in range(mid_lo, mid_hi, NPOS):
-            dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
-                                     Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK,
-                                     BLOCK_DV, G_PAD, ACC, PREC, KEY_MAJOR, MASKED=False)
-    for t0 in range(mid_hi, t_hi, NPOS):
+    for t0 in range(start, t_hi, NPOS):
         dk, dv = _band_dkdv_tile(q_base, do_base, LSE, DELTA, t0, rows, g, head, k, v, j, j_ok, dk, dv, b, T,
                                  Hq, G, t_lo, t_hi, qk_scale, KS, KOFF, WIN, sq_t, sdo_t, DK, DV, BLOCK_DK, BLOCK_DV,
-                                 G_PAD, ACC, PREC, KEY_MAJOR)
+                                 G_PAD, ACC, PREC)
     dk = dk * sm_scale
 
     B = tl.num_programs(1) // Hkv
@@ -396,8 +371,7 @@ def band_backward(do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, 
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         T, S, Hkv, G, scale, scale * LOG2E, ks, koff, WIN, split_len,
-        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common, KEY_MAJOR=bool(cfg.get("key_major")),
-        INTERIOR=bool(cfg.get("interior")),
+        G_PAD=g_pad, NPOS=npos, BLOCK_N=block_n, **common,
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     dk = (dk_part[0] if nsplit == 1 else dk_part.sum(0)).to(k.dtype)

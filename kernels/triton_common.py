@@ -46,16 +46,12 @@ GPU_TILES: dict[str, dict[str, dict[str, int]]] = {
     # work (key tile j is seen by the queries from j*d + l - 1 on: a triangle, see band_backward). One wave
     # left the small model's key tiles (Hkv = 1, T = 32k: 32 tiles) on 149 programs, 1.74 ms per call, 3x the
     # window branch's dK/dV (H200 profile, docs/benchmarks.md).
-    # key_major 1: the four products key-major (add_key_grads_t), no transpose of p / ds in registers; interior 1:
-    # the query tiles that see the whole key tile run without the visibility mask (at head dim 64, 477 instructions
-    # a trip instead of 582: sass_report.py band-dkdv-d64-interior). Options of the tune section, off. interior in
-    # 64k training (H100, twenty-second session, two interleaved runs each, wdot and fused_delta on): 207.3-208.1k ->
-    # 206.7-206.9k tokens/s, slower despite the fewer instructions; key_major (4 warps) 207.9k against 207.7-208.7k
-    # (twenty-third session), no gain. Neither was timed at the main shape (D = 128). The same idea for all
-    # three banded kernels (split_mask) was removed after the main-shape tune found them not issue-bound (ninth
-    # session, H200, D = 128, docs/benchmarks.md).
-    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4, key_major=0, interior=0),
-                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4, key_major=0, interior=0)},
+    # Tile options key_major (products key-major) and interior (no mask where a query tile sees the whole key tile)
+    # lost every H100 timing and were removed: 64k training, head dim 64, 206.7-206.9k (interior), 207.9k (key_major)
+    # tokens/s against 207.3-208.7k; main shape at 64k, 53.80 ms against 54.84 (interior), 54.46-56.72 (key_major),
+    # 58.62 (both). docs/benchmarks.md, "Twenty-fourth session"; the code last existed at commit 90dc95f.
+    "band_dkdv": {"small": dict(rows=128, block_n=64, warps=8, stages=2, split_waves=4),
+                  "big": dict(rows=64, block_n=32, warps=4, stages=2, split_waves=4)},
     # fused_delta 1 (band_dq, selected_dq): the dQ kernel computes the softmax row term delta = rowsum(o * do) - dlse
     # from the rows it holds and stores it for the dK/dV kernel, which runs after it; 0: a pass of its own over o and
     # do (row_delta), ~94 us per call at 64k for the small training model (two per layer: window and selected; 9 ms
@@ -410,14 +406,11 @@ def dq_softmax_stats(LSE, DELTA, DLSE, o, do, row, row_ok, FUSED_DELTA: tl.const
 
 
 @triton.jit
-def softmax_probs(q, k, lse2, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr = True):
-    """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis; MASKED=False: every key
-    visible, vis unused), recomputed from the forward's lse (log2 units)."""
+def softmax_probs(q, k, lse2, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis), recomputed from the
+    forward's lse (log2 units)."""
     s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    p = tl.exp2(s - lse2[:, None])
-    if MASKED:
-        p = tl.where(vis, p, 0.0)
-    return p
+    return tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
 
 
 @triton.jit
@@ -447,13 +440,12 @@ def dq_tile_rows(q, do, lse2, delta, k_base, v_base, kpos, k_ok, vis, sk_t, sv_t
 
 
 @triton.jit
-def add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr,
-                  MASKED: tl.constexpr = True):
+def add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
     """One key tile's gradients from query rows q [R, DK], do [R, DV]: dk += ds^T q [BLOCK_N, DK] (not yet times
     the softmax scale) and dv += p^T do [BLOCK_N, DV]. (ds before the dV product: the selected dK/dV kernel then
     spills 16 bytes instead of 192 (Triton 3.6, sm_90a) and selected attention's forward+backward is 4% faster on
     an H100; docs/benchmarks.md, eleventh session.)"""
-    p = softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC, MASKED)
+    p = softmax_probs(q, k, lse2, vis, qk_scale, ACC, PREC)
     ds = score_grads(p, do, v, delta, ACC, PREC)
     dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=ACC, input_precision=PREC)
     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=ACC, input_precision=PREC)
@@ -461,17 +453,14 @@ def add_key_grads(q, do, lse2, delta, k, v, vis, dk, dv, qk_scale, ACC: tl.const
 
 
 @triton.jit
-def add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr,
-                    MASKED: tl.constexpr = True):
+def add_key_grads_t(q, do, lse2, delta, k, v, vis_t, dk, dv, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
     """add_key_grads computed key-major: the scores as s^T = k q^T [BLOCK_N, R] (vis_t [BLOCK_N, R]), so that all four
     products have the BLOCK_N key rows (a wgmma at 64 keys even with 32 query rows) and p^T, ds^T feed dV and dK
     untransposed. Why it exists: with 32 query rows, add_key_grads' QK^T and dO V^T are 32-row MMAs and Triton 3.6/3.9
     then gives the pipelined Q/dO tiles one buffer, which the next rows' copies overwrite under the dK/dV wgmmas
     still in flight (the selected dK/dV's race); key-major, they get two (scripts/race_scan.py)."""
     st = tl.dot(k, tl.trans(q), out_dtype=ACC, input_precision=PREC) * qk_scale
-    pt = tl.exp2(st - lse2[None, :])
-    if MASKED:  # else every key visible, vis_t unused
-        pt = tl.where(vis_t, pt, 0.0)
+    pt = tl.where(vis_t, tl.exp2(st - lse2[None, :]), 0.0)
     dst = pt * (tl.dot(v, tl.trans(do), out_dtype=ACC, input_precision=PREC) - delta[None, :])
     dv += tl.dot(pt.to(do.dtype), do, out_dtype=ACC, input_precision=PREC)
     dk += tl.dot(dst.to(q.dtype), q, out_dtype=ACC, input_precision=PREC)

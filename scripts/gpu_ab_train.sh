@@ -4,9 +4,10 @@
 # $OUT/train_full_t$T.json.
 #   device run (carry .whl): VARIANTS="default 'both={...}'" RUNS=2 bash scripts/gpu_ab_train.sh
 # VARIANTS: ab_tiles.py --variant values, as a bash word list (default: the shipped tiles alone, i.e. the NSA /
-# full pair at T; the twenty-second and twenty-third sessions' A/Bs, wdot + fused_delta, interior and key_major, are
-# in docs/benchmarks.md); T: sequence length (65536); RUNS: rounds (2); FULL=0 skips the full-attention
-# baseline; OVERRIDES: more Hydra overrides for NSA and full attention alike (e.g. model.residual_dtype=compute).
+# full pair at T; the twenty-second and twenty-third sessions' A/Bs, wdot + fused_delta, interior and key_major (the
+# last two since removed), are in docs/benchmarks.md); T: sequence length (65536); RUNS: rounds (2); FULL=0 skips
+# the full-attention baseline; OVERRIDES: more Hydra overrides for NSA and full attention alike (e.g.
+# model.residual_dtype=compute).
 # Same model and settings as the seventeenth session's pair.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"

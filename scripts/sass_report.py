@@ -56,7 +56,7 @@ PRESETS = {
     "band-dkdv": ("kernels.triton_banded", "_band_bwd_dkdv_kernel",
                   dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DK_OUT="*fp32",
                        DV_OUT="*fp32", sm_scale="fp32", qk_scale="fp32"),
-                  {**_BAND, "NPOS": 8, "KEY_MAJOR": False, "INTERIOR": False},
+                  {**_BAND, "NPOS": 8},
                   (*_QKV_STRIDES, "sdo_b", "sdo_t", "sdo_h"), 8, 2),
     "band-dq": ("kernels.triton_banded", "_band_bwd_dq_kernel",
                 dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", LSE="*fp32", DELTA="*fp32", DQ="*bf16",
@@ -132,14 +132,11 @@ PRESETS["select-no-wdot"] = (*_sel[:3], {**_sel[3], "WDOT": False}, *_sel[4:])
 PRESETS["select-d64"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64}, *_sel[4:])
 PRESETS["select-d64-no-wdot"] = (*_sel[:3], {**_sel[3], "DK": 64, "BLOCK_DK": 64, "WDOT": False}, *_sel[4:])
 
-# the banded dK/dV's tile options key_major=1 (at 4 warps: one warpgroup for its 64-key products; at 8 the two
-# warpgroups repeat them) and interior=1, at the small training model's heads of 64 (configs/model/small_gqa16.yaml:
-# G = 16, the "d64" tiles are "small"'s: 128 rows, 64 keys, 8 warps, 2 stages)
+# the banded dK/dV at the small training model's heads of 64 (configs/model/small_gqa16.yaml: G = 16, the "d64"
+# tiles are "small"'s: 128 rows, 64 keys, 8 warps, 2 stages)
 _band = PRESETS["band-dkdv"]
 _D64 = dict(DK=64, DV=64, BLOCK_DK=64, BLOCK_DV=64)
 PRESETS["band-dkdv-d64"] = (*_band[:3], {**_band[3], **_D64}, *_band[4:])
-PRESETS["band-dkdv-d64-interior"] = (*_band[:3], {**_band[3], **_D64, "INTERIOR": True}, *_band[4:])
-PRESETS["band-dkdv-d64-key-major"] = (*_band[:3], {**_band[3], **_D64, "KEY_MAJOR": True}, _band[4], 4, _band[6])
 
 # the dQ kernels at the small training model's heads (the "d64" tiles: banded 128 rows, 8 warps, gathers; selected
 # 2 warps, 3 stages), and the same leaving the row term delta to a pass of its own (tiles option fused_delta=0,

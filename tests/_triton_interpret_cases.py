@@ -345,33 +345,6 @@ def test_compressed_attention_tma_loads_and_window(gen, case, monkeypatch):
     close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
 
 
-_W64 = (1, 203, 1, 4, 16, 16, 64)  # B, T, Hkv, G, Dk, Dv, window: interior tiles for window and compressed
-BAND_DKDV_VARIANTS = [
-    pytest.param(WINDOW_CASES[1].values[0], dict(key_major=1), id="G16-w1-key_major"),
-    pytest.param(_W64, dict(key_major=1), id="G4-w64-T203-key_major"),
-    pytest.param(WINDOW_CASES[4].values[0], dict(interior=1), id="G2-w70-T160-interior"),
-    pytest.param(_W64, dict(interior=1), id="G4-w64-T203-interior"),
-    pytest.param(_W64, dict(key_major=1, interior=1), id="G4-w64-T203-key_major-interior"),
-]
-
-
-@pytest.mark.parametrize("case, variant", BAND_DKDV_VARIANTS)
-def test_band_dkdv_variants(gen, case, variant, monkeypatch):
-    """The banded dK/dV with its products key-major (the tiles' option `key_major`) and with the query tiles that see
-    a whole key tile unmasked (`interior`) equals the reference: window attention, then compressed attention (its
-    keys and values the first T // 4 rows) on the same queries."""
-    set_tiles(monkeypatch, ["band_dkdv"], **variant)
-    B, T, Hkv, G, Dk, Dv, w = case
-    q, k, v = randn(gen, B, T, Hkv * G, Dk), randn(gen, B, T, Hkv, Dk), randn(gen, B, T, Hkv, Dv)
-    wo = torch.randn(B, T, Hkv * G, Dv, generator=gen, dtype=F64)
-    o, o_r = kernels.window_attention(q, k, v, window=w), ref.window_attention(q, k, v, window=w)
-    close(grads(o, (q, k, v), wo), grads(o_r, (q, k, v), wo), "d(q, k, v) (window)", gen)
-    kc, vc = k[:, : T // 4], v[:, : T // 4]
-    o, _ = kernels.compressed_attention(q, kc, vc, block_size=4, stride=4)
-    o_r, _ = ref.compressed_attention(q, kc, vc, block_size=4, stride=4)
-    close(grads(o, (q, kc, vc), wo), grads(o_r, (q, kc, vc), wo), "d(q, k_cmp, v_cmp)", gen)
-
-
 # ----------------------------------------------------------------------------------------------
 # float32, and torch.compile through the registered ops
 

@@ -64,8 +64,6 @@ BANDED_TILE_VARIANTS = {  # variant -> (the kernels whose tiles change, the chan
     "gather": (["band_fwd", "band_dq"], dict(tma=0)),  # K/V loads of the forward and dQ by per-thread gathers
     "tma": (["band_fwd", "band_dq"], dict(tma=1)),  # ... and through tensor descriptors
     "separate-delta": (["band_dq"], dict(fused_delta=0)),  # the rows' delta in a pass of its own, not in the dQ
-    "dkdv-interior": (["band_dkdv"], dict(interior=1)),  # dK/dV: no visibility mask where a tile sees every key
-    "dkdv-key-major": (["band_dkdv"], dict(key_major=1, warps=4)),  # dK/dV products key-major (4 warps: see tiles)
 }
 
 
