@@ -173,6 +173,14 @@ def compile_kernel(fn, types: dict[str, str], consts: dict, div16, warps: int, s
     # an older kernels/ (--against) may lack a constexpr the preset sets; built without it, a parameter that a later
     # commit added with its old behaviour as the default compares as it should
     consts = {k: (tl.float32 if v == "fp32" else v) for k, v in consts.items() if k in fn.arg_names}
+    # a constexpr the preset leaves unset takes the kernel's default, as the launcher's JIT would; one without a
+    # default (an option an older kernels/ had and a later commit removed, keeping its off state) is built as 0.
+    # Left out, it would compile as a runtime integer, with both of its branches, and never compare as identical.
+    for p in fn.params:
+        if p.is_constexpr and p.name not in consts:
+            consts[p.name] = p.default if p.has_default else 0
+            if not p.has_default:
+                print(f"  note: {fn.__name__}: constexpr {p.name} not set by the preset, built as 0", file=sys.stderr)
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
              if n not in consts and (sig[n].startswith("*") or n in div16)}
