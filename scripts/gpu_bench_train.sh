@@ -12,14 +12,17 @@ bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
 #    variants, each timed in this process's GPU after the one before: mb32 (the reference), mb64 (micro-batch 64),
 #    graphs (CUDA graphs), autotune (max-autotune-no-cudagraphs: Triton matmul autotuning, slow to compile),
 #    coord (Inductor's coordinate-descent tuning of its own pointwise / reduction kernels: the norms, SwiGLU, RoPE),
-#    h128 / mb64_h128 (6 heads of 128 instead of 12 of 64: same parameters and FLOPs, the attention kernels' better tile),
-#    *_bf16res (model.residual_dtype=compute: the residual stream in bf16 between the blocks)
+#    h128 / mb64_h128 / mb128_h128 (6 heads of 128 instead of 12 of 64: same parameters and FLOPs, the attention kernels'
+#    better tile),
+#    *_bf16res (model.residual_dtype=compute: the residual stream in bf16 between the blocks; ~5% faster, ~0.05 nats
+#    worse validation loss: docs/training.md)
 declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_size=64"
                 [graphs]="train.micro_batch_size=32 train.compile_mode=reduce-overhead"
                 [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs"
                 [coord]="train.micro_batch_size=32"
                 [h128]="train.micro_batch_size=32 model.n_head=6 model.n_kv_head=6"
                 [mb64_h128]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6"
+                [mb128_h128]="train.micro_batch_size=128 model.n_head=6 model.n_kv_head=6"
                 [mb32_bf16res]="train.micro_batch_size=32 model.residual_dtype=compute"
                 [mb64_h128_bf16res]="train.micro_batch_size=64 model.n_head=6 model.n_kv_head=6 model.residual_dtype=compute"
                 [mb128_h128_bf16res]="train.micro_batch_size=128 model.n_head=6 model.n_kv_head=6 model.residual_dtype=compute")
