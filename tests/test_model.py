@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import GPT, AttentionConfig, ModelConfig, flops_per_token, num_params
-from model.gpt import sample_next
+from model.gpt import RMSNorm, sample_next
 
 
 def tiny(**kw) -> ModelConfig:
@@ -262,6 +262,26 @@ def test_fused_loss_gives_same_loss_and_grads(tie, dtype):
     assert g1.keys() == g0.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], **tol, msg=name)
+
+
+def test_rms_norm_rounds_once_with_float32_gains():
+    """A bf16 input is normalised in float32 with the float32 weight and rounded once at the output: gains that
+    differ by less than a bf16 step (here 2^-10 next to 1.0) still change the output. float64 stays float64."""
+    torch.manual_seed(0)
+    norm = RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1.0 + torch.randint(0, 4, (64,)) * 2.0**-10)
+    x = torch.randn(8, 64) * 3
+    xb = x.bfloat16()
+    want = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight).bfloat16()
+    got = norm(xb)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    rounded_gains = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+                     * norm.weight.bfloat16().float()).bfloat16()
+    assert not torch.equal(got, rounded_gains)  # the test's gains are not representable in bf16
+    x64 = x.double()
+    assert norm.double()(x64).dtype == torch.float64
 
 
 @pytest.mark.parametrize("attn", [AttentionConfig(), AttentionConfig(name="nsa", compress_block=8, compress_stride=4,
