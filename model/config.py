@@ -48,7 +48,8 @@ class ModelConfig:
     loss_chunk: int = 0
     # Dtype of the residual stream between blocks: "fp32" (the embedding's float32, what autocast leaves it in) or
     # "compute" (cast to the autocast dtype after the embedding: every elementwise pass between the matmuls reads
-    # and writes half the bytes; ~5% faster, but ~0.05 nats worse validation loss in a GPU run: docs/training.md).
+    # and writes half the bytes; 3-7% faster; in GPU runs it ended level with float32 but trailed mid-run on two of
+    # three seeds, so it is not the default: docs/training.md).
     # Without autocast both are the weights' dtype.
     residual_dtype: str = "fp32"
 

@@ -14,8 +14,8 @@ bench() { local name=$1; shift; echo "== $name: $*" | tee -a "$LOG"
 #    coord (Inductor's coordinate-descent tuning of its own pointwise / reduction kernels: the norms, SwiGLU, RoPE),
 #    h128 / mb64_h128 / mb128_h128 (6 heads of 128 instead of 12 of 64: same parameters and FLOPs, the attention kernels'
 #    better tile),
-#    *_bf16res (model.residual_dtype=compute: the residual stream in bf16 between the blocks; ~5% faster, ~0.05 nats
-#    worse validation loss: docs/training.md)
+#    *_bf16res (model.residual_dtype=compute: the residual stream in bf16 between the blocks; 3-7% faster; its loss
+#    against the float32 stream: docs/training.md)
 declare -A MFU=([mb32]="train.micro_batch_size=32" [mb64]="train.micro_batch_size=64"
                 [graphs]="train.micro_batch_size=32 train.compile_mode=reduce-overhead"
                 [autotune]="train.micro_batch_size=32 train.compile_mode=max-autotune-no-cudagraphs"
