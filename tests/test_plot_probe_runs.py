@@ -43,3 +43,28 @@ def test_bad_runs_get_one_line_errors(tmp_path):
     assert "logged no val_loss" in run("--kind", "val", "--out", str(tmp_path / "a.png"), f"x={tmp_path}").stderr
     assert "does not exist" in run("--out", str(tmp_path / "a.png"), f"x={tmp_path / 'nope'}").stderr
     assert "give LABEL=RUN" in run("--out", str(tmp_path / "a.png"), str(tmp_path)).stderr
+
+
+def test_pairs_plot_each_variant_minus_its_reference(tmp_path):
+    runs = {}
+    curves = {"ref": {100: 4.0, 200: 3.5, 300: 3.2}, "var": {100: 4.1, 200: 3.4, 250: 3.3, 300: 3.2}}
+    for name, losses in curves.items():
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": 9.0, "val_loss": v}) + "\n" for s, v in losses.items()))
+    out = tmp_path / "diff.png"
+    done = run("--kind", "val", "--pairs", "--out", str(out), f"fp32={runs['ref']}", f"bf16={runs['var']}")
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    diff = json.loads(out.with_suffix(".json").read_text())["differences"]["bf16 - fp32"]
+    assert diff["step"] == [100, 200, 300]  # the variant's step 250 has no reference
+    assert [round(d, 9) for d in diff["difference"]] == [0.1, -0.1, 0.0]
+    odd = run("--kind", "val", "--pairs", "--out", str(out), f"fp32={runs['ref']}")
+    assert odd.returncode != 0 and "even number of runs" in odd.stderr
+    again = run("--kind", "val", "--pairs", "--out", str(out), f"fp32={runs['ref']}", f"bf16={runs['var']}",
+                f"fp32={runs['ref']}", f"other={runs['var']}")  # one reference for two variants
+    assert again.returncode == 0, again.stderr
+    assert set(json.loads(out.with_suffix(".json").read_text())["differences"]) == {"bf16 - fp32", "other - fp32"}
+    clash = run("--kind", "val", "--out", str(out), f"x={runs['ref']}", f"x={runs['var']}")
+    assert clash.returncode != 0 and "names two runs" in clash.stderr
