@@ -273,12 +273,11 @@ def test_rms_norm_rounds_once_with_float32_gains():
         norm.weight.copy_(1.0 + torch.randint(0, 4, (64,)) * 2.0**-10)
     x = torch.randn(8, 64) * 3
     xb = x.bfloat16()
-    want = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight).bfloat16()
+    normalised = xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-6)
     got = norm(xb)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    rounded_gains = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-6)
-                     * norm.weight.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(got, (normalised * norm.weight).bfloat16(), rtol=0, atol=0)
+    rounded_gains = (normalised * norm.weight.bfloat16().float()).bfloat16()
     assert not torch.equal(got, rounded_gains)  # the test's gains are not representable in bf16
     x64 = x.double()
     assert norm.double()(x64).dtype == torch.float64
