@@ -5,7 +5,10 @@
                   num_init=1, num_local=2, scale=None, q_start=0) -> idx
     selected_attention(q, k, v, idx, *, select_size, scale=None, q_start=0) -> o
     window_attention(q, k, v, *, window, scale=None, q_start=0) -> o
-and, for the model's convenience, the last two together (one launch for a decoding step, else the two ops):
+and, for the model's convenience, ops that chain two of them (for a decoding step the decode kernels may run
+them with fewer launches; anything else calls the two ops):
+    compressed_attention_and_select(q, k_cmp, v_cmp, *, block_size, stride, select_size, num_select,
+                                    num_init=1, num_local=2, scale=None, q_start=0) -> (o, lse, idx)
     selected_and_window_attention(q, k_slc, v_slc, idx, k_win, v_win, *, select_size, window, scale=None,
                                   q_start=0) -> (o_slc, o_win)
 
@@ -49,6 +52,7 @@ from kernels.reference import (
 __all__ = [
     "compressed_attention",
     "select_blocks",
+    "compressed_attention_and_select",
     "selected_attention",
     "window_attention",
     "selected_and_window_attention",
@@ -149,6 +153,28 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, lse: torch.Tensor, *, bl
     return _impl("select_blocks", q, q_start)(q, k_cmp, lse, block_size=block_size, stride=stride,
                                      select_size=select_size, num_select=num_select, num_init=num_init,
                                      num_local=num_local, scale=scale)
+
+
+def compressed_attention_and_select(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
+                                    stride: int, select_size: int, num_select: int, num_init: int = 1,
+                                    num_local: int = 2, scale: float | None = None,
+                                    q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, lse) = compressed_attention(q, k_cmp, v_cmp, ...) and idx = select_blocks(q, k_cmp, lse, ...), same
+    shapes and rules. A decoding step on the Triton path may let the selection read the scores compressed
+    attention computed (kernels/triton_decode.py, the selection tiles' scores_from); anything else calls the two
+    ops."""
+    sel = dict(select_size=select_size, num_select=num_select, num_init=num_init, num_local=num_local)
+    decode = _decode_impl("compressed_attention_and_select", q)
+    if decode is None:
+        o, lse = compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
+                                      q_start=q_start)
+        return o, lse, select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, **sel, scale=scale,
+                                     q_start=q_start)
+    check_nsa_sizes(block_size=block_size, stride=stride, **sel)
+    check_q_start("compressed_attention_and_select", q_start)
+    check_attention_inputs("compressed_attention", q, k_cmp, v_cmp, names=("k_cmp", "v_cmp"), q_start=q_start,
+                           num_keys=num_compressed_tokens(q_start + 1, block_size, stride))
+    return decode(q, k_cmp, v_cmp, block_size=block_size, stride=stride, **sel, scale=scale, q_start=q_start)
 
 
 def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,

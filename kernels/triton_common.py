@@ -335,7 +335,19 @@ def attend_kv(q, k, v, vis, m_i, l_i, acc, qk_scale, ACC: tl.constexpr, PREC: tl
     keys k [BLOCK_N, BLOCK_DK] and values v [BLOCK_N, BLOCK_DV]; vis [R, BLOCK_N] (or anything that broadcasts to
     it) = which keys each row attends. Scores are in log2 units (qk_scale includes log2 e); rows that have seen no
     key yet stay finite (no NaN)."""
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+    return attend_scores(qk_scores(q, k, qk_scale, ACC, PREC), v, vis, m_i, l_i, acc, ACC, PREC)
+
+
+@triton.jit
+def qk_scores(q, k, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Scores [R, BLOCK_N] of query rows q [R, BLOCK_DK] against keys k [BLOCK_N, BLOCK_DK], in log2 units
+    (qk_scale includes log2 e)."""
+    return tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
+
+
+@triton.jit
+def attend_scores(s, v, vis, m_i, l_i, acc, ACC: tl.constexpr, PREC: tl.constexpr):
+    """attend_kv from the scores s [R, BLOCK_N] (qk_scores) of the keys whose values are v [BLOCK_N, BLOCK_DV]."""
     s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -409,8 +421,7 @@ def dq_softmax_stats(LSE, DELTA, DLSE, o, do, row, row_ok, FUSED_DELTA: tl.const
 def softmax_probs(q, k, lse2, vis, qk_scale, ACC: tl.constexpr, PREC: tl.constexpr):
     """The softmax probabilities p [R, BLOCK_N] of rows q against keys k (0 where not vis), recomputed from the
     forward's lse (log2 units)."""
-    s = tl.dot(q, tl.trans(k), out_dtype=ACC, input_precision=PREC) * qk_scale
-    return tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+    return tl.where(vis, tl.exp2(qk_scores(q, k, qk_scale, ACC, PREC) - lse2[:, None]), 0.0)
 
 
 @triton.jit

@@ -51,6 +51,7 @@ from kernels.triton_common import (
     INTERPRETED,
     LOG2E,
     acc_dtype,
+    attend_scores,
     attend_tile,
     bthd,
     dot_precision,
@@ -58,8 +59,10 @@ from kernels.triton_common import (
     group_heads,
     head_block,
     load_heads,
+    load_kv_tile,
     lse_log2,
     next_pow2,
+    qk_scores,
     row_lse,
     runs_triton,
     sm_count,
@@ -82,15 +85,23 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # program per group either way (a [splits, 16] tile of candidates), so "fused" only saves it a launch there; yet
 # the step took 43.8 us with it against 38.0 (H100, main shape, 64k, B = 1, bench_decode.py's sweep, twenty-third
 # session; why it is slower was not profiled), so "kernel" stays.
+# select scores_from (SCORES_FROM): "keys", the selection scores the compressed keys again after compressed
+# attention has combined its splits and stored the lse; "attention", compressed attention stores its scores and the
+# selection reads them, its splits in the same launch as compressed attention's combine (one link fewer in the
+# step's chain, and no compressed keys read twice; compressed_attention_and_select). "keys" until "attention" is
+# timed on the GPU (written in the twenty-sixth session, which had none).
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
     "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel"),
              "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel")},
-    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128, combine="kernel"),
-               "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel")},
+    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128, combine="kernel",
+                             scores_from="keys"),
+               "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel",
+                           scores_from="keys")},
 }
 INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel"),
-                     "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8, combine="kernel")}
+                     "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8, combine="kernel",
+                                    scores_from="keys")}
 if os.environ.get("NSA_DECODE_TILES"):
     with open(os.environ["NSA_DECODE_TILES"]) as _f:
         for _kernel, _sizes in json.load(_f).items():
@@ -155,6 +166,22 @@ def _attn_finish(m_i, l_i, acc, OUT, LSE, b, head, row_ok, so_b, so_h, Hq,
 
 
 @triton.jit
+def _split_states(PM, PL, pid_bh, nsplit, G_PAD: tl.constexpr, S_PAD: tl.constexpr):
+    """The nsplit partial softmax states of KV group pid_bh (PM, PL [B*Hkv, nsplit, G_PAD]), loaded at once as
+    [S_PAD, G_PAD] tiles -> (their flat rows, which splits are real, each split's weight exp2(m_split - m) (0 for
+    padding and for splits that saw no key), the merged row maximum m and sum l [G_PAD])."""
+    s = tl.arange(0, S_PAD)
+    s_ok = s < nsplit
+    rows = (pid_bh.to(tl.int64) * nsplit + s)[:, None] * G_PAD + tl.arange(0, G_PAD)[None, :]  # [S_PAD, G_PAD]
+    pm = tl.load(PM + rows, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
+    pl = tl.load(PL + rows, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
+    m_tot = tl.max(pm, axis=0)
+    m_use = tl.where(m_tot == float("-inf"), 0.0, m_tot)
+    w = tl.exp2(pm - m_use[None, :])
+    return rows, s_ok, w, m_tot, tl.sum(pl * w, axis=0)
+
+
+@triton.jit
 def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
                   DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr, WRITE_LSE: tl.constexpr,
                   ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr, col0=0, SPAN: tl.constexpr = 0):
@@ -165,15 +192,7 @@ def _attn_combine(PM, PL, PACC, OUT, LSE, pid_bh, nsplit, Hkv, G, so_b, so_h,
     over the splits waits for each load in turn, and those round trips were most of a decode op's time. Loads
     bypass L1 (.cg): other programs wrote the partials."""
     b, kvh, head, row_ok = group_heads(pid_bh, Hkv, G, G_PAD)
-    s = tl.arange(0, S_PAD)
-    s_ok = s < nsplit
-    rows = (pid_bh.to(tl.int64) * nsplit + s)[:, None] * G_PAD + tl.arange(0, G_PAD)[None, :]  # [S_PAD, G_PAD]
-    pm = tl.load(PM + rows, mask=s_ok[:, None], other=float("-inf"), cache_modifier=".cg")
-    pl = tl.load(PL + rows, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
-    m_tot = tl.max(pm, axis=0)
-    m_use = tl.where(m_tot == float("-inf"), 0.0, m_tot)
-    w = tl.exp2(pm - m_use[None, :])  # 0 for splits (and padded ones) that saw no key
-    l_tot = tl.sum(pl * w, axis=0)
+    rows, s_ok, w, m_tot, l_tot = _split_states(PM, PL, pid_bh, nsplit, G_PAD, S_PAD)
     l_safe = tl.where(l_tot > 0, l_tot, 1.0)
     for c in tl.static_range(0, SPAN if SPAN > 0 else BLOCK_DV, DV_CHUNK):
         offs = col0 + c + tl.arange(0, DV_CHUNK)
@@ -198,19 +217,21 @@ def _attn_split(
     pid_s, pid_bh, Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div, RAW, sr_g,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
-    T_DEV: tl.constexpr,
+    T_DEV: tl.constexpr, SCORES: tl.constexpr,
 ):
     """Split pid_s of KV group pid_bh (= b * Hkv + kvh): the G query heads of that group of sequence b against
     one split of its keys. SELECTED: the keys s <= t of the blocks in slots [split * slots_per_split, ...) of idx
     (repeats and ids past t select nothing); else the key range [lo + split * keys_per_split, ...) clipped to
     hi. With one split it writes the output; with several, its partial state, and (FUSED) the last split of the
-    group to finish combines them. T_DEV: t is read from TP[0] on the device and lo = max(t + lo_off, 0),
-    hi = max((t + hi_off) // hi_div, 0) (shapes and arguments then stay fixed from step to step: CUDA graphs)."""
+    group to finish combines them. SCORES (a key range only): also store the G heads' scores at RAW[pid_bh, g,
+    key] (row stride sr_g; log2 units, unmasked). T_DEV: t is read from TP[0] on the device and lo = max(t +
+    lo_off, 0), hi = max((t + hi_off) // hi_div, 0) (shapes and arguments then stay fixed from step to step: CUDA
+    graphs)."""
     if T_DEV:
         t = tl.load(TP).to(tl.int32)
         lo = tl.maximum(t + lo_off, 0)
@@ -237,8 +258,16 @@ def _attn_split(
         k1 = tl.minimum(k0 + keys_per_split, hi)
         for start in range(k0, k1, BLOCK_N):
             kpos = start + tl.arange(0, BLOCK_N)
-            m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t,
-                                         m_i, l_i, acc, qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
+            if SCORES:  # keep the scores too, for the block selection that reads them (_select_split)
+                k, v = load_kv_tile(k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t, DK, DV, BLOCK_DK,
+                                    BLOCK_DV)
+                s = qk_scores(q, k, qk_scale, ACC, PREC)
+                tl.store(RAW + (pid_bh.to(tl.int64) * G_PAD + tl.arange(0, G_PAD))[:, None] * sr_g + kpos[None, :],
+                         s, mask=row_ok[:, None] & (kpos < k1)[None, :])
+                m_i, l_i, acc = attend_scores(s, v, (kpos < k1)[None, :], m_i, l_i, acc, ACC, PREC)
+            else:
+                m_i, l_i, acc = attend_tile(q, k_base, v_base, kpos.to(tl.int64), kpos < k1, sk_t, sv_t,
+                                             m_i, l_i, acc, qk_scale, DK, DV, BLOCK_DK, BLOCK_DV, ACC, PREC)
 
     if SPLIT:
         row = (pid_bh.to(tl.int64) * nsplit + pid_s) * G_PAD + tl.arange(0, G_PAD)
@@ -262,20 +291,20 @@ def _decode_attn_kernel(
     Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div, RAW, sr_g,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
-    T_DEV: tl.constexpr,
+    T_DEV: tl.constexpr, SCORES: tl.constexpr,
 ):
     """One attention branch: program (split, b * Hkv + kvh) runs _attn_split."""
     _attn_split(tl.program_id(0), tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                 K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
                 sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-                NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
+                NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div, RAW, sr_g,
                 DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
+                SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV, SCORES)
 
 
 @triton.jit
@@ -283,17 +312,18 @@ def _decode_attn_pair_kernel(
     Q, sq_b, sq_h, Hkv, G, qk_scale,
     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
+    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div, RAW, sr_g,
     K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
     sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
-    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2, hi_div2,
-    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
+    NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2, hi_div2, RAW2,
+    sr_g2, DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
     SELECTED2: tl.constexpr, SPLIT2: tl.constexpr, FUSED2: tl.constexpr, WRITE_LSE2: tl.constexpr,
     BLOCK_N2: tl.constexpr, N_KT2: tl.constexpr, NSEL_PAD2: tl.constexpr, S_PAD2: tl.constexpr,
-    DV_CHUNK2: tl.constexpr, T_DEV: tl.constexpr, T_DEV2: tl.constexpr,
+    DV_CHUNK2: tl.constexpr, T_DEV: tl.constexpr, T_DEV2: tl.constexpr, SCORES: tl.constexpr,
+    SCORES2: tl.constexpr,
 ):
     """Two independent attention branches of the same queries in one launch (selected and window attention of a
     decoding step): programs 0 .. nsplit-1 along axis 0 run the first branch, the next nsplit2 the second. A
@@ -303,16 +333,17 @@ def _decode_attn_pair_kernel(
         _attn_split(pid_s, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                     K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
                     sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
-                    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div,
-                    DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV)
+                    NSEL, t, lo, hi, keys_per_split, slots_per_split, nsplit, SEL, TP, lo_off, hi_off, hi_div, RAW,
+                    sr_g, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                    SELECTED, SPLIT, FUSED, WRITE_LSE, BLOCK_N, N_KT, NSEL_PAD, S_PAD, DV_CHUNK, T_DEV, SCORES)
     else:
         _attn_split(pid_s - nsplit, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                     K2, V2, IDX2, OUT2, LSE2, PM2, PL2, PACC2, COUNT2,
                     sk_b2, sk_t2, sk_h2, sv_b2, sv_t2, sv_h2, so_b2, so_h2, si_b2, si_h2,
                     NSEL2, t2, lo2, hi2, keys_per_split2, slots_per_split2, nsplit2, SEL2, TP2, lo_off2, hi_off2,
-                    hi_div2, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
-                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2, T_DEV2)
+                    hi_div2, RAW2, sr_g2, DK, DV, BLOCK_DK, BLOCK_DV, G_PAD, ACC, PREC,
+                    SELECTED2, SPLIT2, FUSED2, WRITE_LSE2, BLOCK_N2, N_KT2, NSEL_PAD2, S_PAD2, DV_CHUNK2, T_DEV2,
+                    SCORES2)
 
 
 @triton.jit
@@ -374,12 +405,15 @@ def _combine_mode(combine: str | None, cfg: dict) -> str:
 
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
             cfg: dict | None = None, combine: str | None = None, counter_base: int = 0,
-            pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)) -> dict:
+            pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1),
+            raw: torch.Tensor | None = None) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
     constexprs). Counters start at counter_base (two branches of one launch must not share them).
     With `pos` (the position on the device), [lo, hi) is the largest range the position can need (the split
-    plan's) and the kernel derives its own from the position with offsets = (lo_off, hi_off, hi_div)."""
+    plan's) and the kernel derives its own from the position with offsets = (lo_off, hi_off, hi_div).
+    With `raw` ([B*Hkv, G_PAD, >= hi] in the accumulator dtype; a key range only), the kernel also stores the
+    scores there (_attn_split's SCORES)."""
     B, _, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -409,14 +443,15 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
     count = _counters(dev, counter_base + B * Hkv)[counter_base:] if fused else o
     si = (idx.stride(0), idx.stride(2)) if idx is not None else (0, 0)
     s_pad, dv_chunk = combine_tiles(splits, g_pad, bdv)
+    raw_args = (raw, raw.stride(1)) if raw is not None else (o, 0)
     args = [k, v, idx if idx is not None else o, o, lse, pm, pl, pacc, count,
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(2),
             *si, nsel, *((0, 0, 0) if pos is not None else (hi - 1, lo, hi)),  # t, lo, hi (from pos on the device)
             per_split if idx is None else 0, per_split if idx is not None else 0, splits, select_size,
-            pos if pos is not None else o, *offsets]
+            pos if pos is not None else o, *offsets, *raw_args]
     consts = dict(SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse, BLOCK_N=block_n,
                   N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)), S_PAD=s_pad,
-                  DV_CHUNK=dv_chunk, T_DEV=pos is not None)
+                  DV_CHUNK=dv_chunk, T_DEV=pos is not None, SCORES=raw is not None)
     return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts, partials=(pm, pl, pacc),
                 Hkv=Hkv, G=G)
 
@@ -458,13 +493,20 @@ def _decode_attention(q, k, v, *, scale: float, lo: int, hi: int, idx=None, sele
     q, k, v = bthd(q), bthd(k), bthd(v)
     br = _branch(q, k, v, lo=lo, hi=hi, idx=idx, select_size=select_size, write_lse=write_lse, cfg=cfg,
                  combine=combine, pos=pos, offsets=offsets)
+    shared = _launch_branch(q, k, v, br, scale)
+    if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
+        _combine_separately(q, [br], shared)
+    return br["o"], br["lse"]
+
+
+def _launch_branch(q, k, v, br: dict, scale: float) -> dict:
+    """Launch _decode_attn_kernel for one _branch (its combine, if a second launch, is the caller's); returns the
+    launch's shared constexprs."""
     args, consts = _shared_args(q, k, v, scale)
     cfg = br["plan"]["cfg"]
     _decode_attn_kernel[(br["plan"]["splits"], q.shape[0] * k.shape[2])](
         *args, *br["args"], **consts, **br["consts"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
-    if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]:
-        _combine_separately(q, [br], consts)
-    return br["o"], br["lse"]
+    return consts
 
 
 def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float, select_size: int, window: int,
@@ -532,33 +574,43 @@ def _select_merge(PKEY, IDX, pid_bh, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.cons
 
 
 @triton.jit
-def _select_decode_kernel(
-    Q, KC, LSE, IDX, PKEY, COUNT,
-    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h,
-    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
+def _select_split(
+    pid_s, pid_bh, Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP, cmp_nsplit,
     SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
     TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
+    CMP_S_PAD: tl.constexpr,
 ):
-    """Program (split, b * Hkv + kvh): scores the selection blocks [split * blocks_per_split, ...) visible to
-    the query at position t (j * l' <= t) for KV group kvh and keeps its top-NBT candidate keys.
+    """Split pid_s of KV group pid_bh (= b * Hkv + kvh): scores the selection blocks [split * blocks_per_split,
+    ...) visible to the query at position t (j * l' <= t) and keeps its top-NBT candidate keys.
 
     A tile holds NBV blocks (NBV <= NBT) and the compressed tokens that overlap them: those whose own block
     (the one holding their first token) is in the tile (TPB = l'/d per block) and the SPILL = l/d - 1 tokens
     before, whose blocks spill into the tile's first block; C_PAD >= NBV * TPB + SPILL.
+    The scores q.k_cmp: computed from the compressed keys KC, or (FROM_SCORES) read where compressed attention
+    stored them (RAW, see _attn_split). The lse: read from LSE, or (LSE_FROM_STATES) merged from compressed
+    attention's cmp_nsplit partial states PM/PL exactly as the combine that stores LSE merges them, so that this
+    program need not wait for it (_combine_and_select_kernel runs both in one launch).
     T_DEV: t is read from TP[0] on the device, and TC (compressed tokens visible to it) derived from it."""
     MAX_ID: tl.constexpr = 2147483647
     if T_DEV:
         t = tl.load(TP).to(tl.int32)
         TC = tl.maximum((t + 1 - BS + STRIDE) // STRIDE, 0)
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
     b, kvh, head, row_ok = group_heads(pid_bh, Hkv, G, G_PAD)
     offs_dk = tl.arange(0, BLOCK_DK)
-    q = load_heads(Q, b, 0, head, row_ok, sq_b, 0, sq_h, DK, BLOCK_DK)
-    lse2 = lse_log2(tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf")).to(ACC))
+    if LSE_FROM_STATES:
+        _, _, _, m_tot, l_tot = _split_states(PM, PL, pid_bh, cmp_nsplit, G_PAD, CMP_S_PAD)
+        lse = row_lse(m_tot, l_tot).to(LSE.dtype.element_ty)  # the value the combine stores
+    else:
+        lse = tl.load(LSE + b * sl_b + head * sl_h, mask=row_ok, other=float("-inf"))
+    lse2 = lse_log2(lse.to(ACC))
+    if not FROM_SCORES:
+        q = load_heads(Q, b, 0, head, row_ok, sq_b, 0, sq_h, DK, BLOCK_DK)
     k_base = KC + b * sk_b + kvh.to(tl.int64) * sk_h
+    raw_rows = RAW + (pid_bh.to(tl.int64) * G_PAD + tl.arange(0, G_PAD)) * sr_g
 
     cur = t // SEL  # the block holding t; blocks 0 .. cur are visible
     j_begin = pid_s * blocks_per_split
@@ -569,9 +621,13 @@ def _select_decode_kernel(
     for j0 in range(j_begin, j_end, NBV):
         i = j0 * TPB - SPILL + c
         i_ok = (c < NBV * TPB + SPILL) & (i >= 0) & (i < TC)
-        kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
-                     mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
-        s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC) * qk_scale
+        if not FROM_SCORES:
+            kc = tl.load(k_base + i.to(tl.int64)[:, None] * sk_t + offs_dk[None, :],
+                         mask=i_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+            s = tl.dot(q, tl.trans(kc), out_dtype=ACC, input_precision=PREC) * qk_scale
+        else:
+            s = tl.load(raw_rows[:, None] + i[None, :], mask=row_ok[:, None] & i_ok[None, :], other=0.0,
+                        cache_modifier=".cg")
         p = tl.where(row_ok[:, None] & i_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         pg = tl.sum(p, axis=0)  # [C_PAD]: importance summed over the group's heads
         blk = j0 + jj
@@ -604,6 +660,52 @@ def _select_decode_kernel(
 
 
 @triton.jit
+def _select_decode_kernel(
+    Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP, cmp_nsplit,
+    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
+    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
+    TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
+    CMP_S_PAD: tl.constexpr,
+):
+    """Block selection alone: program (split, b * Hkv + kvh) runs _select_split."""
+    _select_split(tl.program_id(0), tl.program_id(1), Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+                  sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+                  Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
+                  cmp_nsplit, SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL, C_PAD,
+                  S_LOG2, ACC, PREC, FROM_SCORES, LSE_FROM_STATES, CMP_S_PAD)
+
+
+@triton.jit
+def _combine_and_select_kernel(
+    PACC, OUT, so_b, so_h, Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP, cmp_nsplit,
+    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
+    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
+    TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
+    CMP_S_PAD: tl.constexpr,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, DV_CHUNK: tl.constexpr, N_COMBINE: tl.constexpr,
+):
+    """Compressed attention's combine beside the block selection that needs its lse, in one launch: program
+    (b * Hkv + kvh, c) merges output columns c * DV_CHUNK .. of the group's cmp_nsplit splits (and stores the
+    lse) for c < N_COMBINE, and runs selection split c - N_COMBINE (LSE_FROM_STATES) otherwise."""
+    c = tl.program_id(1)
+    if c < N_COMBINE:
+        _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), cmp_nsplit, Hkv, G, so_b, so_h, DV, BLOCK_DV, G_PAD,
+                      True, ACC, CMP_S_PAD, DV_CHUNK, c * DV_CHUNK, DV_CHUNK)
+    else:
+        _select_split(c - N_COMBINE, tl.program_id(0), Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+                      sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+                      Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit,
+                      TP, cmp_nsplit, SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL,
+                      C_PAD, S_LOG2, ACC, PREC, FROM_SCORES, LSE_FROM_STATES, CMP_S_PAD)
+
+
+@triton.jit
 def _select_merge_kernel(PKEY, IDX, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.constexpr, S_LOG2: tl.constexpr):
     _select_merge(PKEY, IDX, tl.program_id(0), nsplit, Hkv, si_b, si_h, NSEL, NBT, S_LOG2)
 
@@ -633,9 +735,14 @@ def select_plan(t: int, *, block_size: int, stride: int, select_size: int, num_s
 
 def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: int, num_select: int,
                    num_init: int, num_local: int, scale: float, t: int, cfg: dict | None = None,
-                   combine: str | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+                   combine: str | None = None, pos: torch.Tensor | None = None, raw: torch.Tensor | None = None,
+                   cmp: dict | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
-    device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer)."""
+    device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer).
+    With `raw` (the scores compressed attention stored, _branch's raw), the selection reads them instead of
+    scoring k_cmp. With `cmp` too (that compressed attention's _branch, split, its combine not yet run; lse its
+    lse buffer), the combine runs in the same launch (_combine_and_select_kernel) and the selection merges the
+    lse from the partial states itself."""
     q, k_cmp = bthd(q), bthd(k_cmp)
     B, _, Hq, Dk = q.shape
     Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
@@ -656,21 +763,66 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     pkey = torch.empty(B * Hkv, splits, nbt, dtype=torch.int64, device=dev) if split else idx
     count = _counters(dev, B * Hkv) if fused else idx
     s_log2 = (next_pow2(splits) - 1).bit_length()  # the merge reads 2**s_log2 rows of candidates
-    _select_decode_kernel[(splits, B * Hkv)](
-        q, k_cmp, lse, idx, pkey, count,
-        q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
-        idx.stride(0), idx.stride(2),
-        Hkv, G, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t, block_size,
-        stride, select_size, num_init, num_local, tiles_per_split * nbv, splits, pos if pos is not None else idx,
-        SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1, T_DEV=pos is not None,
-        DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(G)), NBT=nbt, NBV=nbv, TPB=tpb, SPILL=spill, C_PAD=c_pad,
-        S_LOG2=s_log2, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
-        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
-    )
+    pm, pl, pacc = cmp["partials"] if cmp is not None else (idx, idx, idx)
+    args = [q, k_cmp, lse, idx, pkey, count, raw if raw is not None else idx, pm, pl,
+            q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
+            idx.stride(0), idx.stride(2), raw.stride(1) if raw is not None else 0,
+            Hkv, G, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t, block_size,
+            stride, select_size, num_init, num_local, tiles_per_split * nbv, splits, pos if pos is not None else idx,
+            cmp["plan"]["splits"] if cmp is not None else 1]
+    consts = dict(SPLIT=split, FUSED=fused, MULTI_TILE=tiles_per_split > 1, T_DEV=pos is not None,
+                  DK=Dk, BLOCK_DK=bdk, G_PAD=max(16, next_pow2(G)), NBT=nbt, NBV=nbv, TPB=tpb, SPILL=spill,
+                  C_PAD=c_pad, S_LOG2=s_log2, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
+                  FROM_SCORES=raw is not None, LSE_FROM_STATES=cmp is not None,
+                  CMP_S_PAD=cmp["consts"]["S_PAD"] if cmp is not None else 2)
+    launch = dict(num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+    if cmp is None:
+        _select_decode_kernel[(splits, B * Hkv)](*args, **consts, **launch)
+    else:
+        o, bdv = cmp["o"], head_block(cmp["o"].shape[3])
+        chunk = min(cmp["consts"]["DV_CHUNK"], COMBINE_COLS)
+        _combine_and_select_kernel[(B * Hkv, bdv // chunk + splits)](
+            pacc, o, o.stride(0), o.stride(2), *args, **consts, DV=o.shape[3], BLOCK_DV=bdv, DV_CHUNK=chunk,
+            N_COMBINE=bdv // chunk, **launch)
     if split and not fused:
         _select_merge_kernel[(B * Hkv,)](pkey, idx, splits, Hkv, idx.stride(0), idx.stride(2), num_select,
                                          NBT=nbt, S_LOG2=s_log2, num_warps=int(cfg["warps"]))
     return idx
+
+
+SCORES_FROM = ("keys", "attention")
+
+
+def _scores_from(cfg: dict) -> str:
+    """The selection tiles' `scores_from`, checked: "keys" (the selection scores the compressed keys itself) or
+    "attention" (it reads the scores compressed attention stored; see compressed_attention_and_select)."""
+    mode = cfg["scores_from"]
+    if mode not in SCORES_FROM:
+        raise ValueError(f"decode scores_from={mode!r}: choose one of {SCORES_FROM} (the selection tiles' "
+                         f"scores_from entry, NSA_DECODE_TILES)")
+    return mode
+
+
+def _decode_compressed_select(q, k_cmp, v_cmp, *, scale: float, block_size: int, stride: int, select_size: int,
+                              num_select: int, num_init: int, num_local: int, t: int, hi: int,
+                              cfg: dict | None = None, select_cfg: dict | None = None, combine: str | None = None,
+                              pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1)):
+    """Compressed attention over compressed tokens [0, hi) storing its scores, then the block selection reading
+    them (scores_from="attention") -> (o [B,1,Hq,Dv], lse [B,1,Hq], idx [B,1,Hkv,n]). When compressed attention
+    splits and combines in a second launch, that launch also runs the selection's splits. pos, offsets: see
+    _branch."""
+    q, k_cmp, v_cmp = bthd(q), bthd(k_cmp), bthd(v_cmp)
+    B, _, Hq, _ = q.shape
+    Hkv = k_cmp.shape[2]
+    raw = torch.empty(B * Hkv, max(16, next_pow2(Hq // Hkv)), max(hi, 1), dtype=acc_dtype(q.dtype), device=q.device)
+    br = _branch(q, k_cmp, v_cmp, lo=0, hi=hi, write_lse=True, cfg=cfg, combine=combine, pos=pos, offsets=offsets,
+                 raw=raw)
+    _launch_branch(q, k_cmp, v_cmp, br, scale)
+    late = br["consts"]["SPLIT"] and not br["consts"]["FUSED"]  # its combine is still to run
+    idx = _decode_select(q, k_cmp, br["lse"], block_size=block_size, stride=stride, select_size=select_size,
+                         num_select=num_select, num_init=num_init, num_local=num_local, scale=scale, t=t,
+                         cfg=select_cfg, combine=combine, pos=pos, raw=raw, cmp=br if late else None)
+    return br["o"], br["lse"], idx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -695,6 +847,32 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
     o, lse = _decode_attention(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=n_vis,
                                write_lse=True, cfg=cfg, combine=combine)
     return o, lse
+
+
+def compressed_attention_and_select(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, *, block_size: int,
+                                    stride: int, select_size: int, num_select: int, num_init: int = 1,
+                                    num_local: int = 2, scale: float | None = None, q_start: int = 0,
+                                    cfg: dict | None = None, select_cfg: dict | None = None,
+                                    combine: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding step of compressed_attention and of select_blocks on its lse -> (o, lse, idx), as the selection
+    tiles' scores_from says: "keys", the two ops; "attention", _decode_compressed_select. cfg / select_cfg: each
+    kernel's tile overrides; combine: both kernels'."""
+    if _use_chunked(q, k_cmp, v_cmp):
+        o, lse = chunked.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
+                                              q_start=q_start)
+        return o, lse, chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride,
+                                             select_size=select_size, num_select=num_select, num_init=num_init,
+                                             num_local=num_local, scale=scale, q_start=q_start)
+    sel = dict(select_size=select_size, num_select=num_select, num_init=num_init, num_local=num_local)
+    if _scores_from(decode_tiles("select", head_block(q.shape[-1]) > 128, select_cfg)) == "keys":
+        o, lse = compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
+                                      q_start=q_start, cfg=cfg, combine=combine)
+        return o, lse, select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, **sel, scale=scale,
+                                     q_start=q_start, cfg=select_cfg, combine=combine)
+    return _decode_compressed_select(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), block_size=block_size,
+                                     stride=stride, **sel, t=q_start,
+                                     hi=num_compressed_tokens(q_start + 1, block_size, stride), cfg=cfg,
+                                     select_cfg=select_cfg, combine=combine)
 
 
 @torch.no_grad()
@@ -770,8 +948,34 @@ def compressed_attention_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.T
     n_max = num_compressed_tokens(max_pos + 1, block_size, stride)
     _check_position("compressed_attention_at", pos, q, k_cmp.shape[1], n_max, "k_cmp")
     return _decode_attention(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), lo=0, hi=n_max,
-                             write_lse=True, cfg=cfg, pos=pos, offsets=(-(max_pos + 1), stride + 1 - block_size,
-                                                                         stride))
+                             write_lse=True, cfg=cfg, pos=pos, offsets=_compressed_offsets(max_pos, block_size, stride))
+
+
+def _compressed_offsets(max_pos: int, block_size: int, stride: int) -> tuple[int, int, int]:
+    """_branch's offsets for compressed attention at a device position t <= max_pos: lo = 0, hi = the compressed
+    tokens visible at t, (t + 1 - block_size + stride) // stride."""
+    return -(max_pos + 1), stride + 1 - block_size, stride
+
+
+def compressed_attention_and_select_at(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, pos: torch.Tensor,
+                                       *, block_size: int, stride: int, select_size: int, num_select: int,
+                                       max_pos: int, num_init: int = 1, num_local: int = 2,
+                                       scale: float | None = None, cfg: dict | None = None,
+                                       select_cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """compressed_attention_and_select for the query at position pos (device) -> (o, lse, idx); k_cmp/v_cmp as in
+    compressed_attention_at."""
+    sel = dict(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
+               num_init=num_init, num_local=num_local)
+    if _scores_from(decode_tiles("select", head_block(q.shape[-1]) > 128, select_cfg)) == "keys":
+        o, lse = compressed_attention_at(q, k_cmp, v_cmp, pos, block_size=block_size, stride=stride, max_pos=max_pos,
+                                         scale=scale, cfg=cfg)
+        return o, lse, select_blocks_at(q, k_cmp, lse, pos, **sel, max_pos=max_pos, scale=scale, cfg=select_cfg)
+    n_max = num_compressed_tokens(max_pos + 1, block_size, stride)
+    _check_position("compressed_attention_and_select_at", pos, q, k_cmp.shape[1], n_max, "k_cmp")
+    return _decode_compressed_select(q, k_cmp, v_cmp, scale=resolve_scale(scale, q.shape[-1]), **sel, t=max_pos,
+                                     hi=n_max, cfg=cfg, select_cfg=select_cfg, pos=pos,
+                                     offsets=_compressed_offsets(max_pos, block_size, stride))
 
 
 @torch.no_grad()
@@ -804,6 +1008,7 @@ def selected_and_window_attention_at(q: torch.Tensor, k_slc: torch.Tensor, v_slc
 TRITON_DECODE_OPS: dict[str, Callable] = {
     "compressed_attention": compressed_attention,
     "select_blocks": select_blocks,
+    "compressed_attention_and_select": compressed_attention_and_select,
     "selected_attention": selected_attention,
     "window_attention": window_attention,
     "selected_and_window_attention": selected_and_window_attention,

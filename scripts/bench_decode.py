@@ -9,12 +9,14 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   one-element kernels, timed as the attn section times a step.
 - attn: one decoding step (one query per sequence at position T - 1, keys 0..T-1) for each shape (main:
   Hq=64, Hkv=4, D=128; small: Hq=16, Hkv=1, D=64, the small_gqa16 model's), batch B and context T.
-  NSA = the public ops as the model calls them (compressed attention -> block selection -> selected and
-  window attention in one launch, kernels.selected_and_window_attention), dispatched to the decode kernels of
+  NSA = the public ops as the model calls them (compressed attention and block selection,
+  kernels.compressed_attention_and_select -> selected and window attention in one launch,
+  kernels.selected_and_window_attention), dispatched to the decode kernels of
   kernels/triton_decode.py (every op's splits combined by a second launch: the default); also as four launches
   ("4 ops": selected and window attention separately), with every op's splits combined inside its own launch
   ("fused"), and per op; and as the model's graphed decoding runs it, the position in a device tensor (the
-  *_at launches: "at"). Full attention
+  *_at launches: "at"); "scores": the step with the selection reading compressed attention's scores (the
+  selection tiles' scores_from="attention"; its outputs against the default's in "scores_check"). Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
   default, flash, efficient and cuDNN backends; "full" is the fastest of them.
@@ -207,11 +209,13 @@ def nsa_ops(x: dict, T: int, cfg: dict | None = None, combine: str | None = None
     def win():
         return m.window_attention(q, x["k_win"], x["v_win"], window=s["window"], q_start=t, **kw)
 
-    def step():  # as model/attention/nsa.py runs it: selected and window attention in one launch
-        o_cmp, lse = cmp()
-        return (o_cmp, *m.selected_and_window_attention(q, x["k_slc"], x["v_slc"], select(lse), x["k_win"],
+    def step():  # as model/attention/nsa.py runs it: the two ops that chain two, selected + window in one launch
+        o_cmp, _, idx = m.compressed_attention_and_select(q, x["k_cmp"], x["v_cmp"], block_size=s["block_size"],
+                                                          stride=s["stride"], select_size=s["select_size"],
+                                                          num_select=s["num_select"], q_start=t, **kw)
+        return (o_cmp, *m.selected_and_window_attention(q, x["k_slc"], x["v_slc"], idx, x["k_win"],
                                                         x["v_win"], select_size=s["select_size"],
-                                                        window=s["window"], q_start=t, **kw))
+                                                        window=s["window"], q_start=t, **kw), idx)
 
     def step_separate():  # the four ops, one launch each
         o_cmp, lse = cmp()
@@ -227,18 +231,34 @@ def nsa_step_at(x: dict, T: int):
     sizes = dict(block_size=s["block_size"], stride=s["stride"])
 
     def step():
-        o_cmp, lse = td.compressed_attention_at(q, x["k_cmp"], x["v_cmp"], pos, **sizes, max_pos=T - 1)
-        idx = td.select_blocks_at(q, x["k_cmp"], lse, pos, **sizes, select_size=s["select_size"],
-                                  num_select=s["num_select"], max_pos=T - 1)
+        o_cmp, _, idx = td.compressed_attention_and_select_at(q, x["k_cmp"], x["v_cmp"], pos, **sizes,
+                                                              select_size=s["select_size"],
+                                                              num_select=s["num_select"], max_pos=T - 1)
         return (o_cmp, *td.selected_and_window_attention_at(q, x["k_slc"], x["v_slc"], idx, x["k_win"], x["v_win"],
                                                             pos, select_size=s["select_size"], window=s["window"],
                                                             max_pos=T - 1))
     return step
 
 
+def same_step(got, ref) -> dict:
+    """How far a step's outputs (o_cmp, o_slc, o_win, idx) are from another's: the largest relative error of the
+    three outputs, and whether the blocks agree."""
+    err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got[:3], ref[:3]))
+    return {"max_rel_err": err, "same_blocks": bool(torch.equal(got[3], ref[3]))}
+
+
 def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
+    from kernels import triton_decode as td
+    from kernels.triton_common import tiles_set
+
     cmp, select, slc, win, step, step_separate = nsa_ops(x, T)
     out = graph_times(step)
+    # the selection reading compressed attention's scores (scores_from="attention"), against the default in the
+    # same run; its outputs checked against the default's
+    ref = step()
+    with tiles_set(*td.DECODE_TILES["select"].values(), scores_from="attention"):
+        out["scores_us"] = graph_times(step)["us"]
+        out["scores_check"] = same_step(step(), ref)
     out["at_us"] = graph_times(nsa_step_at(x, T))["us"]
     out["eager_us"] = eager_us(step)
     out["separate_us"] = graph_times(step_separate)["us"]
@@ -356,15 +376,18 @@ def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12, cuda_
 
 
 def bench_sweep(T: int = 65536) -> dict:
-    """NSA step (graph, cold L2) at T, B=1, main shape, for decode tile alternatives; each checked against the
-    default config's outputs (relative error < 1e-2, same blocks)."""
+    """NSA step (graph, cold L2) at T, B=1, main shape, for decode tile alternatives; each with how far its outputs
+    are from the default's (same_step)."""
     x = make_cache(1, T, **SHAPES["main"])
-    step = nsa_ops(x, T)[4]
-    ref_out = step()
+    ref_out = nsa_ops(x, T)[4]()
     # the alternatives to DECODE_TILES' "small" entries (split_factor 1.0: the default again, for the noise)
     attn = [dict(split_factor=f) for f in (0.5, 1.0, 2.0)] + [dict(block_n=32), dict(warps=4), dict(stages=2)]
     # combine=fused: the selection's merge by the last of its splits to finish instead of a launch of its own
     select = [dict(tiles_per_split=t) for t in (1, 4, 8)] + [dict(warps=8), dict(combine="fused")]
+    # scores_from=attention: the selection reads compressed attention's scores (no dot left in it: fewer, longer
+    # splits may now pay), with the tiles per split and the merge alternatives again
+    select += [dict(scores_from="attention", tiles_per_split=t) for t in (1, 2, 4, 8)]
+    select += [dict(scores_from="attention", combine="fused")]
     res = {}
     from kernels import triton_decode as td
     from kernels.triton_common import tiles_set
@@ -374,9 +397,7 @@ def bench_sweep(T: int = 65536) -> dict:
             try:
                 with tiles_set(td.DECODE_TILES[kind]["small"], **alt):
                     alt_step = nsa_ops(x, T)[4]
-                    got = alt_step()
-                    err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, ref_out))
-                    res[name] = {"us": graph_times(alt_step)["us"], "max_rel_err": err}
+                    res[name] = {"us": graph_times(alt_step)["us"], **same_step(alt_step(), ref_out)}
             except Exception as e:
                 res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
             print(f"  sweep {name}: {res[name]}", flush=True)
@@ -419,7 +440,8 @@ def table(results: dict) -> str:
                         if "launch1_us" in bw else ""))
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
-        lines.append(f"{'point':>16} | {'NSA':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} {'4 ops':>8} "
+        lines.append(f"{'point':>16} | {'NSA':>8} {'scores':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} "
+                     f"{'4 ops':>8} "
                      f"{'fused':>8} {'at':>7} "
                      f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | "
                      f"{'NSA GB/s':>8} {'%copy':>6}")
@@ -429,7 +451,8 @@ def table(results: dict) -> str:
                 lines.append(f"{key:>16} | {json.dumps(r)[:100]}")
                 continue
             lines.append(
-                f"{key:>16} | {f(n['us'])} {f(n.get('cmp_us'), '7.1f')} {f(n.get('select_us'), '7.1f')} "
+                f"{key:>16} | {f(n['us'])} {f(n.get('scores_us'))} {f(n.get('cmp_us'), '7.1f')} "
+                f"{f(n.get('select_us'), '7.1f')} "
                 f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "
                 f"{f(n.get('fused_us'))} {f(n.get('at_us'), '7.1f')} "
                 f"{f(n.get('eager_us'))} | {f(fu.get('us'))} {fu.get('best', '-'):>18} | {f(r['speedup'], '6.2f')} "

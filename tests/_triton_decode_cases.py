@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels import triton_decode as td  # noqa: E402
+from kernels.triton_common import tiles_set  # noqa: E402
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -193,6 +194,87 @@ def test_combine_mode_of_calls_without_one_is_the_tiles_entry(gen, kind, monkeyp
 
 
 # ----------------------------------------------------------------------------------------------
+# compressed attention and block selection in one call (the selection reading compressed attention's scores)
+
+CMP_SELECT_CASES = [  # B, Hkv, G, Dk, Dv, block_size, stride, select_size, n, num_init, num_local, q_start,
+    # compressed attention in several splits, selection tiles
+    pytest.param((2, 2, 4, 16, 8, 8, 4, 16, 5, 1, 2, 150, True, dict(max_splits=8)), id="G4-B2-Dv<Dk-splits"),
+    pytest.param((1, 1, 16, 16, 32, 32, 16, 64, 4, 1, 2, 700, True, dict(max_splits=3)),
+                 id="G16-paper-ratios-multi-tile"),
+    pytest.param((1, 3, 1, 32, 16, 4, 4, 8, 6, 2, 1, 95, False, dict(max_splits=8)), id="G1-one-attention-split"),
+    pytest.param((1, 1, 3, 16, 16, 8, 4, 16, 8, 0, 0, 260, True, dict(max_splits=1)),
+                 id="pure-top-k-one-select-split"),
+    pytest.param((2, 2, 2, 16, 16, 8, 4, 16, 3, 1, 2, 5, True, dict(max_splits=8)), id="before-the-first-token"),
+]
+
+
+class Launches:
+    """Counts the launches of the named decode kernels (monkeypatched stand-ins that then run them)."""
+
+    def __init__(self, monkeypatch, *names: str):
+        self.counts = dict.fromkeys(names, 0)
+        for name in names:
+            real = getattr(td, name)
+            monkeypatch.setattr(td, name, self._counted(name, real))
+
+    def _counted(self, name, real):
+        counts = self.counts
+
+        class Counted:
+            def __getitem__(self, grid):
+                counts[name] += 1
+                return real[grid]
+        return Counted()
+
+
+@pytest.mark.parametrize("combine", td.COMBINE_MODES)
+@pytest.mark.parametrize("case", CMP_SELECT_CASES)
+def test_compressed_and_select_from_the_attention_scores(gen, case, combine, monkeypatch):
+    """scores_from="attention": compressed attention stores its scores and the selection reads them, its splits in
+    the launch of compressed attention's combine when there is one (else alone, reading the stored lse). o and lse
+    equal the reference; idx equals the reference selection on that lse, exactly; and the launches are the ones
+    this path promises (no selection scoring the compressed keys)."""
+    B, Hkv, G, Dk, Dv, bs, d, ss, n, ni, nl, t, many, sel_cfg = case
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    q, kc, vc = randn(gen, B, 1, Hkv * G, Dk), randn(gen, B, Tc, Hkv, Dk), randn(gen, B, Tc, Hkv, Dv)
+    cfg = split_cfg(many)
+    cmp_split = td.attn_plan(Tc, B * Hkv, Dk, Dv, G, F64, CPU, cfg)["splits"] > 1
+    assert cmp_split == (many and Tc > 16), Tc
+    launches = Launches(monkeypatch, "_decode_attn_kernel", "_combine_and_select_kernel", "_select_decode_kernel",
+                        "_attn_combine_kernel")
+    kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, num_init=ni, num_local=nl, q_start=t)
+    o, lse, idx = td.compressed_attention_and_select(q, kc, vc, **kw, cfg=cfg, combine=combine,
+                                                     select_cfg=dict(sel_cfg, scores_from="attention"))
+    late = cmp_split and combine == "kernel"  # compressed attention's combine is a launch of its own
+    assert launches.counts == {"_decode_attn_kernel": 1, "_combine_and_select_kernel": int(late),
+                               "_select_decode_kernel": int(not late), "_attn_combine_kernel": 0}, launches.counts
+    o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t)
+    close(o, o_r, "o", gen)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"seed {gen.initial_seed()}"
+    close(finite(lse), finite(lse_r), "lse", gen, atol=1e-6, rtol=1e-6)
+    idx_r = ref.select_blocks(q, kc, lse, **kw)
+    assert torch.equal(idx, idx_r), f"seed {gen.initial_seed()}\n{idx}\n{idx_r}"
+
+
+def test_compressed_and_select_by_keys_is_the_two_ops(gen, monkeypatch):
+    """scores_from="keys" (the default) runs compressed attention, its combine, then the selection scoring the
+    compressed keys, and gives the same as "attention"; an unknown scores_from is refused."""
+    B, Hkv, G, D, bs, d, ss, n, t = 1, 2, 4, 16, 8, 4, 16, 5, 150
+    Tc = ref.num_compressed_tokens(t + 1, bs, d)
+    q, kc, vc = randn(gen, B, 1, Hkv * G, D), randn(gen, B, Tc, Hkv, D), randn(gen, B, Tc, Hkv, D)
+    kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t, cfg=split_cfg(True))
+    assert td.INTERPRETER_TILES["select"]["scores_from"] == td.DECODE_TILES["select"]["small"]["scores_from"] == "keys"
+    launches = Launches(monkeypatch, "_combine_and_select_kernel", "_select_decode_kernel", "_attn_combine_kernel")
+    by_keys = td.compressed_attention_and_select(q, kc, vc, **kw)
+    assert launches.counts == {"_combine_and_select_kernel": 0, "_select_decode_kernel": 1, "_attn_combine_kernel": 1}
+    by_scores = td.compressed_attention_and_select(q, kc, vc, **kw, select_cfg=dict(scores_from="attention"))
+    for a, e, what in zip(by_scores, by_keys, ("o", "lse", "idx")):
+        assert torch.equal(a, e), f"{what}: seed {gen.initial_seed()}"
+    with pytest.raises(ValueError, match="scores_from='both'"):
+        td.compressed_attention_and_select(q, kc, vc, **kw, select_cfg=dict(scores_from="both"))
+
+
+# ----------------------------------------------------------------------------------------------
 # selected and window attention
 
 SLC_CASES = [  # B, Hkv, G, Dk, Dv, select_size, num_select, q_start, many splits
@@ -273,7 +355,8 @@ def test_selected_and_window_decode_in_one_launch(gen, case, combine):
 def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
     """The *_at ops (position in a device tensor, whole cache buffers, split plans sized for max_pos: what a
     CUDA-graph decoding step needs) at positions before the first compressed token, on and after block
-    boundaries and at max_pos, against the reference on the visible part of the cache."""
+    boundaries and at max_pos, against the reference on the visible part of the cache; compressed attention and
+    the selection also in one call with scores_from="attention"."""
     B, Hkv, D, bs, d, ss, n, w, M = 2, 2, 16, 8, 4, 16, 5, 24, 150
     q = randn(gen, B, 1, Hkv * G, D)
     kc = randn(gen, B, ref.num_compressed_tokens(M, bs, d), Hkv, D)
@@ -293,6 +376,12 @@ def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
             idx = td.select_blocks_at(q, kc, lse_r, pos, **sizes, max_pos=M - 1, cfg=dict(max_splits=8))
             idx_r = ref.select_blocks(q, kc[:, :nc], lse_r, **sizes, q_start=t)
             assert torch.equal(idx, idx_r), f"t={t} {forced} seed {gen.initial_seed()}\n{idx}\n{idx_r}"
+            o2, lse2, idx2 = td.compressed_attention_and_select_at(
+                q, kc, vc, pos, **sizes, max_pos=M - 1, cfg=cfg, select_cfg=dict(max_splits=8, scores_from="attention"))
+            close(o2, o_r, f"o_cmp at {t}, scores_from=attention", gen)
+            assert torch.equal(lse2, lse), f"t={t} seed {gen.initial_seed()}"
+            idx2_r = ref.select_blocks(q, kc[:, :nc], lse2, **sizes, q_start=t)
+            assert torch.equal(idx2, idx2_r), f"t={t} {forced} seed {gen.initial_seed()}\n{idx2}\n{idx2_r}"
         o_s, o_w = td.selected_and_window_attention_at(q, ks, vs, idx_r, kw, vw, pos, select_size=ss, window=w,
                                                         max_pos=M - 1, cfg=cfg)
         k_vis = [x[:, :t + 1] for x in (ks, vs, kw, vw)]
@@ -305,6 +394,10 @@ def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
     with pytest.raises(ValueError, match="select_blocks_at: k_cmp has 10 rows but max_pos needs 36"):
         td.select_blocks_at(q, kc[:, :10], lse_r, pos, block_size=bs, stride=d, select_size=ss, num_select=n,
                             max_pos=M - 1)
+    with pytest.raises(ValueError, match="compressed_attention_and_select_at: k_cmp has 10 rows but max_pos needs 36"):
+        td.compressed_attention_and_select_at(q, kc[:, :10], vc[:, :10], pos, block_size=bs, stride=d,
+                                              select_size=ss, num_select=n, max_pos=M - 1,
+                                              select_cfg=dict(scores_from="attention"))
 
 
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
@@ -348,6 +441,12 @@ def test_public_ops_float32_on_cache_views(gen):
     kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t)
     idx = kernels.select_blocks(q, kc, lse, **kw)
     assert torch.equal(idx, ref.select_blocks(q, kc, lse, **kw)), f"seed {gen.initial_seed()}"
+    for scores_from in td.SCORES_FROM:
+        with tiles_set(td.INTERPRETER_TILES["select"], scores_from=scores_from):
+            o2, lse2, idx2 = kernels.compressed_attention_and_select(q, kc, kc, **kw)
+        close(o2, o_r, f"compressed o, {scores_from}", gen, **tol)
+        close(lse2, lse_r.double(), f"lse, {scores_from}", gen, **tol)
+        assert torch.equal(idx2, ref.select_blocks(q, kc, lse2, **kw)), f"{scores_from}: seed {gen.initial_seed()}"
     close(kernels.selected_attention(q, k, v, idx, select_size=ss, q_start=t),
           ref.selected_attention(q64, k64, v64, idx, select_size=ss, q_start=t), "selected o", gen, **tol)
     close(kernels.window_attention(q, k, v, window=w, q_start=t),
@@ -369,12 +468,15 @@ def small_nsa_model():
     return GPT(cfg, attn).double().eval(), torch.randint(0, 100, (2, 6)), seed
 
 
-def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
+@pytest.mark.parametrize("scores_from", td.SCORES_FROM)
+def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch, scores_from):
     """GPT.generate (prefill, then one token at a time through the decode kernels) == greedy decoding by a full
     forward, float64, G = 2, l=4, d=2, l'=4, n=4, w=8: the 13 one-token steps cross every block rule, and the last
     ones choose blocks by score (5 visible blocks for 4 slots). The full forward (T > 1) runs the chunked
     PyTorch path here (TRITON_OPS emptied), which is fast and equal to the reference; its logits at t are those
-    of a forward over tokens 0..t (causality), so one forward checks every greedy step."""
+    of a forward over tokens 0..t (causality), so one forward checks every greedy step. Both ways of scoring
+    the selection (the selection tiles' scores_from)."""
+    monkeypatch.setitem(td.INTERPRETER_TILES["select"], "scores_from", scores_from)
     calls = {name: 0 for name in td.TRITON_DECODE_OPS}
     for name, fn in list(kernels.TRITON_DECODE_OPS.items()):
         def counted(*a, _fn=fn, _name=name, **kw):
@@ -384,19 +486,22 @@ def test_generate_with_decode_kernels_equals_greedy_full_forwards(monkeypatch):
     monkeypatch.setattr(kernels, "TRITON_OPS", {})
     model, prompt, seed = small_nsa_model()
     out = model.generate(prompt, max_new_tokens=14)
-    # 2 layers x 13 one-token steps; selected and window attention go through their one-launch pair
-    assert calls == {name: 0 if name in ("selected_attention", "window_attention") else 2 * 13
-                     for name in calls}, calls
+    # 2 layers x 13 one-token steps, each through the two ops that chain two (kernels/__init__.py)
+    pairs = ("compressed_attention_and_select", "selected_and_window_attention")
+    assert calls == {name: 2 * 13 if name in pairs else 0 for name in calls}, calls
     with torch.no_grad():
         greedy = model(out[:, :-1])[0][:, prompt.shape[1] - 1 :].argmax(-1)
     assert torch.equal(out[:, prompt.shape[1] :], greedy), f"seed {seed}"
 
 
-def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch):
+@pytest.mark.parametrize("scores_from", td.SCORES_FROM)
+def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(monkeypatch, scores_from):
     """GPT.decode_step with the Triton *_at kernels (the position read on the device) continues a prefill with
-    the tokens generate() picks through the per-step kernels, float64, the same small NSA as above."""
+    the tokens generate() picks through the per-step kernels, float64, the same small NSA as above; both ways of
+    scoring the selection."""
+    monkeypatch.setitem(td.INTERPRETER_TILES["select"], "scores_from", scores_from)
     calls = []
-    for name in ("compressed_attention_at", "select_blocks_at", "selected_and_window_attention_at"):
+    for name in ("compressed_attention_and_select_at", "selected_and_window_attention_at"):
         fn = getattr(td, name)
         monkeypatch.setattr(td, name, lambda *a, _fn=fn, _n=name, **kw: calls.append(_n) or _fn(*a, **kw))
     monkeypatch.setattr(kernels, "TRITON_OPS", {})
@@ -409,5 +514,5 @@ def test_decode_step_at_a_device_position_runs_the_kernels_and_equals_generate(m
         for t in range(6, 19):
             tok = model.decode_step(tok, caches, torch.tensor([t])).argmax(-1, keepdim=True)
             steps.append(tok)
-    assert len(calls) == 3 * 2 * 13
+    assert len(calls) == 2 * 2 * 13
     assert torch.equal(torch.cat(steps, dim=1), out[:, 6:]), f"seed {seed}"

@@ -14,9 +14,9 @@ import pytest
 from tests.interpreted import check_group, run_interpreted
 
 CASES = "tests/_triton_decode_cases.py"
-GROUPS = ("test_dispatch", "test_compressed_attention_decode", "test_select", "test_selected_attention_decode",
-          "test_window_attention_decode", "test_selected_and_window", "test_combine", "test_public_ops",
-          "test_generate", "test_decode_step_at")
+GROUPS = ("test_dispatch", "test_compressed_attention_decode", "test_select", "test_compressed_and_select",
+          "test_selected_attention_decode", "test_window_attention_decode", "test_selected_and_window",
+          "test_combine", "test_public_ops", "test_generate", "test_decode_step_at")
 
 if importlib.util.find_spec("triton") is None:  # found without importing it here
     pytest.skip("Triton is not installed on this platform", allow_module_level=True)

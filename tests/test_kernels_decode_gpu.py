@@ -53,6 +53,27 @@ def block_scores(q, kc, lse, t, G):
     return p @ W
 
 
+def check_blocks(idx, x, lse, t, G, cuda_gen):
+    """idx (the kernel's blocks for the query at t, chosen on `lse`) equals the float32 reference's choice on the
+    same lse, or differs only where the reference's own scores nearly tie; returns the reference's idx."""
+    ss, n = NSA["select_size"], NSA["num_select"]
+    idx_r = ref.select_blocks(x["q"].float(), x["k_cmp"].float(), lse, block_size=NSA["block_size"],
+                              stride=NSA["stride"], select_size=ss, num_select=n, q_start=t)
+    assert ((idx >= 0).sum(-1) == min(t // ss + 1, n)).all(), "wrong number of chosen blocks"
+    assert (idx <= t // ss).all(), "a future block was chosen"
+    differ = (idx != idx_r).any(-1).nonzero().tolist()
+    if differ:  # each differing row must be a near-tie in the reference's own scores
+        score = block_scores(x["q"], x["k_cmp"], lse, t, G)
+        for b, _, h in differ:
+            mine, theirs = set(idx[b, 0, h].tolist()) - {-1}, set(idx_r[b, 0, h].tolist()) - {-1}
+            lo_mine = min(score[b, h, j].item() for j in mine - theirs)
+            hi_theirs = max(score[b, h, j].item() for j in theirs - mine)
+            assert hi_theirs - lo_mine <= 1e-3 * score[b, h].max().item() + 1e-6, (
+                f"(b={b}, h={h}): kernel chose {sorted(mine - theirs)} over {sorted(theirs - mine)}, scores "
+                f"{lo_mine:.6g} < {hi_theirs:.6g} (seed {cuda_gen.initial_seed()})")
+    return idx_r
+
+
 SHAPES = [  # B, t, Hq, Hkv, Dk, Dv; the G = 1 and G = 8 shapes share the G <= 16 kernels with their head dims
     (1, 16383, 64, 4, 128, 128),
     (8, 8191, 64, 4, 128, 128),
@@ -85,20 +106,7 @@ def test_decode_step_bf16(cuda_gen, shape, combine):
 
     sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t)
     idx = td.select_blocks(x["q"], x["k_cmp"], lse_r, **sizes, combine=combine)
-    idx_r = ref.select_blocks(f32["q"], f32["k_cmp"], lse_r, **sizes)
-    valid = idx >= 0
-    assert (valid.sum(-1) == min(t // ss + 1, n)).all(), "wrong number of chosen blocks"
-    assert (idx <= t // ss).all(), "a future block was chosen"
-    differ = (idx != idx_r).any(-1).nonzero().tolist()
-    if differ:  # each differing row must be a near-tie in the reference's own scores
-        score = block_scores(x["q"], x["k_cmp"], lse_r, t, G)
-        for b, _, h in differ:
-            mine, theirs = set(idx[b, 0, h].tolist()) - {-1}, set(idx_r[b, 0, h].tolist()) - {-1}
-            lo_mine = min(score[b, h, j].item() for j in mine - theirs)
-            hi_theirs = max(score[b, h, j].item() for j in theirs - mine)
-            assert hi_theirs - lo_mine <= 1e-3 * score[b, h].max().item() + 1e-6, (
-                f"(b={b}, h={h}): kernel chose {sorted(mine - theirs)} over {sorted(theirs - mine)}, scores "
-                f"{lo_mine:.6g} < {hi_theirs:.6g} (seed {cuda_gen.initial_seed()})")
+    idx_r = check_blocks(idx, x, lse_r, t, G, cuda_gen)
 
     o = td.selected_attention(x["q"], x["k"], x["v"], idx_r, select_size=ss, q_start=t, combine=combine)
     check(o, ref.selected_attention(f32["q"], f32["k"], f32["v"], idx_r, select_size=ss, q_start=t),
@@ -113,13 +121,32 @@ def test_decode_step_bf16(cuda_gen, shape, combine):
           cuda_gen)
 
 
+@pytest.mark.parametrize("shape,combine", CASES)
+def test_compressed_and_select_from_the_attention_scores_bf16(cuda_gen, shape, combine):
+    """scores_from="attention" (the selection reads the scores compressed attention stored, beside its combine):
+    o and lse against the float32 reference, and the blocks against the reference's choice on the returned lse
+    (up to near-ties)."""
+    from kernels import triton_decode as td
+
+    B, t, Hq, Hkv, Dk, Dv = shape
+    x = decode_inputs(cuda_gen, B, t, Hq, Hkv, Dk, Dv)
+    bs, d, ss, n = (NSA[k] for k in ("block_size", "stride", "select_size", "num_select"))
+    o, lse, idx = td.compressed_attention_and_select(x["q"], x["k_cmp"], x["v_cmp"], block_size=bs, stride=d,
+                                                     select_size=ss, num_select=n, q_start=t, combine=combine,
+                                                     select_cfg=dict(scores_from="attention"))
+    o_r, lse_r = ref.compressed_attention(x["q"].float(), x["k_cmp"].float(), x["v_cmp"].float(), block_size=bs,
+                                          stride=d, q_start=t)
+    check(o, o_r, "compressed o", cuda_gen)
+    assert (lse - lse_r).abs().max().item() < 2e-2, f"lse differs (seed {cuda_gen.initial_seed()})"
+    check_blocks(idx, x, lse, t, Hq // Hkv, cuda_gen)
+
+
 def nsa_step(x, t):
     """The public ops as the model calls them for one decoding step (selected and window attention in one
     launch); returns the three branch outputs and the chosen blocks."""
     bs, d, ss, n, w = (NSA[k] for k in ("block_size", "stride", "select_size", "num_select", "window"))
-    o_cmp, lse = kernels.compressed_attention(x["q"], x["k_cmp"], x["v_cmp"], block_size=bs, stride=d, q_start=t)
-    idx = kernels.select_blocks(x["q"], x["k_cmp"], lse, block_size=bs, stride=d, select_size=ss, num_select=n,
-                                q_start=t)
+    o_cmp, _, idx = kernels.compressed_attention_and_select(x["q"], x["k_cmp"], x["v_cmp"], block_size=bs, stride=d,
+                                                            select_size=ss, num_select=n, q_start=t)
     o_slc, o_win = kernels.selected_and_window_attention(x["q"], x["k"], x["v"], idx, x["kw"], x["vw"],
                                                          select_size=ss, window=w, q_start=t)
     return o_cmp, o_slc, o_win, idx
@@ -141,21 +168,27 @@ def test_repeated_fused_launches_agree_and_leave_the_counters_zeroed(cuda_gen):
     assert int(td._COUNTERS[torch.device(DEV, torch.cuda.current_device())].abs().sum()) == 0
 
 
-def test_decode_step_in_a_cuda_graph(cuda_gen):
-    """A decoding step captured in a CUDA graph and replayed on new queries equals the eager step."""
+@pytest.mark.parametrize("scores_from", ["keys", "attention"])
+def test_decode_step_in_a_cuda_graph(cuda_gen, scores_from):
+    """A decoding step captured in a CUDA graph and replayed on new queries equals the eager step, with either way
+    of scoring the selection."""
+    from kernels import triton_decode as td
+    from kernels.triton_common import tiles_set
+
     t = 30000
     x = decode_inputs(cuda_gen, 2, t, 16, 1, 64, 64)
-    nsa_step(x, t)  # warm up (compiles, allocates the counters) before capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = nsa_step(x, t)
-    for _ in range(3):
-        x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
-        graph.replay()
-        expect = nsa_step(x, t)
-        for a, e in zip(out, expect):
-            assert torch.equal(a, e), f"graph replay differs from the eager step (seed {cuda_gen.initial_seed()})"
+    with tiles_set(*td.DECODE_TILES["select"].values(), scores_from=scores_from):
+        nsa_step(x, t)  # warm up (compiles, allocates the counters) before capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = nsa_step(x, t)
+        for _ in range(3):
+            x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
+            graph.replay()
+            expect = nsa_step(x, t)
+            for a, e in zip(out, expect):
+                assert torch.equal(a, e), f"graph replay differs from the eager step (seed {cuda_gen.initial_seed()})"
 
 
 def small_gpu_model(attention: str = "nsa"):
@@ -193,18 +226,23 @@ def test_generate_on_gpu_equals_greedy_full_forwards():
     assert_greedy(model, model.generate(prompt, max_new_tokens=40), prompt.shape[1], seed)
 
 
-@pytest.mark.parametrize("attention", ["full", "nsa"])
+@pytest.mark.parametrize("attention", ["full", "nsa", "nsa-scores"])
 def test_generate_with_a_cuda_graph_decodes_greedily(attention):
     """generate(cuda_graph=True): prefill, one eager step, then replays of one captured decode_step (fixed shapes,
-    position on the device; NSA through the *_at decode kernels) decode greedily like a full forward (up to
-    near-ties), deterministically, and with eos stop as generate's loop does."""
+    position on the device; NSA through the *_at decode kernels, "nsa-scores" with the selection reading compressed
+    attention's scores) decode greedily like a full forward (up to near-ties), deterministically, and with eos stop
+    as generate's loop does."""
+    from kernels import triton_decode as td
+    from kernels.triton_common import tiles_set
     from model.gpt import _stop_at_eos
 
-    model, prompt, seed = small_gpu_model(attention)
-    graphed = model.generate(prompt, max_new_tokens=40, cuda_graph=True)
-    assert graphed.shape == (3, 340) and torch.equal(graphed[:, :300], prompt)
-    assert_greedy(model, graphed, prompt.shape[1], seed)
-    assert torch.equal(model.generate(prompt, 40, cuda_graph=True), graphed), f"not deterministic (seed {seed})"
-    eos = int(graphed[0, 310])
-    expect = torch.cat([prompt, _stop_at_eos(graphed[:, 300:], eos)], dim=1)
-    assert torch.equal(model.generate(prompt, 40, eos_id=eos, cuda_graph=True), expect), f"seed {seed}"
+    scores_from = "attention" if attention == "nsa-scores" else "keys"
+    with tiles_set(*td.DECODE_TILES["select"].values(), scores_from=scores_from):
+        model, prompt, seed = small_gpu_model(attention.removesuffix("-scores"))
+        graphed = model.generate(prompt, max_new_tokens=40, cuda_graph=True)
+        assert graphed.shape == (3, 340) and torch.equal(graphed[:, :300], prompt)
+        assert_greedy(model, graphed, prompt.shape[1], seed)
+        assert torch.equal(model.generate(prompt, 40, cuda_graph=True), graphed), f"not deterministic (seed {seed})"
+        eos = int(graphed[0, 310])
+        expect = torch.cat([prompt, _stop_at_eos(graphed[:, 300:], eos)], dim=1)
+        assert torch.equal(model.generate(prompt, 40, eos_id=eos, cuda_graph=True), expect), f"seed {seed}"

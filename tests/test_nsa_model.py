@@ -79,7 +79,7 @@ def test_cached_queries_run_at_their_offset(monkeypatch):
     import model.attention.nsa as nsa_module
 
     seen = []
-    ops = ("compressed_attention", "select_blocks", "selected_and_window_attention")
+    ops = ("compressed_attention_and_select", "selected_and_window_attention")
     for name in ops:
         op = getattr(nsa_module, name)
 

@@ -52,10 +52,9 @@ from torch import nn
 
 from kernels import (
     check_nsa_sizes,
-    compressed_attention,
+    compressed_attention_and_select,
     num_compressed_tokens,
     runs_triton_decode,
-    select_blocks,
     selected_and_window_attention,
 )
 from model.attention import register_attention
@@ -238,10 +237,10 @@ class NativeSparseAttention(Attention):
         at positions 0.. (k_s, k_w: [B, start + T, Hkv, D]; k_cmp: the compressed tokens of that length)."""
         a = self.attn_cfg
         k_cmp, v_cmp, k_s, v_s, k_w, v_w = (t.to(q.dtype) for t in (k_cmp, v_cmp, k_s, v_s, k_w, v_w))
-        o_cmp, lse = compressed_attention(q, k_cmp, v_cmp, block_size=self.l, stride=self.d, q_start=start)
-        idx = select_blocks(q, k_cmp, lse, block_size=self.l, stride=self.d, select_size=a.select_block,
-                            num_select=a.num_select, num_init=a.num_init, num_local=a.num_local, q_start=start)
-        # the two ops, or one launch for a decoding step (kernels/__init__.py)
+        # each pair: the two ops, or fewer launches for a decoding step (kernels/__init__.py)
+        o_cmp, _, idx = compressed_attention_and_select(q, k_cmp, v_cmp, block_size=self.l, stride=self.d,
+                                                        select_size=a.select_block, num_select=a.num_select,
+                                                        num_init=a.num_init, num_local=a.num_local, q_start=start)
         o_slc, o_win = selected_and_window_attention(q, k_s, v_s, idx, k_w, v_w, select_size=a.select_block,
                                                      window=a.window, q_start=start)
         if self.record_stats:
@@ -339,10 +338,10 @@ class NativeSparseAttention(Attention):
             from kernels import triton_decode as td
 
             sizes = dict(block_size=self.l, stride=self.d)
-            o_cmp, lse = td.compressed_attention_at(q, k_cmp, v_cmp, pos, **sizes, max_pos=max_pos)
-            idx = td.select_blocks_at(q, k_cmp, lse, pos, **sizes, select_size=a.select_block,
-                                      num_select=a.num_select, num_init=a.num_init, num_local=a.num_local,
-                                      max_pos=max_pos)
+            o_cmp, _, idx = td.compressed_attention_and_select_at(q, k_cmp, v_cmp, pos, **sizes,
+                                                                  select_size=a.select_block, num_select=a.num_select,
+                                                                  num_init=a.num_init, num_local=a.num_local,
+                                                                  max_pos=max_pos)
             o_slc, o_win = td.selected_and_window_attention_at(q, k_s, v_s, idx, k_w, v_w, pos,
                                                                select_size=a.select_block, window=a.window,
                                                                max_pos=max_pos)
