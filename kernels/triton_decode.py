@@ -593,7 +593,7 @@ def _select_split(
     The scores q.k_cmp: computed from the compressed keys KC, or (FROM_SCORES) read where compressed attention
     stored them (RAW, see _attn_split). The lse: read from LSE, or (LSE_FROM_STATES) merged from compressed
     attention's cmp_nsplit partial states PM/PL exactly as the combine that stores LSE merges them, so that this
-    program need not wait for it (_combine_and_select_kernel runs both in one launch).
+    program need not wait for it (_select_decode_kernel can run both in one launch).
     T_DEV: t is read from TP[0] on the device, and TC (compressed tokens visible to it) derived from it."""
     MAX_ID: tl.constexpr = 2147483647
     if T_DEV:
@@ -661,48 +661,31 @@ def _select_split(
 
 @triton.jit
 def _select_decode_kernel(
-    Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
-    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
+    Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL, PACC, OUT,
+    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g, so_b, so_h,
     Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP, cmp_nsplit,
     SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
     DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
     TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
-    CMP_S_PAD: tl.constexpr,
+    CMP_S_PAD: tl.constexpr, N_COMBINE: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DV_CHUNK: tl.constexpr,
 ):
-    """Block selection alone: program (split, b * Hkv + kvh) runs _select_split."""
-    _select_split(tl.program_id(0), tl.program_id(1), Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
+    """Program (c, b * Hkv + kvh) runs selection split c - N_COMBINE (_select_split). With N_COMBINE > 0 (the
+    selection beside the compressed attention whose lse it merges itself, LSE_FROM_STATES), programs c <
+    N_COMBINE instead run that attention's combine, columns c * DV_CHUNK .. of the group's cmp_nsplit splits
+    (PM, PL, PACC -> OUT and LSE): the selection need not wait for it."""
+    c = tl.program_id(0)
+    if N_COMBINE > 0:  # (a constexpr test first: without combine programs, no combine code is built)
+        if c < N_COMBINE:
+            _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(1), cmp_nsplit, Hkv, G, so_b, so_h, DV, BLOCK_DV,
+                          G_PAD, True, ACC, CMP_S_PAD, DV_CHUNK, c * DV_CHUNK, DV_CHUNK)
+            return
+    _select_split(c - N_COMBINE, tl.program_id(1), Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
                   sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
-                  Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP,
-                  cmp_nsplit, SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL, C_PAD,
-                  S_LOG2, ACC, PREC, FROM_SCORES, LSE_FROM_STATES, CMP_S_PAD)
-
-
-@triton.jit
-def _combine_and_select_kernel(
-    PACC, OUT, so_b, so_h, Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
-    sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
-    Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit, TP, cmp_nsplit,
-    SPLIT: tl.constexpr, FUSED: tl.constexpr, MULTI_TILE: tl.constexpr, T_DEV: tl.constexpr,
-    DK: tl.constexpr, BLOCK_DK: tl.constexpr, G_PAD: tl.constexpr, NBT: tl.constexpr, NBV: tl.constexpr,
-    TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
-    CMP_S_PAD: tl.constexpr,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, DV_CHUNK: tl.constexpr, N_COMBINE: tl.constexpr,
-):
-    """Compressed attention's combine beside the block selection that needs its lse, in one launch: program
-    (b * Hkv + kvh, c) merges output columns c * DV_CHUNK .. of the group's cmp_nsplit splits (and stores the
-    lse) for c < N_COMBINE, and runs selection split c - N_COMBINE (LSE_FROM_STATES) otherwise."""
-    c = tl.program_id(1)
-    if c < N_COMBINE:
-        _attn_combine(PM, PL, PACC, OUT, LSE, tl.program_id(0), cmp_nsplit, Hkv, G, so_b, so_h, DV, BLOCK_DV, G_PAD,
-                      True, ACC, CMP_S_PAD, DV_CHUNK, c * DV_CHUNK, DV_CHUNK)
-    else:
-        _select_split(c - N_COMBINE, tl.program_id(0), Q, KC, LSE, IDX, PKEY, COUNT, RAW, PM, PL,
-                      sq_b, sq_h, sk_b, sk_t, sk_h, sl_b, sl_h, si_b, si_h, sr_g,
-                      Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit,
-                      TP, cmp_nsplit, SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL,
-                      C_PAD, S_LOG2, ACC, PREC, FROM_SCORES, LSE_FROM_STATES, CMP_S_PAD)
+                  Hkv, G, NSEL, TC, qk_scale, t, BS, STRIDE, SEL, NUM_INIT, NUM_LOCAL, blocks_per_split, nsplit,
+                  TP, cmp_nsplit, SPLIT, FUSED, MULTI_TILE, T_DEV, DK, BLOCK_DK, G_PAD, NBT, NBV, TPB, SPILL,
+                  C_PAD, S_LOG2, ACC, PREC, FROM_SCORES, LSE_FROM_STATES, CMP_S_PAD)
 
 
 @triton.jit
@@ -741,8 +724,8 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer).
     With `raw` (the scores compressed attention stored, _branch's raw), the selection reads them instead of
     scoring k_cmp. With `cmp` too (that compressed attention's _branch, split, its combine not yet run; lse its
-    lse buffer), the combine runs in the same launch (_combine_and_select_kernel) and the selection merges the
-    lse from the partial states itself."""
+    lse buffer), the combine runs in the same launch and the selection merges the lse from the partial states
+    itself."""
     q, k_cmp = bthd(q), bthd(k_cmp)
     B, _, Hq, Dk = q.shape
     Tc, Hkv = k_cmp.shape[1], k_cmp.shape[2]
@@ -764,9 +747,10 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     count = _counters(dev, B * Hkv) if fused else idx
     s_log2 = (next_pow2(splits) - 1).bit_length()  # the merge reads 2**s_log2 rows of candidates
     pm, pl, pacc = cmp["partials"] if cmp is not None else (idx, idx, idx)
-    args = [q, k_cmp, lse, idx, pkey, count, raw if raw is not None else idx, pm, pl,
+    o = cmp["o"] if cmp is not None else q
+    args = [q, k_cmp, lse, idx, pkey, count, raw if raw is not None else idx, pm, pl, pacc, o,
             q.stride(0), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(2),
-            idx.stride(0), idx.stride(2), raw.stride(1) if raw is not None else 0,
+            idx.stride(0), idx.stride(2), raw.stride(1) if raw is not None else 0, o.stride(0), o.stride(2),
             Hkv, G, num_select, 0 if pos is not None else Tc, scale * LOG2E, 0 if pos is not None else t, block_size,
             stride, select_size, num_init, num_local, tiles_per_split * nbv, splits, pos if pos is not None else idx,
             cmp["plan"]["splits"] if cmp is not None else 1]
@@ -775,15 +759,12 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
                   C_PAD=c_pad, S_LOG2=s_log2, ACC=tl_acc(q.dtype), PREC=dot_precision(q.dtype),
                   FROM_SCORES=raw is not None, LSE_FROM_STATES=cmp is not None,
                   CMP_S_PAD=cmp["consts"]["S_PAD"] if cmp is not None else 2)
-    launch = dict(num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
-    if cmp is None:
-        _select_decode_kernel[(splits, B * Hkv)](*args, **consts, **launch)
-    else:
-        o, bdv = cmp["o"], head_block(cmp["o"].shape[3])
-        chunk = min(cmp["consts"]["DV_CHUNK"], COMBINE_COLS)
-        _combine_and_select_kernel[(B * Hkv, bdv // chunk + splits)](
-            pacc, o, o.stride(0), o.stride(2), *args, **consts, DV=o.shape[3], BLOCK_DV=bdv, DV_CHUNK=chunk,
-            N_COMBINE=bdv // chunk, **launch)
+    bdv = head_block(o.shape[3])
+    chunk = min(cmp["consts"]["DV_CHUNK"], COMBINE_COLS) if cmp is not None else bdv
+    n_combine = bdv // chunk if cmp is not None else 0  # programs of compressed attention's combine
+    _select_decode_kernel[(n_combine + splits, B * Hkv)](
+        *args, **consts, N_COMBINE=n_combine, DV=o.shape[3], BLOCK_DV=bdv, DV_CHUNK=chunk,
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
     if split and not fused:
         _select_merge_kernel[(B * Hkv,)](pkey, idx, splits, Hkv, idx.stride(0), idx.stride(2), num_select,
                                          NBT=nbt, S_LOG2=s_log2, num_warps=int(cfg["warps"]))

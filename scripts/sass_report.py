@@ -108,10 +108,11 @@ PRESETS = {
                        ("so_b", "so_h", "so_b2", "so_h2"), 4, 1),
     "decode-select": ("kernels.triton_decode", "_select_decode_kernel",
                       dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", PKEY="*i64", COUNT="*i32", TP="*i64",
-                           RAW="*fp32", PM="*fp32", PL="*fp32", qk_scale="fp32"),
+                           RAW="*fp32", PM="*fp32", PL="*fp32", PACC="*fp32", OUT="*bf16", qk_scale="fp32"),
                       dict(SPLIT=True, FUSED=False, MULTI_TILE=True, T_DEV=True, DK=128, BLOCK_DK=128, G_PAD=16,
                            NBT=16, NBV=16, TPB=4, SPILL=1, C_PAD=128, S_LOG2=6, ACC="fp32", PREC="tf32",
-                           FROM_SCORES=False, LSE_FROM_STATES=False, CMP_S_PAD=2),
+                           FROM_SCORES=False, LSE_FROM_STATES=False, CMP_S_PAD=2, N_COMBINE=0, DV=128,
+                           BLOCK_DV=128, DV_CHUNK=128),
                       ("sq_b", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_h"), 4, 2),
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
                             dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
@@ -122,10 +123,8 @@ PRESETS = {
 _da, _ds = PRESETS["decode-attn"], PRESETS["decode-select"]
 PRESETS["decode-attn-scores"] = (*_da[:3], {**_da[3], "SCORES": True}, *_da[4:])
 PRESETS["decode-select-scores"] = (*_ds[:3], {**_ds[3], "FROM_SCORES": True}, *_ds[4:])
-PRESETS["decode-combine-select"] = (
-    _ds[0], "_combine_and_select_kernel", {**_ds[2], "PACC": "*fp32", "OUT": "*bf16"},
-    {**_ds[3], "FROM_SCORES": True, "LSE_FROM_STATES": True, "CMP_S_PAD": 16, "DV": 128, "BLOCK_DV": 128,
-     "DV_CHUNK": 16, "N_COMBINE": 8}, (*_ds[4], "so_b", "so_h"), *_ds[5:])
+PRESETS["decode-combine-select"] = (*_ds[:3], {**_ds[3], "FROM_SCORES": True, "LSE_FROM_STATES": True, "CMP_S_PAD": 16,
+                                               "DV_CHUNK": 16, "N_COMBINE": 8}, (*_ds[4], "so_b", "so_h"), *_ds[5:])
 
 # the same kernels with TMA loads (tiles option tma=1): the named tensors become tensor descriptors read in boxes of
 # 64 rows of 128 (K/V tiles of 64 keys; the selection's C_PAD = 64 compressed tokens), their stride arguments unused
