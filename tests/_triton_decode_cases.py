@@ -53,6 +53,13 @@ def finite(lse):
     return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
+def close_compressed(o, lse, o_r, lse_r, gen, where=""):
+    """Compressed attention's o to 1e-9 and its lse (float32) to 1e-6 of the reference, -inf where the reference's."""
+    close(o, o_r, f"o{where}", gen)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"lse{where}: seed {gen.initial_seed()}"
+    close(finite(lse), finite(lse_r), f"lse{where}", gen, atol=1e-6, rtol=1e-6)
+
+
 def split_cfg(many: bool) -> dict:
     """Tile overrides: many splits (small ones) or a single split."""
     return dict(split_factor=8.0, max_splits=8) if many else dict(split_factor=0.0)
@@ -107,9 +114,7 @@ def test_compressed_attention_decode(gen, case, combine):
     o, lse = td.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t, cfg=cfg, combine=combine)
     o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t)
     assert o.dtype == F64 and lse.dtype == torch.float32
-    close(o, o_r, "o", gen)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"seed {gen.initial_seed()}"
-    close(finite(lse), finite(lse_r), "lse", gen, atol=1e-6, rtol=1e-6)
+    close_compressed(o, lse, o_r, lse_r, gen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,10 +253,7 @@ def test_compressed_and_select_from_the_attention_scores(gen, case, combine, mon
     # selection's (o below would be wrong without it)
     assert launches.counts == {"_decode_attn_kernel": 1, "_select_decode_kernel": 1, "_attn_combine_kernel": 0}, (
         launches.counts)
-    o_r, lse_r = ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t)
-    close(o, o_r, "o", gen)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"seed {gen.initial_seed()}"
-    close(finite(lse), finite(lse_r), "lse", gen, atol=1e-6, rtol=1e-6)
+    close_compressed(o, lse, *ref.compressed_attention(q, kc, vc, block_size=bs, stride=d, q_start=t), gen)
     idx_r = ref.select_blocks(q, kc, lse, **kw)
     assert torch.equal(idx, idx_r), f"seed {gen.initial_seed()}\n{idx}\n{idx_r}"
 
@@ -368,9 +370,7 @@ def test_decode_step_at_a_device_position_equals_the_reference(gen, G):
         nc = ref.num_compressed_tokens(t + 1, bs, d)
         o, lse = td.compressed_attention_at(q, kc, vc, pos, block_size=bs, stride=d, max_pos=M - 1, cfg=cfg)
         o_r, lse_r = ref.compressed_attention(q, kc[:, :nc], vc[:, :nc], block_size=bs, stride=d, q_start=t)
-        close(o, o_r, f"o_cmp at {t}", gen)
-        assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_r)), f"t={t} seed {gen.initial_seed()}"
-        close(finite(lse), finite(lse_r), f"lse at {t}", gen, atol=1e-6, rtol=1e-6)
+        close_compressed(o, lse, o_r, lse_r, gen, f" at {t}")
         for forced in (dict(num_init=1, num_local=2), dict(num_init=0, num_local=0)):  # no forced blocks: the
             sizes = dict(block_size=bs, stride=d, select_size=ss, num_select=n, **forced)  # newest tokens count
             idx = td.select_blocks_at(q, kc, lse_r, pos, **sizes, max_pos=M - 1, cfg=dict(max_splits=8))
