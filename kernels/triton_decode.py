@@ -800,6 +800,8 @@ def _decode_compressed_select(q, k_cmp, v_cmp, *, scale: float, block_size: int,
                  raw=raw)
     _launch_branch(q, k_cmp, v_cmp, br, scale)
     late = br["consts"]["SPLIT"] and not br["consts"]["FUSED"]  # its combine is still to run
+    if pos is None:  # the selection scores the first k_cmp.shape[1] tokens: exactly those the attention stored
+        k_cmp = k_cmp[:, :hi]
     idx = _decode_select(q, k_cmp, br["lse"], block_size=block_size, stride=stride, select_size=select_size,
                          num_select=num_select, num_init=num_init, num_local=num_local, scale=scale, t=t,
                          cfg=select_cfg, combine=combine, pos=pos, raw=raw, cmp=br if late else None)
