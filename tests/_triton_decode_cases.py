@@ -65,6 +65,25 @@ def split_cfg(many: bool) -> dict:
     return dict(split_factor=8.0, max_splits=8) if many else dict(split_factor=0.0)
 
 
+class Launches:
+    """Counts the launches of the named decode kernels: each is replaced (monkeypatch) by a stand-in that counts a
+    launch, then makes it."""
+
+    def __init__(self, monkeypatch, *names: str):
+        self.counts = dict.fromkeys(names, 0)
+        for name in names:
+            monkeypatch.setattr(td, name, _Counted(self.counts, name, getattr(td, name)))
+
+
+class _Counted:
+    def __init__(self, counts: dict, name: str, kernel):
+        self.counts, self.name, self.kernel = counts, name, kernel
+
+    def __getitem__(self, grid):
+        self.counts[self.name] += 1
+        return self.kernel[grid]
+
+
 # ----------------------------------------------------------------------------------------------
 # dispatch
 
@@ -170,14 +189,7 @@ def test_combine_mode_of_calls_without_one_is_the_tiles_entry(gen, kind, monkeyp
     sel = dict(select_size=ss, num_select=n)
     idx_r = ref.select_blocks(q, kc, lse_r, **kw, **sel)
     combine_kernel = "_select_merge_kernel" if kind == "select" else "_attn_combine_kernel"
-    launches = []
-    real = getattr(td, combine_kernel)
-
-    class Counted:  # stands in for the combine kernel: counts its launches, then runs it
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-    monkeypatch.setattr(td, combine_kernel, Counted())
+    launches = Launches(monkeypatch, combine_kernel).counts
     many = dict(max_splits=8) if kind == "select" else split_cfg(True)
 
     def run():
@@ -188,11 +200,11 @@ def test_combine_mode_of_calls_without_one_is_the_tiles_entry(gen, kind, monkeyp
             o, lse = td.compressed_attention(q, kc, kc, **kw, cfg=many)
             close(o, o_r, "o", gen)
             close(finite(lse), finite(lse_r).float(), "lse", gen, atol=1e-5, rtol=1e-5)
-    for mode, launched in (("fused", False), ("kernel", True)):
-        launches.clear()
+    for mode, launched in (("fused", 0), ("kernel", 1)):
+        launches[combine_kernel] = 0
         monkeypatch.setitem(td.INTERPRETER_TILES[kind], "combine", mode)
         run()
-        assert bool(launches) == launched, f"combine={mode}: {len(launches)} combine launches"
+        assert launches[combine_kernel] == launched, f"combine={mode}: {launches[combine_kernel]} combine launches"
     monkeypatch.setitem(td.INTERPRETER_TILES[kind], "combine", "later")
     with pytest.raises(ValueError, match="combine='later'"):
         run()
@@ -211,25 +223,6 @@ CMP_SELECT_CASES = [  # B, Hkv, G, Dk, Dv, block_size, stride, select_size, n, n
                  id="pure-top-k-one-select-split"),
     pytest.param((2, 2, 2, 16, 16, 8, 4, 16, 3, 1, 2, 5, True, dict(max_splits=8)), id="before-the-first-token"),
 ]
-
-
-class Launches:
-    """Counts the launches of the named decode kernels (monkeypatched stand-ins that then run them)."""
-
-    def __init__(self, monkeypatch, *names: str):
-        self.counts = dict.fromkeys(names, 0)
-        for name in names:
-            real = getattr(td, name)
-            monkeypatch.setattr(td, name, self._counted(name, real))
-
-    def _counted(self, name, real):
-        counts = self.counts
-
-        class Counted:
-            def __getitem__(self, grid):
-                counts[name] += 1
-                return real[grid]
-        return Counted()
 
 
 @pytest.mark.parametrize("combine", td.COMBINE_MODES)
