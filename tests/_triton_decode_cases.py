@@ -252,15 +252,14 @@ def test_compressed_and_select_from_the_attention_scores(gen, case, combine, mon
 
 
 def test_compressed_and_select_by_keys_is_the_two_ops(gen, monkeypatch):
-    """scores_from="keys" (the default) runs compressed attention, its combine, then the selection scoring the
-    compressed keys, and gives the same as "attention"; an unknown scores_from is refused."""
+    """scores_from="keys" runs compressed attention, its combine, then the selection scoring the compressed keys, and
+    gives the same as "attention"; an unknown scores_from is refused."""
     B, Hkv, G, D, bs, d, ss, n, t = 1, 2, 4, 16, 8, 4, 16, 5, 150
     Tc = ref.num_compressed_tokens(t + 1, bs, d)
     q, kc, vc = randn(gen, B, 1, Hkv * G, D), randn(gen, B, Tc, Hkv, D), randn(gen, B, Tc, Hkv, D)
     kw = dict(block_size=bs, stride=d, select_size=ss, num_select=n, q_start=t, cfg=split_cfg(True))
-    assert td.INTERPRETER_TILES["select"]["scores_from"] == td.DECODE_TILES["select"]["small"]["scores_from"] == "keys"
     launches = Launches(monkeypatch, "_select_decode_kernel", "_attn_combine_kernel")
-    by_keys = td.compressed_attention_and_select(q, kc, vc, **kw)
+    by_keys = td.compressed_attention_and_select(q, kc, vc, **kw, select_cfg=dict(scores_from="keys"))
     assert launches.counts == {"_select_decode_kernel": 1, "_attn_combine_kernel": 1}
     by_scores = td.compressed_attention_and_select(q, kc, vc, **kw, select_cfg=dict(scores_from="attention"))
     for a, e, what in zip(by_scores, by_keys, ("o", "lse", "idx")):
