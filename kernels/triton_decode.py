@@ -88,20 +88,23 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # select scores_from (SCORES_FROM): "keys", the selection scores the compressed keys again after compressed
 # attention has combined its splits and stored the lse; "attention", compressed attention stores its scores and the
 # selection reads them, its splits in the same launch as compressed attention's combine (one link fewer in the
-# step's chain, and no compressed keys read twice; compressed_attention_and_select). "keys" until "attention" is
-# timed on the GPU (written in the twenty-sixth session, which had none).
+# step's chain, and no compressed keys read twice; compressed_attention_and_select). "attention" with max_splits
+# 20 for head dims <= 128: NSA step, main shape, H100, twenty-sixth session (docs/benchmarks.md), B = 1 64k 37.7 ->
+# 32.8 us, B = 8 64k 86.1 -> 76.9, B = 1 8k 28.0 -> 25.1; bench_decode's sweep at B = 1 64k put 4 tiles per split
+# (what max_splits 20 gives there) ahead of 2 (33.4-33.6 against 34.5-34.7 us) and 2 ahead of 4 at 8k. "big" (head
+# dims > 128) keeps "keys": not timed.
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
     "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel"),
              "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel")},
-    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=128, combine="kernel",
-                             scores_from="keys"),
+    "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=20, combine="kernel",
+                             scores_from="attention"),
                "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel",
                            scores_from="keys")},
 }
 INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel"),
                      "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8, combine="kernel",
-                                    scores_from="keys")}
+                                    scores_from="attention")}
 if os.environ.get("NSA_DECODE_TILES"):
     with open(os.environ["NSA_DECODE_TILES"]) as _f:
         for _kernel, _sizes in json.load(_f).items():

@@ -15,8 +15,9 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   kernels/triton_decode.py (every op's splits combined by a second launch: the default); also as four launches
   ("4 ops": selected and window attention separately), with every op's splits combined inside its own launch
   ("fused"), and per op; and as the model's graphed decoding runs it, the position in a device tensor (the
-  *_at launches: "at"); "scores": the step with the selection reading compressed attention's scores (the
-  selection tiles' scores_from="attention"; its outputs against the default's in "scores_check"). Full attention
+  *_at launches: "at"); "keys" / "scores": the step with the selection scoring the compressed keys or reading
+  compressed attention's scores (the selection tiles' scores_from "keys" / "attention"; outputs against the
+  default's in "keys_check" / "attention_check"). Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
   default, flash, efficient and cuDNN backends; "full" is the fastest of them.
@@ -253,12 +254,12 @@ def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
 
     cmp, select, slc, win, step, step_separate = nsa_ops(x, T)
     out = graph_times(step)
-    # the selection reading compressed attention's scores (scores_from="attention"), against the default in the
-    # same run; its outputs checked against the default's
+    # both ways of scoring the selection (the selection tiles' scores_from), each against the default's outputs
     ref = step()
-    with tiles_set(*td.DECODE_TILES["select"].values(), scores_from="attention"):
-        out["scores_us"] = graph_times(step)["us"]
-        out["scores_check"] = same_step(step(), ref)
+    for mode in td.SCORES_FROM:
+        with tiles_set(*td.DECODE_TILES["select"].values(), scores_from=mode):
+            out[f"{mode}_us"] = graph_times(step)["us"]
+            out[f"{mode}_check"] = same_step(step(), ref)
     out["at_us"] = graph_times(nsa_step_at(x, T))["us"]
     out["eager_us"] = eager_us(step)
     out["separate_us"] = graph_times(step_separate)["us"]
@@ -440,8 +441,8 @@ def table(results: dict) -> str:
                         if "launch1_us" in bw else ""))
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
-        lines.append(f"{'point':>16} | {'NSA':>8} {'scores':>8} {'cmp':>7} {'sel':>7} {'slc':>7} {'win':>7} "
-                     f"{'4 ops':>8} "
+        lines.append(f"{'point':>16} | {'NSA':>8} {'keys':>8} {'scores':>8} {'cmp':>7} {'sel':>7} {'slc':>7} "
+                     f"{'win':>7} {'4 ops':>8} "
                      f"{'fused':>8} {'at':>7} "
                      f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | "
                      f"{'NSA GB/s':>8} {'%copy':>6}")
@@ -451,7 +452,8 @@ def table(results: dict) -> str:
                 lines.append(f"{key:>16} | {json.dumps(r)[:100]}")
                 continue
             lines.append(
-                f"{key:>16} | {f(n['us'])} {f(n.get('scores_us'))} {f(n.get('cmp_us'), '7.1f')} "
+                f"{key:>16} | {f(n['us'])} {f(n.get('keys_us'))} {f(n.get('attention_us'))} "
+                f"{f(n.get('cmp_us'), '7.1f')} "
                 f"{f(n.get('select_us'), '7.1f')} "
                 f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "
                 f"{f(n.get('fused_us'))} {f(n.get('at_us'), '7.1f')} "
