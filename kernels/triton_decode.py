@@ -409,14 +409,14 @@ def _combine_mode(combine: str | None, cfg: dict) -> str:
 def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_lse: bool = False,
             cfg: dict | None = None, combine: str | None = None, counter_base: int = 0,
             pos: torch.Tensor | None = None, offsets: tuple[int, int, int] = (0, 0, 1),
-            raw: torch.Tensor | None = None) -> dict:
+            keep_scores: bool = False) -> dict:
     """One attention branch of _decode_attn_kernel / _decode_attn_pair_kernel: its output buffers, its split
     plan, and its kernel arguments ("args": the positional ones after the shared queries, "consts": its
     constexprs). Counters start at counter_base (two branches of one launch must not share them).
     With `pos` (the position on the device), [lo, hi) is the largest range the position can need (the split
     plan's) and the kernel derives its own from the position with offsets = (lo_off, hi_off, hi_div).
-    With `raw` ([B*Hkv, G_PAD, >= hi] in the accumulator dtype; a key range only), the kernel also stores the
-    scores there (_attn_split's SCORES)."""
+    keep_scores (a key range only): the kernel also stores the scores, in "scores" [B*Hkv, G_PAD, max(hi, 1)] of the
+    accumulator dtype (_attn_split's SCORES)."""
     B, _, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -446,6 +446,7 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
     count = _counters(dev, counter_base + B * Hkv)[counter_base:] if fused else o
     si = (idx.stride(0), idx.stride(2)) if idx is not None else (0, 0)
     s_pad, dv_chunk = combine_tiles(splits, g_pad, bdv)
+    raw = torch.empty(B * Hkv, g_pad, max(hi, 1), dtype=acc_t, device=dev) if keep_scores else None
     raw_args = (raw, raw.stride(1)) if raw is not None else (o, 0)
     args = [k, v, idx if idx is not None else o, o, lse, pm, pl, pacc, count,
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(2),
@@ -454,9 +455,9 @@ def _branch(q, k, v, *, lo: int, hi: int, idx=None, select_size: int = 1, write_
             pos if pos is not None else o, *offsets, *raw_args]
     consts = dict(SELECTED=idx is not None, SPLIT=split, FUSED=fused, WRITE_LSE=write_lse, BLOCK_N=block_n,
                   N_KT=math.ceil(select_size / block_n), NSEL_PAD=next_pow2(max(nsel, 2)), S_PAD=s_pad,
-                  DV_CHUNK=dv_chunk, T_DEV=pos is not None, SCORES=raw is not None)
+                  DV_CHUNK=dv_chunk, T_DEV=pos is not None, SCORES=keep_scores)
     return dict(o=o, lse=lse if write_lse else None, plan=plan, args=args, consts=consts, partials=(pm, pl, pacc),
-                Hkv=Hkv, G=G)
+                Hkv=Hkv, G=G, scores=raw)
 
 
 def _shared_args(q, k, v, scale: float) -> tuple[list, dict]:
@@ -725,7 +726,7 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
                    cmp: dict | None = None) -> torch.Tensor:
     """Launch _select_decode_kernel for the query at position t, or with `pos` at the position held there on the
     device (t: the largest it may hold, which sizes the split plan; k_cmp then is the whole buffer).
-    With `raw` (the scores compressed attention stored, _branch's raw), the selection reads them instead of
+    With `raw` (the scores compressed attention stored, _branch's "scores"), the selection reads them instead of
     scoring k_cmp. With `cmp` too (that compressed attention's _branch, split, its combine not yet run; lse its
     lse buffer), the combine runs in the same launch and the selection merges the lse from the partial states
     itself."""
@@ -777,14 +778,15 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
 SCORES_FROM = ("keys", "attention")
 
 
-def _scores_from(cfg: dict) -> str:
-    """The selection tiles' `scores_from`, checked: "keys" (the selection scores the compressed keys itself) or
-    "attention" (it reads the scores compressed attention stored; see compressed_attention_and_select)."""
-    mode = cfg["scores_from"]
+def _reads_scores(q: torch.Tensor, select_cfg: dict | None) -> bool:
+    """Whether the selection for queries like q reads the scores compressed attention stored: the selection tiles'
+    `scores_from` (with select_cfg), checked: "attention"; "keys", the selection scores the compressed keys itself
+    (see compressed_attention_and_select)."""
+    mode = decode_tiles("select", head_block(q.shape[-1]) > 128, select_cfg)["scores_from"]
     if mode not in SCORES_FROM:
         raise ValueError(f"decode scores_from={mode!r}: choose one of {SCORES_FROM} (the selection tiles' "
                          f"scores_from entry, NSA_DECODE_TILES)")
-    return mode
+    return mode == "attention"
 
 
 def _decode_compressed_select(q, k_cmp, v_cmp, *, scale: float, block_size: int, stride: int, select_size: int,
@@ -796,18 +798,15 @@ def _decode_compressed_select(q, k_cmp, v_cmp, *, scale: float, block_size: int,
     splits and combines in a second launch, that launch also runs the selection's splits. pos, offsets: see
     _branch."""
     q, k_cmp, v_cmp = bthd(q), bthd(k_cmp), bthd(v_cmp)
-    B, _, Hq, _ = q.shape
-    Hkv = k_cmp.shape[2]
-    raw = torch.empty(B * Hkv, max(16, next_pow2(Hq // Hkv)), max(hi, 1), dtype=acc_dtype(q.dtype), device=q.device)
     br = _branch(q, k_cmp, v_cmp, lo=0, hi=hi, write_lse=True, cfg=cfg, combine=combine, pos=pos, offsets=offsets,
-                 raw=raw)
+                 keep_scores=True)
     _launch_branch(q, k_cmp, v_cmp, br, scale)
     late = br["consts"]["SPLIT"] and not br["consts"]["FUSED"]  # its combine is still to run
     if pos is None:  # the selection scores the first k_cmp.shape[1] tokens: exactly those the attention stored
         k_cmp = k_cmp[:, :hi]
     idx = _decode_select(q, k_cmp, br["lse"], block_size=block_size, stride=stride, select_size=select_size,
                          num_select=num_select, num_init=num_init, num_local=num_local, scale=scale, t=t,
-                         cfg=select_cfg, combine=combine, pos=pos, raw=raw, cmp=br if late else None)
+                         cfg=select_cfg, combine=combine, pos=pos, raw=br["scores"], cmp=br if late else None)
     return br["o"], br["lse"], idx
 
 
@@ -842,15 +841,10 @@ def compressed_attention_and_select(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp:
                                     combine: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoding step of compressed_attention and of select_blocks on its lse -> (o, lse, idx), as the selection
     tiles' scores_from says: "keys", the two ops; "attention", _decode_compressed_select. cfg / select_cfg: each
-    kernel's tile overrides; combine: both kernels'."""
-    if _use_chunked(q, k_cmp, v_cmp):
-        o, lse = chunked.compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
-                                              q_start=q_start)
-        return o, lse, chunked.select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride,
-                                             select_size=select_size, num_select=num_select, num_init=num_init,
-                                             num_local=num_local, scale=scale, q_start=q_start)
+    kernel's tile overrides; combine: both kernels'. Where the kernels cannot serve the call, the two ops take
+    their PyTorch path (each decides it)."""
     sel = dict(select_size=select_size, num_select=num_select, num_init=num_init, num_local=num_local)
-    if _scores_from(decode_tiles("select", head_block(q.shape[-1]) > 128, select_cfg)) == "keys":
+    if _use_chunked(q, k_cmp, v_cmp) or not _reads_scores(q, select_cfg):
         o, lse = compressed_attention(q, k_cmp, v_cmp, block_size=block_size, stride=stride, scale=scale,
                                       q_start=q_start, cfg=cfg, combine=combine)
         return o, lse, select_blocks(q, k_cmp, lse, block_size=block_size, stride=stride, **sel, scale=scale,
@@ -953,7 +947,7 @@ def compressed_attention_and_select_at(q: torch.Tensor, k_cmp: torch.Tensor, v_c
     compressed_attention_at."""
     sel = dict(block_size=block_size, stride=stride, select_size=select_size, num_select=num_select,
                num_init=num_init, num_local=num_local)
-    if _scores_from(decode_tiles("select", head_block(q.shape[-1]) > 128, select_cfg)) == "keys":
+    if not _reads_scores(q, select_cfg):
         o, lse = compressed_attention_at(q, k_cmp, v_cmp, pos, block_size=block_size, stride=stride, max_pos=max_pos,
                                          scale=scale, cfg=cfg)
         return o, lse, select_blocks_at(q, k_cmp, lse, pos, **sel, max_pos=max_pos, scale=scale, cfg=select_cfg)
