@@ -36,6 +36,7 @@ gradient is needed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -93,18 +94,23 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # 32.8 us, B = 8 64k 86.1 -> 76.9, B = 1 8k 28.0 -> 25.1; bench_decode's sweep at B = 1 64k put 4 tiles per split
 # (what max_splits 20 gives there) ahead of 2 (33.4-33.6 against 34.5-34.7 us) and 2 ahead of 4 at 8k. "big" (head
 # dims > 128) keeps "keys": not timed.
+# pdl: launch the kernel (and its combine / merge launch) with programmatic dependent launch (_chain_start; CUDA
+# devices of compute capability >= 9 only, off elsewhere).
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
-    "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel"),
-             "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel")},
+    "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel",
+                           pdl=True),
+             "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel",
+                         pdl=True)},
     "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=20, combine="kernel",
-                             scores_from="attention"),
+                             scores_from="attention", pdl=True),
                "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel",
-                           scores_from="keys")},
+                           scores_from="keys", pdl=True)},
 }
-INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel"),
+INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel",
+                                  pdl=False),
                      "select": dict(warps=1, stages=1, tiles_per_split=1, max_splits=8, combine="kernel",
-                                    scores_from="attention")}
+                                    scores_from="attention", pdl=False)}
 if os.environ.get("NSA_DECODE_TILES"):
     with open(os.environ["NSA_DECODE_TILES"]) as _f:
         for _kernel, _sizes in json.load(_f).items():
@@ -144,6 +150,34 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
     if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         _COUNTERS[device] = buf
     return buf
+
+
+@functools.cache
+def _has_pdl(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def _pdl(cfg: dict, device: torch.device) -> dict:
+    """The launch arguments of programmatic dependent launch for a kernel with tiles cfg on `device`: the kernel's
+    PDL constexpr (_chain_start) and Triton's launch_pdl, always the same value (a kernel launched early must
+    wait). On where the tiles' `pdl` asks for it and the device has it (compute capability >= 9)."""
+    on = bool(cfg.get("pdl")) and device.type == "cuda" and not INTERPRETED and _has_pdl(
+        device.index if device.index is not None else torch.cuda.current_device())
+    return dict(PDL=on, launch_pdl=on)
+
+
+@triton.jit
+def _chain_start(PDL: tl.constexpr):
+    """The first thing every decode kernel does. A decoding step is a chain of short launches, each reading what
+    the one before wrote; with PDL (programmatic dependent launch, sm_90+), a kernel launched with launch_pdl may
+    start as soon as every program of the one before has passed this point, so its launch and scheduling overlap
+    that kernel's work. It then waits here until the kernel before has finished and its writes are visible
+    (griddepcontrol.wait): nothing is read or written before, so the results are those of serial launches.
+    Since every kernel waits before it lets the next one start, all kernels before the previous one have finished
+    too."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,9 +333,10 @@ def _decode_attn_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
     SELECTED: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr, WRITE_LSE: tl.constexpr,
     BLOCK_N: tl.constexpr, N_KT: tl.constexpr, NSEL_PAD: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
-    T_DEV: tl.constexpr, SCORES: tl.constexpr,
+    T_DEV: tl.constexpr, SCORES: tl.constexpr, PDL: tl.constexpr,
 ):
     """One attention branch: program (split, b * Hkv + kvh) runs _attn_split."""
+    _chain_start(PDL)
     _attn_split(tl.program_id(0), tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
                 K, V, IDX, OUT, LSE, PM, PL, PACC, COUNT,
                 sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_h, si_b, si_h,
@@ -326,11 +361,12 @@ def _decode_attn_pair_kernel(
     SELECTED2: tl.constexpr, SPLIT2: tl.constexpr, FUSED2: tl.constexpr, WRITE_LSE2: tl.constexpr,
     BLOCK_N2: tl.constexpr, N_KT2: tl.constexpr, NSEL_PAD2: tl.constexpr, S_PAD2: tl.constexpr,
     DV_CHUNK2: tl.constexpr, T_DEV: tl.constexpr, T_DEV2: tl.constexpr, SCORES: tl.constexpr,
-    SCORES2: tl.constexpr,
+    SCORES2: tl.constexpr, PDL: tl.constexpr,
 ):
     """Two independent attention branches of the same queries in one launch (selected and window attention of a
     decoding step): programs 0 .. nsplit-1 along axis 0 run the first branch, the next nsplit2 the second. A
     decoding step is a chain of latency-bound launches; this removes one link."""
+    _chain_start(PDL)
     pid_s = tl.program_id(0)
     if pid_s < nsplit:
         _attn_split(pid_s, tl.program_id(1), Q, sq_b, sq_h, Hkv, G, qk_scale,
@@ -353,11 +389,12 @@ def _decode_attn_pair_kernel(
 def _attn_combine_kernel(PM, PL, PACC, OUT, LSE, nsplit, PM2, PL2, PACC2, OUT2, nsplit2, Hkv, G, so_b, so_h,
                          so_b2, so_h2, DV: tl.constexpr, BLOCK_DV: tl.constexpr, G_PAD: tl.constexpr,
                          WRITE_LSE: tl.constexpr, ACC: tl.constexpr, S_PAD: tl.constexpr, DV_CHUNK: tl.constexpr,
-                         S_PAD2: tl.constexpr, DV_CHUNK2: tl.constexpr):
+                         S_PAD2: tl.constexpr, DV_CHUNK2: tl.constexpr, PDL: tl.constexpr):
     """combine="kernel": program (group, c, branch) merges columns c * DV_CHUNK .. of one KV group's splits of
     one branch, so that the combine's reads spread over BLOCK_DV / DV_CHUNK programs per group instead of one.
     Branch 1 (grid axis 2 = 1) is a second split branch of the same step (window attention beside selected
     attention), combined in the same launch; it writes no lse."""
+    _chain_start(PDL)
     col = tl.program_id(1)
     if tl.program_id(2) == 0:
         if col * DV_CHUNK < BLOCK_DV:
@@ -485,6 +522,7 @@ def _combine_separately(q, branches: list[dict], shared: dict) -> None:
         DV=shared["DV"], BLOCK_DV=shared["BLOCK_DV"], G_PAD=shared["G_PAD"], WRITE_LSE=first["lse"] is not None,
         ACC=shared["ACC"], S_PAD=first["consts"]["S_PAD"], DV_CHUNK=chunks[0],
         S_PAD2=branches[-1]["consts"]["S_PAD"], DV_CHUNK2=chunks[-1], num_warps=4, num_stages=1,
+        **_pdl(first["plan"]["cfg"], q.device),
     )
 
 
@@ -509,7 +547,8 @@ def _launch_branch(q, k, v, br: dict, scale: float) -> dict:
     args, consts = _shared_args(q, k, v, scale)
     cfg = br["plan"]["cfg"]
     _decode_attn_kernel[(br["plan"]["splits"], q.shape[0] * k.shape[2])](
-        *args, *br["args"], **consts, **br["consts"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+        *args, *br["args"], **consts, **br["consts"], num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]),
+        **_pdl(cfg, q.device))
     return consts
 
 
@@ -530,7 +569,7 @@ def _decode_selected_window(q, k_slc, v_slc, idx, k_win, v_win, *, scale: float,
     cfg = slc["plan"]["cfg"]
     _decode_attn_pair_kernel[(slc["plan"]["splits"] + win["plan"]["splits"], n_groups)](
         *args, *slc["args"], *win["args"], **consts, **slc["consts"], **second,
-        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]), **_pdl(cfg, q.device))
     unmerged = [br for br in (slc, win) if br["consts"]["SPLIT"] and not br["consts"]["FUSED"]]
     if unmerged:
         _combine_separately(q, unmerged, consts)
@@ -673,12 +712,13 @@ def _select_decode_kernel(
     TPB: tl.constexpr, SPILL: tl.constexpr, C_PAD: tl.constexpr, S_LOG2: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, FROM_SCORES: tl.constexpr, LSE_FROM_STATES: tl.constexpr,
     CMP_S_PAD: tl.constexpr, N_COMBINE: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    DV_CHUNK: tl.constexpr,
+    DV_CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (c, b * Hkv + kvh) runs selection split c - N_COMBINE (_select_split). With N_COMBINE > 0 (the
     selection beside the compressed attention whose lse it merges itself, LSE_FROM_STATES), programs c <
     N_COMBINE instead run that attention's combine, columns c * DV_CHUNK .. of the group's cmp_nsplit splits
     (PM, PL, PACC -> OUT and LSE): the selection need not wait for it."""
+    _chain_start(PDL)
     c = tl.program_id(0)
     if N_COMBINE > 0:  # (a constexpr test first: without combine programs, no combine code is built)
         if c < N_COMBINE:
@@ -693,7 +733,9 @@ def _select_decode_kernel(
 
 
 @triton.jit
-def _select_merge_kernel(PKEY, IDX, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.constexpr, S_LOG2: tl.constexpr):
+def _select_merge_kernel(PKEY, IDX, nsplit, Hkv, si_b, si_h, NSEL, NBT: tl.constexpr, S_LOG2: tl.constexpr,
+                         PDL: tl.constexpr):
+    _chain_start(PDL)
     _select_merge(PKEY, IDX, tl.program_id(0), nsplit, Hkv, si_b, si_h, NSEL, NBT, S_LOG2)
 
 
@@ -768,10 +810,10 @@ def _decode_select(q, k_cmp, lse, *, block_size: int, stride: int, select_size: 
     n_combine = bdv // chunk if cmp is not None else 0  # programs of compressed attention's combine
     _select_decode_kernel[(n_combine + splits, B * Hkv)](
         *args, **consts, N_COMBINE=n_combine, DV=o.shape[3], BLOCK_DV=bdv, DV_CHUNK=chunk,
-        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]))
+        num_warps=int(cfg["warps"]), num_stages=int(cfg["stages"]), **_pdl(cfg, dev))
     if split and not fused:
         _select_merge_kernel[(B * Hkv,)](pkey, idx, splits, Hkv, idx.stride(0), idx.stride(2), num_select,
-                                         NBT=nbt, S_LOG2=s_log2, num_warps=int(cfg["warps"]))
+                                         NBT=nbt, S_LOG2=s_log2, num_warps=int(cfg["warps"]), **_pdl(cfg, dev))
     return idx
 
 

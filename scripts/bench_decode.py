@@ -17,7 +17,9 @@ Sections (bf16; NSA with the paper's sizes l=32, d=16, l'=64, n=16, w=512, separ
   ("fused"), and per op; and as the model's graphed decoding runs it, the position in a device tensor (the
   *_at launches: "at"); "keys" / "scores": the step with the selection scoring the compressed keys or reading
   compressed attention's scores (the selection tiles' scores_from "keys" / "attention"; outputs against the
-  default's in "keys_check" / "attention_check"). Full attention
+  default's in "keys_check" / "attention_check"); "serial" / "pdl": the step with every decode kernel launched
+  after the one before has finished, or with programmatic dependent launch (the decode tiles' pdl; "at_serial",
+  "at_pdl": the *_at step so). Full attention
   = SDPA on the same cache: the model's call (q [B, Hq, 1, D], GQA through enable_gqa) and the G heads of a
   group folded into G query rows (reads each KV head once: the best decode path SDPA offers), with the
   default, flash, efficient and cuDNN backends; "full" is the fastest of them.
@@ -261,6 +263,12 @@ def bench_nsa_step(x: dict, T: int, per_op: bool = True) -> dict:
             out[f"{mode}_us"] = graph_times(step)["us"]
             out[f"{mode}_check"] = same_step(step(), ref)
     out["at_us"] = graph_times(nsa_step_at(x, T))["us"]
+    # with and without programmatic dependent launch (every decode kernel's tiles' pdl): "pdl" / "serial"
+    for mode, on in (("serial", False), ("pdl", True)):
+        with tiles_set(*td.DECODE_TILES["attn"].values(), *td.DECODE_TILES["select"].values(), pdl=on):
+            out[f"{mode}_us"] = graph_times(step)["us"]
+            out[f"{mode}_check"] = same_step(step(), ref)
+            out[f"at_{mode}_us"] = graph_times(nsa_step_at(x, T))["us"]
     out["eager_us"] = eager_us(step)
     out["separate_us"] = graph_times(step_separate)["us"]
     out["fused_us"] = graph_times(nsa_ops(x, T, combine="fused")[4])["us"]
@@ -379,18 +387,20 @@ def bench_generate(attn: str, T: int, B: int, new: int, n_layer: int = 12, cuda_
 def bench_sweep(T: int = 65536) -> dict:
     """NSA step (graph, cold L2) at T, B=1, main shape, for decode tile alternatives; each with how far its outputs
     are from the default's (same_step)."""
+    from kernels import triton_decode as td
     x = make_cache(1, T, **SHAPES["main"])
     ref_out = nsa_ops(x, T)[4]()
     # the alternatives to DECODE_TILES' "small" entries (split_factor 1.0: the default again, for the noise)
     attn = [dict(split_factor=f) for f in (0.5, 1.0, 2.0)] + [dict(block_n=32), dict(warps=4), dict(stages=2)]
+    attn += [dict(pdl=not td.DECODE_TILES["attn"]["small"]["pdl"])]
     # combine=fused: the selection's merge by the last of its splits to finish instead of a launch of its own
     select = [dict(tiles_per_split=t) for t in (1, 4, 8)] + [dict(warps=8), dict(combine="fused")]
     # scores_from=attention: the selection reads compressed attention's scores (no dot left in it: fewer, longer
     # splits may now pay), with the tiles per split and the merge alternatives again
     select += [dict(scores_from="attention", tiles_per_split=t) for t in (1, 2, 4, 8)]
     select += [dict(scores_from="attention", combine="fused")]
+    select += [dict(pdl=not td.DECODE_TILES["select"]["small"]["pdl"])]
     res = {}
-    from kernels import triton_decode as td
     from kernels.triton_common import tiles_set
     for kind, alternatives in (("attn", attn), ("select", select)):
         for alt in alternatives:
@@ -441,7 +451,8 @@ def table(results: dict) -> str:
                         if "launch1_us" in bw else ""))
     if results.get("attn"):
         lines.append("\n[attn] one decoding step, us (CUDA graph, cold L2); full = best SDPA variant; x = full / NSA")
-        lines.append(f"{'point':>16} | {'NSA':>8} {'keys':>8} {'scores':>8} {'cmp':>7} {'sel':>7} {'slc':>7} "
+        lines.append(f"{'point':>16} | {'NSA':>8} {'keys':>8} {'scores':>8} {'serial':>8} {'pdl':>8} "
+                     f"{'cmp':>7} {'sel':>7} {'slc':>7} "
                      f"{'win':>7} {'4 ops':>8} "
                      f"{'fused':>8} {'at':>7} "
                      f"{'eager':>8} | {'full':>8} {'best full':>18} | {'x':>6} {'T4 x':>6} | "
@@ -453,6 +464,7 @@ def table(results: dict) -> str:
                 continue
             lines.append(
                 f"{key:>16} | {f(n['us'])} {f(n.get('keys_us'))} {f(n.get('attention_us'))} "
+                f"{f(n.get('serial_us'))} {f(n.get('pdl_us'))} "
                 f"{f(n.get('cmp_us'), '7.1f')} "
                 f"{f(n.get('select_us'), '7.1f')} "
                 f"{f(n.get('slc_us'), '7.1f')} {f(n.get('win_us'), '7.1f')} {f(n.get('separate_us'))} "

@@ -125,6 +125,10 @@ PRESETS["decode-attn-scores"] = (*_da[:3], {**_da[3], "SCORES": True}, *_da[4:])
 PRESETS["decode-select-scores"] = (*_ds[:3], {**_ds[3], "FROM_SCORES": True}, *_ds[4:])
 PRESETS["decode-combine-select"] = (*_ds[:3], {**_ds[3], "FROM_SCORES": True, "LSE_FROM_STATES": True, "CMP_S_PAD": 16,
                                                "DV_CHUNK": 16, "N_COMBINE": 8}, (*_ds[4], "so_b", "so_h"), *_ds[5:])
+# the decode step's kernels as launched with programmatic dependent launch (tiles' pdl: _chain_start's wait first)
+for _name in ("decode-attn-scores", "decode-combine-select", "decode-select-merge", "decode-combine"):
+    _module, _kernel, _types, _consts, *_rest = PRESETS[_name]
+    PRESETS[f"{_name}-pdl"] = (_module, _kernel, _types, {**_consts, "PDL": True}, *_rest)
 
 # the same kernels with TMA loads (tiles option tma=1): the named tensors become tensor descriptors read in boxes of
 # 64 rows of 128 (K/V tiles of 64 keys; the selection's C_PAD = 64 compressed tokens), their stride arguments unused

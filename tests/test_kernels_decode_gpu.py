@@ -191,6 +191,39 @@ def test_decode_step_in_a_cuda_graph(cuda_gen, scores_from):
                 assert torch.equal(a, e), f"graph replay differs from the eager step (seed {cuda_gen.initial_seed()})"
 
 
+@pytest.mark.parametrize("combine", ["kernel", "fused"])
+def test_programmatic_dependent_launch_gives_the_serial_bits(cuda_gen, combine):
+    """pdl (each decode kernel launched while the one before still runs, waiting for it at its start): the step's
+    outputs are bit-identical to serial launches, launch after launch, and in a CUDA graph replayed on new queries
+    (main heads, 64k, both combine modes)."""
+    from kernels import triton_decode as td
+    from kernels.triton_common import tiles_set
+
+    if not td._pdl({"pdl": True}, torch.device(DEV, torch.cuda.current_device()))["PDL"]:
+        pytest.skip("programmatic dependent launch needs compute capability >= 9")
+    t = 65535
+    x = decode_inputs(cuda_gen, 2, t, 64, 4, 128, 128)
+    tiles = (*td.DECODE_TILES["attn"].values(), *td.DECODE_TILES["select"].values())
+
+    def serial():
+        with tiles_set(*tiles, pdl=False):
+            return nsa_step(x, t)
+    with tiles_set(*tiles, combine=combine, pdl=True):
+        expect = serial()
+        for _ in range(20):
+            for a, e in zip(nsa_step(x, t), expect):
+                assert torch.equal(a, e), f"a launch with pdl differs (seed {cuda_gen.initial_seed()})"
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = nsa_step(x, t)
+        for _ in range(3):
+            x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
+            graph.replay()
+            for a, e in zip(out, serial()):
+                assert torch.equal(a, e), f"a graph with pdl differs (seed {cuda_gen.initial_seed()})"
+
+
 def small_gpu_model(attention: str = "nsa"):
     """(float32 model on the GPU, prompt [3, 300], seed): 2 layers, paper-ratio NSA sizes scaled down."""
     from model import GPT, AttentionConfig, ModelConfig
