@@ -178,17 +178,22 @@ def test_decode_step_in_a_cuda_graph(cuda_gen, scores_from):
     t = 30000
     x = decode_inputs(cuda_gen, 2, t, 16, 1, 64, 64)
     with tiles_set(*td.DECODE_TILES["select"].values(), scores_from=scores_from):
-        nsa_step(x, t)  # warm up (compiles, allocates the counters) before capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = nsa_step(x, t)
-        for _ in range(3):
-            x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
-            graph.replay()
-            expect = nsa_step(x, t)
-            for a, e in zip(out, expect):
-                assert torch.equal(a, e), f"graph replay differs from the eager step (seed {cuda_gen.initial_seed()})"
+        check_graph_replays(cuda_gen, x, t, lambda: nsa_step(x, t), "graph replay differs from the eager step")
+
+
+def check_graph_replays(cuda_gen, x, t, expect, what: str) -> None:
+    """nsa_step captured in a CUDA graph and replayed on three new queries: every replay's outputs equal expect()'s
+    on the same queries, bit for bit."""
+    nsa_step(x, t)  # warm up (compiles, allocates the counters) before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = nsa_step(x, t)
+    for _ in range(3):
+        x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
+        graph.replay()
+        for a, e in zip(out, expect()):
+            assert torch.equal(a, e), f"{what} (seed {cuda_gen.initial_seed()})"
 
 
 @pytest.mark.parametrize("combine", ["kernel", "fused"])
@@ -213,15 +218,7 @@ def test_programmatic_dependent_launch_gives_the_serial_bits(cuda_gen, combine):
         for _ in range(20):
             for a, e in zip(nsa_step(x, t), expect):
                 assert torch.equal(a, e), f"a launch with pdl differs (seed {cuda_gen.initial_seed()})"
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = nsa_step(x, t)
-        for _ in range(3):
-            x["q"].copy_(rand(cuda_gen, *x["q"].shape, scale=2.0))
-            graph.replay()
-            for a, e in zip(out, serial()):
-                assert torch.equal(a, e), f"a graph with pdl differs (seed {cuda_gen.initial_seed()})"
+        check_graph_replays(cuda_gen, x, t, serial, "a graph with pdl differs from serial launches")
 
 
 def small_gpu_model(attention: str = "nsa"):
