@@ -29,6 +29,10 @@ id wins a tie, -1 = no candidate). A split holds at most NBT (= num_select round
 candidates per tile of blocks; the merge loads all splits' candidates as one [splits, NBT] tile and keeps the
 NBT largest by a tree of bitonic merges (_select_choose).
 
+A step is thus a chain of short dependent launches (five at the default tiles). With the tiles' `pdl` on (sm_90+),
+each is launched with programmatic dependent launch: it may be scheduled while the kernel before it still runs,
+and waits for it at its start (_chain_start), so that launch latency overlaps work.
+
 Inputs are assumed valid (kernels/__init__.py checks them). Every position of a batch decodes at the same
 q_start (the public ops' contract). No autograd: the public wrappers below run the chunked PyTorch path when a
 gradient is needed.
@@ -95,17 +99,18 @@ from kernels.triton_selected import _clean_idx, _slot_keys
 # (what max_splits 20 gives there) ahead of 2 (33.4-33.6 against 34.5-34.7 us) and 2 ahead of 4 at 8k. "big" (head
 # dims > 128) keeps "keys": not timed.
 # pdl: launch the kernel (and its combine / merge launch) with programmatic dependent launch (_chain_start; CUDA
-# devices of compute capability >= 9 only, off elsewhere).
+# devices of compute capability >= 9 only, off elsewhere). Off by default: written in the twenty-seventh session,
+# when no GPU could be had to time it (bench_decode.py times the step both ways: "serial" / "pdl").
 # NSA_DECODE_TILES=path.json ({"attn"|"select": {"small"|"big": {...}}}) overrides.
 DECODE_TILES: dict[str, dict[str, dict[str, float | str]]] = {
     "attn": {"small": dict(block_n=64, warps=8, stages=3, split_factor=1.0, max_splits=64, combine="kernel",
-                           pdl=True),
+                           pdl=False),
              "big": dict(block_n=32, warps=4, stages=2, split_factor=1.0, max_splits=64, combine="kernel",
-                         pdl=True)},
+                         pdl=False)},
     "select": {"small": dict(warps=4, stages=2, tiles_per_split=2, max_splits=20, combine="kernel",
-                             scores_from="attention", pdl=True),
+                             scores_from="attention", pdl=False),
                "big": dict(warps=4, stages=2, tiles_per_split=1, max_splits=128, combine="kernel",
-                           scores_from="keys", pdl=True)},
+                           scores_from="keys", pdl=False)},
 }
 INTERPRETER_TILES = {"attn": dict(block_n=16, warps=1, stages=1, split_factor=1.0, max_splits=8, combine="kernel",
                                   pdl=False),
