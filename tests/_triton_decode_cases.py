@@ -109,6 +109,18 @@ def test_dispatch_decode_with_gradients_runs_the_pytorch_path(gen):
         close(a, e, "grad", gen)
 
 
+def test_dispatch_pdl_stays_off_where_the_device_lacks_it(gen):
+    """The tiles' pdl launches with programmatic dependent launch only on CUDA devices of compute capability >= 9:
+    here (interpreter, CPU tensors) a step with it asked for by every tile launches without it (the interpreter
+    cannot run its wait) and equals the reference."""
+    assert td._pdl({"pdl": True}, CPU) == {"PDL": False, "launch_pdl": False}
+    B, Hkv, G, D, S, w = 1, 1, 2, 16, 91, 16
+    q, k, v = (randn(gen, B, n, H, D) for n, H in ((1, Hkv * G), (S, Hkv), (S, Hkv)))
+    with tiles_set(*td.INTERPRETER_TILES.values(), pdl=True):
+        o = kernels.window_attention(q, k, v, window=w, q_start=S - 1)
+    close(o, ref.window_attention(q, k, v, window=w, q_start=S - 1), "o", gen)
+
+
 # ----------------------------------------------------------------------------------------------
 # compressed attention (o and lse)
 
