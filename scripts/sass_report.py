@@ -98,13 +98,13 @@ PRESETS = {
                          PL="*fp32", PACC="*fp32", COUNT="*i32", TP="*i64", RAW="*fp32", qk_scale="fp32"),
                     dict(DK=128, DV=128, BLOCK_DK=128, BLOCK_DV=128, G_PAD=16, ACC="fp32", PREC="tf32",
                          SELECTED=False, SPLIT=True, FUSED=False, WRITE_LSE=True, BLOCK_N=64, N_KT=1, NSEL_PAD=2,
-                         S_PAD=16, DV_CHUNK=32, T_DEV=True, SCORES=False),
+                         S_PAD=16, DV_CHUNK=32, T_DEV=True, SCORES=False, PDL=False),
                     ("sq_b", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_h"), 8, 3),
     "decode-combine": ("kernels.triton_decode", "_attn_combine_kernel",
                        dict(PM="*fp32", PL="*fp32", PACC="*fp32", OUT="*bf16", LSE="*fp32", PM2="*fp32",
                             PL2="*fp32", PACC2="*fp32", OUT2="*bf16"),
                        dict(DV=128, BLOCK_DV=128, G_PAD=16, WRITE_LSE=True, ACC="fp32", S_PAD=16, DV_CHUNK=16,
-                            S_PAD2=8, DV_CHUNK2=16),
+                            S_PAD2=8, DV_CHUNK2=16, PDL=False),
                        ("so_b", "so_h", "so_b2", "so_h2"), 4, 1),
     "decode-select": ("kernels.triton_decode", "_select_decode_kernel",
                       dict(Q="*bf16", KC="*bf16", LSE="*fp32", IDX="*i32", PKEY="*i64", COUNT="*i32", TP="*i64",
@@ -112,10 +112,10 @@ PRESETS = {
                       dict(SPLIT=True, FUSED=False, MULTI_TILE=True, T_DEV=True, DK=128, BLOCK_DK=128, G_PAD=16,
                            NBT=16, NBV=16, TPB=4, SPILL=1, C_PAD=128, S_LOG2=6, ACC="fp32", PREC="tf32",
                            FROM_SCORES=False, LSE_FROM_STATES=False, CMP_S_PAD=2, N_COMBINE=0, DV=128,
-                           BLOCK_DV=128, DV_CHUNK=128),
+                           BLOCK_DV=128, DV_CHUNK=128, PDL=False),
                       ("sq_b", "sq_h", "sk_b", "sk_t", "sk_h", "si_b", "si_h"), 4, 2),
     "decode-select-merge": ("kernels.triton_decode", "_select_merge_kernel", dict(PKEY="*i64", IDX="*i32"),
-                            dict(NBT=16, S_LOG2=6), ("si_b", "si_h"), 4, 1),
+                            dict(NBT=16, S_LOG2=6, PDL=False), ("si_b", "si_h"), 4, 1),
 }
 
 # the decode step with scores_from="attention": compressed attention also storing its scores, the selection reading
