@@ -156,13 +156,18 @@ def kv_descriptors(cfg: dict[str, int], k: torch.Tensor, v: torch.Tensor, block_
 
 
 @functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _device_properties(index: int):
+    return torch.cuda.get_device_properties(index)
+
+
+def device_properties(device: torch.device):
+    """A CUDA device's properties (queried once per device; the current device for an index-less one)."""
+    return _device_properties(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (queried once per device)."""
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    """Streaming multiprocessors of a CUDA device."""
+    return device_properties(device).multi_processor_count
 
 
 @contextlib.contextmanager

@@ -40,7 +40,6 @@ gradient is needed.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from kernels.triton_common import (
     attend_scores,
     attend_tile,
     bthd,
+    device_properties,
     dot_precision,
     finish_rows,
     group_heads,
@@ -157,17 +157,11 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-@functools.cache
-def _has_pdl(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
 def _pdl(cfg: dict, device: torch.device) -> dict:
     """The launch arguments of programmatic dependent launch for a kernel with tiles cfg on `device`: the kernel's
     PDL constexpr (_chain_start) and Triton's launch_pdl, always the same value (a kernel launched early must
     wait). On where the tiles' `pdl` asks for it and the device has it (compute capability >= 9)."""
-    on = bool(cfg.get("pdl")) and device.type == "cuda" and not INTERPRETED and _has_pdl(
-        device.index if device.index is not None else torch.cuda.current_device())
+    on = bool(cfg.get("pdl")) and device.type == "cuda" and not INTERPRETED and device_properties(device).major >= 9
     return dict(PDL=on, launch_pdl=on)
 
 
