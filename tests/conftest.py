@@ -17,6 +17,19 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_finish(session):
+    # the Triton interpreter's child runs take minutes each: start them now, beside the rest of the suite
+    from tests.interpreted import start_for
+
+    start_for(session.items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.interpreted import stop_all
+
+    stop_all()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -3,6 +3,11 @@
 Triton decides when it is imported whether kernels are interpreted, so interpreted cases live in their own
 module (tests/_triton_*_cases.py) and run in a child process started with TRITON_INTERPRET=1: whatever the
 parent imported cannot leak into it. The child writes a JUnit report that the parent's tests read.
+
+The children are the slow part of the suite (minutes each, one CPU core apiece), so conftest.py starts every
+child the collected tests will need as soon as collection ends (`start_for`): they run beside the rest of the
+suite instead of one after another inside it. A test module names its cases in INTERPRETED_CASES and its
+tests take the `interpreted_run` fixture, which waits for that child (`wait_for`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,22 +25,75 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_interpreted(cases: str, report_dir: Path, timeout: int) -> dict[str, str | None]:
-    """Run `cases` (a path relative to the repo) once; {case name: None if passed, else its failure text}."""
-    report = report_dir / "report.xml"
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
+@dataclass
+class Child:
+    """One child pytest run of a cases module: its process and the folder holding its report and output."""
+
+    cases: str
+    proc: subprocess.Popen
+    folder: tempfile.TemporaryDirectory
+
+    @property
+    def report(self) -> Path:
+        return Path(self.folder.name) / "report.xml"
+
+    def output(self) -> str:
+        """The tail of the child's stdout and stderr, for a failure message."""
+        return "\n".join((Path(self.folder.name) / name).read_text(errors="replace")[-4000:]
+                         for name in ("stdout.txt", "stderr.txt"))
+
+
+_children: dict[str, Child] = {}  # cases module -> its child, started once per session
+
+
+def _start(cases: str) -> Child:
+    folder = tempfile.TemporaryDirectory(prefix="interpreted_")
+    # one thread each: the children share the machine's cores with the parent suite and with each other
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    report = Path(folder.name) / "report.xml"
     cmd = [sys.executable, "-m", "pytest", cases, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if not report.exists():
-        pytest.fail(f"the interpreted cases did not run (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
-                    f"\n{proc.stderr[-4000:]}")
-    results = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
+    with open(Path(folder.name) / "stdout.txt", "w") as out, open(Path(folder.name) / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
+    return Child(cases, proc, folder)
+
+
+def start_for(items: list[pytest.Item]) -> None:
+    """Start, in the background, the child of every cases module that one of `items` (the collected tests) reads
+    through the `interpreted_run` fixture."""
+    for item in items:
+        cases = getattr(getattr(item, "module", None), "INTERPRETED_CASES", None)
+        if cases and "interpreted_run" in getattr(item, "fixturenames", ()) and cases not in _children:
+            _children[cases] = _start(cases)
+
+
+def stop_all() -> None:
+    """Stop children still running (an interrupted session) and remove their folders."""
+    for child in _children.values():
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+        child.folder.cleanup()
+    _children.clear()
+
+
+def wait_for(cases: str, timeout: int) -> dict[str, str | None]:
+    """Wait for the child running `cases` (a path relative to the repo; started now if it was not yet) and read its
+    report: {case name: None if passed, else its failure text}. `timeout`: seconds to wait from now."""
+    child = _children.get(cases) or _children.setdefault(cases, _start(cases))
+    try:
+        child.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        child.proc.wait()
+        pytest.fail(f"the interpreted cases {cases} ran past {timeout} s:\n{child.output()}")
+    if not child.report.exists():
+        pytest.fail(f"the interpreted cases {cases} did not run (exit {child.proc.returncode}):\n{child.output()}")
+    found = {}
+    for case in ET.parse(child.report).getroot().iter("testcase"):
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-        text = None if problem is None else problem.get("message", "") + "\n" + (problem.text or "")
-        results[case.get("name")] = text
-    assert results, f"no case ran:\n{proc.stdout[-4000:]}"
-    return results
+        found[case.get("name")] = None if problem is None else problem.get("message", "") + "\n" + (problem.text or "")
+    assert found, f"no case of {cases} ran:\n{child.output()}"
+    return found
 
 
 def check_group(results: dict[str, str | None], prefix: str) -> None:

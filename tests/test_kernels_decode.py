@@ -2,7 +2,8 @@
 
 Triton decides when it is imported whether kernels are interpreted, so the cases live in
 tests/_triton_decode_cases.py and run in a child pytest process started with TRITON_INTERPRET=1. The child
-runs once per module and writes a JUnit report; each test below checks its group of cases in that report.
+runs once per session, started as soon as collection ends (tests/interpreted.py), and writes a JUnit report;
+each test below checks its group of cases in that report.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import importlib.util
 
 import pytest
 
-from tests.interpreted import check_group, run_interpreted
+from tests.interpreted import check_group, wait_for
 
-CASES = "tests/_triton_decode_cases.py"
+INTERPRETED_CASES = "tests/_triton_decode_cases.py"
 GROUPS = ("test_dispatch", "test_compressed_attention_decode", "test_select", "test_compressed_and_select",
           "test_selected_attention_decode", "test_window_attention_decode", "test_selected_and_window",
           "test_combine", "test_public_ops", "test_generate", "test_decode_step_at")
@@ -23,8 +24,8 @@ if importlib.util.find_spec("triton") is None:  # found without importing it her
 
 
 @pytest.fixture(scope="module")
-def interpreted_run(tmp_path_factory) -> dict[str, str | None]:
-    return run_interpreted(CASES, tmp_path_factory.mktemp("triton_decode"), timeout=600)
+def interpreted_run() -> dict[str, str | None]:
+    return wait_for(INTERPRETED_CASES, timeout=600)
 
 
 @pytest.mark.parametrize("prefix", GROUPS)

@@ -2,9 +2,9 @@
 
 Triton decides when it is imported whether kernels are interpreted, so the cases live in
 tests/_triton_interpret_cases.py and run in a child pytest process started with TRITON_INTERPRET=1
-(whatever this process has imported cannot leak into it). The child runs once per session and writes a
-JUnit report; each test below checks its group of cases in that report and shows their failures.
-Runtime: about four minutes on 2 cores.
+(whatever this process has imported cannot leak into it). The child runs once per session, started as soon as
+collection ends (tests/interpreted.py), and writes a JUnit report; each test below checks its group of cases in
+that report and shows their failures. Runtime: about six minutes of one CPU core.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import importlib.util
 import pytest
 import torch
 
-from tests.interpreted import check_group, run_interpreted
+from tests.interpreted import check_group, wait_for
 
-CASES = "tests/_triton_interpret_cases.py"
+INTERPRETED_CASES = "tests/_triton_interpret_cases.py"
 
 if importlib.util.find_spec("triton") is None:  # found without importing it here
     pytest.skip("Triton is not installed on this platform", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def interpreted_run(tmp_path_factory) -> dict[str, str | None]:
-    return run_interpreted(CASES, tmp_path_factory.mktemp("triton_interpret"), timeout=900)
+def interpreted_run() -> dict[str, str | None]:
+    return wait_for(INTERPRETED_CASES, timeout=900)
 
 
 def test_dispatch_goes_to_triton_under_the_interpreter(interpreted_run):
