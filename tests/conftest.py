@@ -17,6 +17,18 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    # the tests that read the Triton interpreter's child runs go last: the children (started when collection
+    # ends, below) then run while this process works through everything else, instead of while it waits
+    items.sort(key=lambda item: "interpreted_run" in getattr(item, "fixturenames", ()))  # stable
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_collection_finish(session):
     # the Triton interpreter's child runs take minutes each: start them now, beside the rest of the suite
     from tests.interpreted import start_for
@@ -28,15 +40,6 @@ def pytest_sessionfinish(session, exitstatus):
     from tests.interpreted import stop_all
 
     stop_all()
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def set_tiles(monkeypatch, names, sizes=None, **changes) -> None:

@@ -5,9 +5,9 @@ module (tests/_triton_*_cases.py) and run in a child process started with TRITON
 parent imported cannot leak into it. The child writes a JUnit report that the parent's tests read.
 
 The children are the slow part of the suite (minutes each, one CPU core apiece), so conftest.py starts every
-child the collected tests will need as soon as collection ends (`start_for`): they run beside the rest of the
-suite instead of one after another inside it. A test module names its cases in INTERPRETED_CASES and its
-tests take the `interpreted_run` fixture, which waits for that child (`wait_for`).
+child the collected tests will need as soon as collection ends (`start_for`) and moves the tests that read them
+to the end: the children run while the parent works through everything else. A test module names its cases in
+INTERPRETED_CASES and its tests take the `interpreted_run` fixture, which waits for that child (`wait_for`).
 """
 
 from __future__ import annotations
