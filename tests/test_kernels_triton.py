@@ -4,7 +4,7 @@ Triton decides when it is imported whether kernels are interpreted, so the cases
 tests/_triton_interpret_cases.py and run in a child pytest process started with TRITON_INTERPRET=1
 (whatever this process has imported cannot leak into it). The child runs once per session, started as soon as
 collection ends (tests/interpreted.py), and writes a JUnit report; each test below checks its group of cases in
-that report and shows their failures. Runtime: about six minutes of one CPU core.
+that report and shows their failures. Runtime: about five minutes of one CPU core.
 """
 
 from __future__ import annotations
