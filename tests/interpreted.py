@@ -25,36 +25,40 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+REPORT, STDOUT, STDERR = "report.xml", "stdout.txt", "stderr.txt"  # the files in a child's folder
+
+
 @dataclass
 class Child:
     """One child pytest run of a cases module: its process and the folder holding its report and output."""
 
-    cases: str
     proc: subprocess.Popen
     folder: tempfile.TemporaryDirectory
 
     @property
     def report(self) -> Path:
-        return Path(self.folder.name) / "report.xml"
+        return Path(self.folder.name) / REPORT
 
     def output(self) -> str:
         """The tail of the child's stdout and stderr, for a failure message."""
         return "\n".join((Path(self.folder.name) / name).read_text(errors="replace")[-4000:]
-                         for name in ("stdout.txt", "stderr.txt"))
+                         for name in (STDOUT, STDERR))
 
 
 _children: dict[str, Child] = {}  # cases module -> its child, started once per session
 
 
-def _start(cases: str) -> Child:
-    folder = tempfile.TemporaryDirectory(prefix="interpreted_")
-    # one thread each: the children share the machine's cores with the parent suite and with each other
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    report = Path(folder.name) / "report.xml"
-    cmd = [sys.executable, "-m", "pytest", cases, "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
-    with open(Path(folder.name) / "stdout.txt", "w") as out, open(Path(folder.name) / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-    return Child(cases, proc, folder)
+def _child(cases: str) -> Child:
+    """The child running `cases`, started now if it was not yet."""
+    if cases not in _children:
+        folder = tempfile.TemporaryDirectory(prefix="interpreted_")
+        # one thread each: the children share the machine's cores with the parent suite and with each other
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "pytest", cases, "-q", "-p", "no:cacheprovider",
+               f"--junitxml={Path(folder.name) / REPORT}"]
+        with open(Path(folder.name) / STDOUT, "w") as out, open(Path(folder.name) / STDERR, "w") as err:
+            _children[cases] = Child(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err), folder)
+    return _children[cases]
 
 
 def start_for(items: list[pytest.Item]) -> None:
@@ -62,8 +66,8 @@ def start_for(items: list[pytest.Item]) -> None:
     through the `interpreted_run` fixture."""
     for item in items:
         cases = getattr(getattr(item, "module", None), "INTERPRETED_CASES", None)
-        if cases and "interpreted_run" in getattr(item, "fixturenames", ()) and cases not in _children:
-            _children[cases] = _start(cases)
+        if cases and "interpreted_run" in getattr(item, "fixturenames", ()):
+            _child(cases)
 
 
 def stop_all() -> None:
@@ -79,7 +83,7 @@ def stop_all() -> None:
 def wait_for(cases: str, timeout: int) -> dict[str, str | None]:
     """Wait for the child running `cases` (a path relative to the repo; started now if it was not yet) and read its
     report: {case name: None if passed, else its failure text}. `timeout`: seconds to wait from now."""
-    child = _children.get(cases) or _children.setdefault(cases, _start(cases))
+    child = _child(cases)
     try:
         child.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
